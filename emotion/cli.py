@@ -1,0 +1,199 @@
+"""`emotion serve` and `emotion predict`.
+
+Every flag of ``serve`` defaults to an ``EMOTION_*`` environment variable, so
+a container or a systemd unit configures the server without a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+from emotion.client import DEFAULT_TARGET, Client, parse_target
+from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
+from emotion.model import ModelLoadError, load_model
+from emotion.server import ModelStartError, ServerConfig, serve
+
+DEFAULT_MODEL = "emotion.models.mock:MockModel"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Errors that concern one image only: `predict` reports them and goes on.
+_PER_IMAGE_STATUSES = {Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED}
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"EMOTION_{name}", default)
+
+
+def _target(text: str) -> str:
+    try:
+        parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emotion", description="Facial emotion recognition over gRPC."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="serve a model over gRPC",
+        description="Serve a model over gRPC until SIGTERM/SIGINT, then drain.",
+    )
+    serve_cmd.add_argument(
+        "--model",
+        default=_env("MODEL", DEFAULT_MODEL),
+        help="model to serve, as package.module:ClassName (env EMOTION_MODEL; default %(default)s)",
+    )
+    serve_cmd.add_argument(
+        "--host",
+        default=_env("HOST", "127.0.0.1"),
+        help="address to listen on; 0.0.0.0 or :: for all interfaces "
+        "(env EMOTION_HOST; default %(default)s)",
+    )
+    serve_cmd.add_argument(
+        "--port",
+        type=int,
+        default=_env("PORT", "50051"),
+        help="port to listen on (env EMOTION_PORT; default %(default)s)",
+    )
+    serve_cmd.add_argument(
+        "--grace",
+        type=_positive_float,
+        default=_env("GRACE", "30"),
+        help="seconds in-flight calls may take to finish after SIGTERM "
+        "(env EMOTION_GRACE; default %(default)s)",
+    )
+    serve_cmd.add_argument(
+        "--threads",
+        type=int,
+        default=_env("THREADS", "0"),
+        help="threads for decode and inference; 0 means one per CPU "
+        "(env EMOTION_THREADS; default %(default)s)",
+    )
+    serve_cmd.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="(env EMOTION_LOG_LEVEL; default %(default)s)",
+    )
+
+    predict_cmd = commands.add_parser(
+        "predict",
+        help="send images to a server and print the faces as JSON",
+        description="Print one JSON object per image: its file and the faces found.",
+    )
+    predict_cmd.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict_cmd.add_argument(
+        "--target",
+        type=_target,
+        default=_env("TARGET", DEFAULT_TARGET),
+        help="server address as host:port (env EMOTION_TARGET; default %(default)s)",
+    )
+    predict_cmd.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        help="seconds to wait for each answer (default %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return asyncio.run(_predict(args.images, args.target, args.timeout))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    try:
+        model = load_model(args.model)
+    except ModelLoadError as exc:
+        print(f"emotion serve: {exc}", file=sys.stderr)
+        return 1
+    config = ServerConfig(
+        host=args.host, port=args.port, grace=args.grace, threads=args.threads or None
+    )
+    try:
+        asyncio.run(serve(model, config))
+    except ModelStartError as exc:
+        print(f"emotion serve: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"emotion serve: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _predict(images: list[Path], target: str, timeout: float) -> int:
+    failed = False
+    async with Client(target, timeout=timeout) as client:
+        for path in images:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                print(f"emotion predict: {path}: {exc.strerror or exc}", file=sys.stderr)
+                failed = True
+                continue
+            try:
+                response = await client.predict(data)
+            except GRPCError as exc:
+                print(
+                    f"emotion predict: {path}: {exc.status.name}: {exc.message}",
+                    file=sys.stderr,
+                )
+                if exc.status not in _PER_IMAGE_STATUSES:
+                    return 1
+                failed = True
+                continue
+            except TimeoutError:
+                print(
+                    f"emotion predict: {path}: no answer from {target} within {timeout:g}s",
+                    file=sys.stderr,
+                )
+                return 1
+            except (OSError, ProtocolError, StreamTerminatedError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                print(f"emotion predict: cannot reach {target}: {reason}", file=sys.stderr)
+                return 1
+            print(json.dumps(response_to_dict(path, response)), flush=True)
+    return 1 if failed else 0
+
+
+def response_to_dict(path: Path, response: Response) -> dict[str, Any]:
+    """The JSON shape `predict` prints: the contract's fields, rounded for reading."""
+    faces = []
+    for result in response.response:
+        bbox = result.bbox or BBox()
+        expression = result.expression or Expression()
+        faces.append(
+            {
+                "bbox": {k: round(getattr(bbox, k), 2) for k in ("x1", "y1", "x2", "y2")},
+                "expression": {k: round(getattr(expression, k), 4) for k in EXPRESSION_FIELDS},
+            }
+        )
+    return {"file": str(path), "faces": faces}

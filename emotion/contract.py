@@ -1,0 +1,52 @@
+"""The emotion.v1 contract, as generated from protos/emotion/v1/emotion.proto.
+
+Every other module imports messages, the service base and the stub from here,
+so the generated package's layout is known in exactly one place.
+"""
+
+from emotion._generated.emotion.v1 import (
+    EMOTION_V1_EMOTION_PROTO_DESCRIPTOR,
+    BBox,
+    Expression,
+    PipelineBase,
+    PipelineStub,
+    Request,
+    Response,
+    Result,
+)
+
+#: The `emotion.v1.Pipeline` method path the generated stub calls.
+RUN_PIPELINE_PATH = "/emotion.v1.Pipeline/RunPipeline"
+
+#: The method path a client generated from the original contract calls: that
+#: contract spelled the RPC `run_pipeline`. Served as an alias so those clients
+#: keep working; new clients use RUN_PIPELINE_PATH.
+LEGACY_RUN_PIPELINE_PATH = "/emotion.v1.Pipeline/run_pipeline"
+
+#: Protobuf file descriptor of emotion.proto, for server reflection.
+FILE_DESCRIPTOR = EMOTION_V1_EMOTION_PROTO_DESCRIPTOR
+
+#: The seven Expression fields in field-number order.
+EXPRESSION_FIELDS = (
+    "neutral",
+    "anger",
+    "disgust",
+    "fear",
+    "happiness",
+    "sadness",
+    "surprise",
+)
+
+__all__ = [
+    "EXPRESSION_FIELDS",
+    "FILE_DESCRIPTOR",
+    "LEGACY_RUN_PIPELINE_PATH",
+    "RUN_PIPELINE_PATH",
+    "BBox",
+    "Expression",
+    "PipelineBase",
+    "PipelineStub",
+    "Request",
+    "Response",
+    "Result",
+]

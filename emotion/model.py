@@ -1,0 +1,91 @@
+"""The model API: what a model author implements, and how the server finds it."""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import ClassVar
+
+from PIL import Image
+
+from emotion.contract import Response
+
+
+class Model(abc.ABC):
+    """Base class of every model the server can serve.
+
+    Subclass it, implement :meth:`process_sample`, and start the server with
+    ``emotion serve --model package.module:ClassName``. The server creates one
+    instance per process with no arguments, calls :meth:`load` once before the
+    first request and :meth:`close` once at shutdown.
+
+    :meth:`process_sample` runs in worker threads, several at once when calls
+    arrive concurrently. Keep per-call state local, or guard shared state.
+    """
+
+    #: Shown in logs and error messages; defaults to the class name.
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("name"):
+            cls.name = cls.__name__
+
+    def load(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Load weights and warm up. Runs once, off the event loop, before serving.
+
+        The server reports NOT_SERVING on its health service until this returns.
+        """
+
+    @abc.abstractmethod
+    def process_sample(self, image: Image.Image) -> Response:
+        """Find the faces in ``image`` and score their expressions.
+
+        ``image`` is decoded and already turned upright by its EXIF
+        orientation; its mode is whatever the file holds (RGB, L, RGBA, P,
+        I;16, ...), so convert it to what the model needs. Boxes are pixel
+        coordinates of this image.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Release what :meth:`load` acquired. Runs once, at shutdown."""
+
+
+class ModelLoadError(Exception):
+    """The model named on the command line cannot be imported or created."""
+
+
+def load_model(spec: str) -> Model:
+    """Import ``module:Class`` and return an instance of that Model subclass.
+
+    Every failure is a ModelLoadError whose message names what was wrong, so
+    the CLI can print it as one line.
+    """
+    module_name, sep, class_name = spec.partition(":")
+    if not sep or not module_name or not class_name or ":" in class_name:
+        raise ModelLoadError(f"model {spec!r} is not of the form 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ModelLoadError(f"model module {module_name!r} not found") from exc
+        raise ModelLoadError(
+            f"model module {module_name!r} failed to import: "
+            f"it needs {exc.name!r}, which is not installed"
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ModelLoadError(f"module {module_name!r} has no attribute {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise ModelLoadError(f"{spec} is not a subclass of emotion.Model")
+    if getattr(cls, "__abstractmethods__", None):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise ModelLoadError(f"{spec} does not implement {missing}")
+    try:
+        return cls()
+    except Exception as exc:
+        raise ModelLoadError(f"{spec}() failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,227 @@
+"""The gRPC server process: Pipeline, health and reflection on one port, with a graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+from grpclib.health.v1 import health_pb2
+from grpclib.reflection.service import ServerReflection
+from grpclib.server import Server as GrpclibServer
+
+from emotion.contract import FILE_DESCRIPTOR
+from emotion.model import Model
+from emotion.service import PipelineService, State
+
+log = logging.getLogger(__name__)
+
+_WATCH_NOTIFY_DELAY = 0.05
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How one server process listens and shuts down."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    #: Seconds in-flight calls get to finish after SIGTERM before they are cancelled.
+    grace: float = 30.0
+    #: Threads running decode and inference; None means one per CPU.
+    threads: int | None = None
+
+
+class ModelStartError(Exception):
+    """The model's load() failed; the server cannot serve."""
+
+
+class Server:
+    """One listening socket serving Pipeline, grpc.health.v1 and reflection.
+
+    The socket opens before the model loads, so health checks answer
+    NOT_SERVING during a slow load instead of refusing connections.
+    """
+
+    def __init__(self, model: Model, config: ServerConfig | None = None) -> None:
+        self.model = model
+        self.config = config or ServerConfig()
+        threads = self.config.threads or os.cpu_count() or 1
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="emotion-infer")
+        self._health = ServiceStatus()
+        self._health.set(False)
+        self.service = PipelineService(model, self._executor)
+        self._grpc: GrpclibServer | None = None
+        self._port: int | None = None
+        self._loaded: asyncio.Future[None] | None = None
+        self._grace_over = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The bound port: the real one when the config asked for port 0."""
+        if self._port is None:
+            raise RuntimeError("server is not started")
+        return self._port
+
+    async def start(self) -> None:
+        """Listen, then load the model in the background (see :meth:`wait_loaded`)."""
+        # Pillow warns on odd metadata in client images; that is not an operator's concern.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        services = ServerReflection.extend(
+            [self.service, Health({self.service: [self._health]})],
+            pool=_reflection_pool(),
+        )
+        self._grpc = GrpclibServer(services)
+        listener = _listen(self.config.host, self.config.port)
+        self._port = int(listener.getsockname()[1])
+        await self._grpc.start(sock=listener)
+        log.info(
+            "listening on %s:%d, loading model %s",
+            self.config.host,
+            self.port,
+            self.model.name,
+        )
+        self._loaded = asyncio.ensure_future(self._load())
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self.model.load)
+        except Exception as exc:
+            log.error("model %s failed to load", self.model.name, exc_info=exc)
+            raise ModelStartError(
+                f"model {self.model.name} failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+        if self.service.state is State.LOADING:
+            self.service.start_serving()
+            self._health.set(True)
+        log.info(
+            "model %s loaded in %.2fs; serving",
+            self.model.name,
+            time.perf_counter() - started,
+        )
+
+    async def wait_loaded(self) -> None:
+        """Return once the model serves; raise ModelStartError if its load() failed."""
+        if self._loaded is None:
+            raise RuntimeError("server is not started")
+        await asyncio.shield(self._loaded)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new calls, let running ones finish within ``grace`` seconds, close."""
+        if self._grpc is None:
+            return
+        grace = self.config.grace if grace is None else grace
+        self.service.start_draining()
+        self._health.set(False)
+        # Let Watch streams deliver NOT_SERVING before they are closed.
+        await asyncio.sleep(_WATCH_NOTIFY_DELAY)
+        # grpclib closes its listener only together with cancelling every call,
+        # so close the asyncio listener now and cancel after the grace period.
+        listener = getattr(self._grpc, "_server", None)
+        if listener is not None:
+            listener.close()
+        if self.service.active_calls:
+            log.info(
+                "draining %d in-flight call(s), up to %.1fs",
+                self.service.active_calls,
+                grace,
+            )
+            idle = asyncio.ensure_future(self.service.wait_idle())
+            cut_short = asyncio.ensure_future(self._grace_over.wait())
+            await asyncio.wait(
+                {idle, cut_short}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+            )
+            idle.cancel()
+            cut_short.cancel()
+            if self.service.active_calls:
+                log.warning("aborting %d call(s) still running", self.service.active_calls)
+                self.service.abort_calls()
+                await self.service.wait_idle()
+        self._grpc.close()
+        await self._grpc.wait_closed()
+        self._grpc = None
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.cancel()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._shutdown_model)
+
+    def end_grace(self) -> None:
+        """Cut a running :meth:`stop` short: cancel in-flight calls now."""
+        self._grace_over.set()
+
+    def _shutdown_model(self) -> None:
+        # Inference threads may still finish calls whose clients gave up.
+        self._executor.shutdown(wait=True)
+        try:
+            self.model.close()
+        except Exception:
+            log.exception("model %s failed to close", self.model.name)
+
+
+async def serve(model: Model, config: ServerConfig) -> None:
+    """Run a server until SIGTERM or SIGINT, then drain and return.
+
+    A second signal during the drain cancels the remaining calls at once.
+    Raises ModelStartError when the model cannot load.
+    """
+    server = Server(model, config)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stop_requested.is_set():
+            log.warning("received %s again; cancelling in-flight calls", name)
+            server.end_grace()
+        else:
+            log.info("received %s; draining", name)
+            stop_requested.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await server.start()
+        loaded = asyncio.ensure_future(server.wait_loaded())
+        stopping = asyncio.ensure_future(stop_requested.wait())
+        await asyncio.wait({loaded, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if loaded.done() and loaded.exception() is not None:
+            stopping.cancel()
+            await server.stop(grace=0)
+            loaded.result()
+        await stopping
+        loaded.cancel()
+        await server.stop()
+        log.info("stopped")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
+def _reflection_pool() -> DescriptorPool:
+    """A descriptor pool holding every service the server exposes.
+
+    The generated contract lives in its own pool and grpclib's health service
+    in protobuf's default pool; reflection must answer for both.
+    """
+    pool = DescriptorPool()
+    for descriptor in (FILE_DESCRIPTOR, health_pb2.DESCRIPTOR):
+        proto = FileDescriptorProto()
+        descriptor.CopyToProto(proto)
+        pool.Add(proto)
+    return pool

@@ -1,0 +1,129 @@
+"""`emotion.v1.Pipeline` on grpclib: decode and inference off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from concurrent.futures import Executor
+
+import grpclib.const
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from emotion.contract import (
+    LEGACY_RUN_PIPELINE_PATH,
+    RUN_PIPELINE_PATH,
+    PipelineBase,
+    Request,
+    Response,
+)
+from emotion.decode import InvalidImage, decode_image
+from emotion.model import Model
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    LOADING = "loading"
+    SERVING = "serving"
+    DRAINING = "draining"
+
+
+class ModelFailure(Exception):
+    """The model raised, or broke its contract; the message is safe for clients."""
+
+
+class PipelineService(PipelineBase):
+    """Serves one model instance.
+
+    Decoding and ``process_sample`` are CPU-bound, so each call runs them
+    together in ``executor``: the event loop stays free for health checks,
+    cancellations and other calls however slow one image is.
+    """
+
+    def __init__(self, model: Model, executor: Executor) -> None:
+        self._model = model
+        self._executor = executor
+        self._state = State.LOADING
+        self._active_calls = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Resolved by abort_calls(); every running call waits on it beside its work.
+        # Made on first use, inside the loop that serves.
+        self._abort: asyncio.Future[None] | None = None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def active_calls(self) -> int:
+        return self._active_calls
+
+    def start_serving(self) -> None:
+        self._state = State.SERVING
+
+    def start_draining(self) -> None:
+        """Refuse new calls with UNAVAILABLE; calls already running go on."""
+        self._state = State.DRAINING
+
+    def abort_calls(self) -> None:
+        """End every running call now with UNAVAILABLE; their threads finish unobserved."""
+        self.start_draining()
+        abort = self._abort_signal()
+        if not abort.done():
+            abort.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Return once no call is running."""
+        await self._idle.wait()
+
+    async def run_pipeline(self, message: Request) -> Response:
+        if self._state is State.LOADING:
+            raise GRPCError(Status.UNAVAILABLE, "model is still loading; retry shortly")
+        if self._state is State.DRAINING:
+            raise GRPCError(Status.UNAVAILABLE, "server is shutting down; retry on another")
+        self._active_calls += 1
+        self._idle.clear()
+        try:
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(self._executor, self._infer, message.image)
+            await asyncio.wait((work, self._abort_signal()), return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                raise GRPCError(
+                    Status.UNAVAILABLE, "server shut down before the call finished; retry"
+                )
+            return work.result()
+        except InvalidImage as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        except ModelFailure as exc:
+            log.error("%s", exc, exc_info=exc.__cause__)
+            raise GRPCError(Status.INTERNAL, str(exc)) from None
+        finally:
+            self._active_calls -= 1
+            if not self._active_calls:
+                self._idle.set()
+
+    def _abort_signal(self) -> asyncio.Future[None]:
+        if self._abort is None:
+            self._abort = asyncio.get_running_loop().create_future()
+        return self._abort
+
+    def _infer(self, data: bytes) -> Response:
+        image = decode_image(data)
+        name = self._model.name
+        try:
+            response = self._model.process_sample(image)
+        except Exception as exc:
+            raise ModelFailure(f"model {name} failed: {type(exc).__name__}") from exc
+        if not isinstance(response, Response):
+            raise ModelFailure(
+                f"model {name} returned {type(response).__name__}, not emotion.v1.Response"
+            )
+        return response
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping = super().__mapping__()
+        mapping[LEGACY_RUN_PIPELINE_PATH] = mapping[RUN_PIPELINE_PATH]
+        return mapping
