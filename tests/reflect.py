@@ -1,0 +1,32 @@
+"""Ask a server what it serves through grpcio's reflection client, as grpcurl does.
+
+Runs as a subprocess: grpcio-reflection and grpclib register the same
+reflection protos, which protobuf refuses to hold twice in one process.
+Prints JSON: the listed services and the methods of each.
+"""
+
+import json
+import sys
+
+import grpc
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+
+def main(target: str) -> None:
+    with grpc.insecure_channel(target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = sorted(database.get_services())
+        pool = DescriptorPool(database)
+        methods = {
+            name: [method.name for method in pool.FindServiceByName(name).methods]
+            for name in services
+        }
+        fields = [f.name for f in pool.FindMessageTypeByName("emotion.v1.Expression").fields]
+    print(json.dumps({"services": services, "methods": methods, "expression_fields": fields}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

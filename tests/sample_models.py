@@ -1,0 +1,139 @@
+"""Models with known behaviour, loaded by the tests in-process or by import string."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from emotion import BBox, Expression, Model, Response, Result
+
+
+class SizeModel(Model):
+    """One face covering the whole image, with scores that depend on its size.
+
+    Lets a test see exactly which image the model received.
+    """
+
+    def process_sample(self, image: Image.Image) -> Response:
+        width, height = image.size
+        happiness = width / (width + height)
+        return Response(
+            response=[
+                Result(
+                    bbox=BBox(x1=0, y1=0, x2=width, y2=height),
+                    expression=Expression(happiness=happiness, neutral=1 - happiness),
+                ),
+                Result(bbox=BBox(x1=1.5, y1=2.5, x2=3.5, y2=4.5), expression=Expression(fear=1)),
+            ]
+        )
+
+
+class SeenModeModel(Model):
+    """Reports the image's mode and size through its box, for decode tests."""
+
+    seen: list[tuple[str, tuple[int, int]]]
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def process_sample(self, image: Image.Image) -> Response:
+        self.seen.append((image.mode, image.size))
+        return Response()
+
+
+class GatedModel(Model):
+    """Blocks in process_sample until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def process_sample(self, image: Image.Image) -> Response:
+        self.entered.set()
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        return Response(response=[Result()])
+
+
+class GatedLoadModel(Model):
+    """Blocks in load() until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def load(self) -> None:
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return Response()
+
+
+class SlowModel(Model):
+    """Takes EMOTION_TEST_SECONDS per image; touches EMOTION_TEST_MARKER when it starts.
+
+    Used by the subprocess tests of the graceful drain.
+    """
+
+    def process_sample(self, image: Image.Image) -> Response:
+        marker = os.environ.get("EMOTION_TEST_MARKER")
+        if marker:
+            Path(marker).touch()
+        time.sleep(float(os.environ.get("EMOTION_TEST_SECONDS", "2")))
+        return Response(response=[Result(bbox=BBox(x2=image.width, y2=image.height))])
+
+
+class RaisingModel(Model):
+    def process_sample(self, image: Image.Image) -> Response:
+        raise ZeroDivisionError("secret detail that must not reach the client")
+
+
+class WrongTypeModel(Model):
+    def process_sample(self, image: Image.Image) -> Response:
+        return {"response": []}  # type: ignore[return-value]
+
+
+class FailingLoadModel(Model):
+    def load(self) -> None:
+        raise FileNotFoundError("weights.bin is missing")
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return Response()
+
+
+class ClosingModel(Model):
+    """Records its lifecycle calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def load(self) -> None:
+        self.calls.append("load")
+
+    def process_sample(self, image: Image.Image) -> Response:
+        self.calls.append("process_sample")
+        return Response()
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class NotAModel:
+    def process_sample(self, image: Image.Image) -> Response:
+        return Response()
+
+
+class AbstractModel(Model):
+    """Forgets to implement process_sample."""
+
+
+class CrashingInitModel(Model):
+    def __init__(self) -> None:
+        raise RuntimeError("no GPU here")
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return Response()

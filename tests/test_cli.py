@@ -1,0 +1,227 @@
+"""`emotion serve` and `emotion predict` as a user runs them, in subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EMOTION, StartServer, encode, gradient, subprocess_env
+from sample_models import SizeModel
+
+
+async def run(*args: str, **env: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(**env),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(encode(gradient(320, 240), "JPEG"))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_predict_prints_one_json_object_per_image(
+    start_server: StartServer, photo: Path, tmp_path: Path
+) -> None:
+    server = await start_server(SizeModel())
+    second = tmp_path / "second.png"
+    second.write_bytes(encode(gradient(100, 50), "PNG"))
+
+    code, out, err = await run(
+        "predict", str(photo), str(second), "--target", f"127.0.0.1:{server.port}"
+    )
+
+    assert (code, err) == (0, "")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["file"] for line in lines] == [str(photo), str(second)]
+    first_face = lines[0]["faces"][0]
+    assert first_face["bbox"] == {"x1": 0, "y1": 0, "x2": 320, "y2": 240}
+    assert first_face["expression"]["happiness"] == pytest.approx(320 / 560, abs=1e-4)
+    assert set(first_face["expression"]) == {
+        "neutral",
+        "anger",
+        "disgust",
+        "fear",
+        "happiness",
+        "sadness",
+        "surprise",
+    }
+    assert lines[1]["faces"][0]["bbox"]["x2"] == 100
+
+
+async def test_predict_reports_bad_images_and_missing_files_and_goes_on(
+    start_server: StartServer, photo: Path, tmp_path: Path
+) -> None:
+    server = await start_server(SizeModel())
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+
+    code, out, err = await run(
+        "predict",
+        str(bad),
+        str(tmp_path / "missing.jpg"),
+        str(photo),
+        "--target",
+        f"127.0.0.1:{server.port}",
+    )
+
+    assert code == 1
+    assert [json.loads(line)["file"] for line in out.splitlines()] == [str(photo)]
+    assert err.splitlines() == [
+        f"emotion predict: {bad}: INVALID_ARGUMENT: request.image (12 bytes) is not a "
+        "JPEG, PNG, WebP, BMP, GIF or TIFF image",
+        f"emotion predict: {tmp_path / 'missing.jpg'}: No such file or directory",
+    ]
+
+
+async def test_predict_against_an_unreachable_server_fails_in_one_line(photo: Path) -> None:
+    port = free_port()
+
+    code, out, err = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
+
+    assert code == 1
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"emotion predict: cannot reach 127.0.0.1:{port}")
+
+
+async def test_predict_times_out_in_one_line(start_server: StartServer, photo: Path) -> None:
+    from sample_models import GatedModel
+
+    model = GatedModel()
+    server = await start_server(model)
+    try:
+        code, _, err = await run(
+            "predict", str(photo), "--target", f"127.0.0.1:{server.port}", "--timeout", "0.5"
+        )
+    finally:
+        model.gate.set()
+
+    assert code == 1
+    assert err == f"emotion predict: {photo}: no answer from 127.0.0.1:{server.port} within 0.5s\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ["--model", "no_such_module:Model"],
+            {},
+            "emotion serve: model module 'no_such_module' not found\n",
+        ),
+        (
+            [],
+            {"EMOTION_MODEL": "sample_models:NotAModel"},
+            "emotion serve: sample_models:NotAModel is not a subclass of emotion.Model\n",
+        ),
+        (
+            ["--model", "sample_models:FailingLoadModel"],
+            {},
+            "emotion serve: model FailingLoadModel failed to load: "
+            "FileNotFoundError: weights.bin is missing\n",
+        ),
+    ],
+)
+async def test_serve_fails_at_startup_with_one_line_on_a_bad_model(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    code, _, err = await run("serve", "--port", "0", *args, **env)
+
+    assert code == 1
+    assert err.endswith(message)
+
+
+async def test_serve_reports_a_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        code, _, err = await run("serve", "--port", str(port))
+
+    assert code == 1
+    assert err.endswith(
+        f"emotion serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        "serve",
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(
+            EMOTION_PORT=str(port),
+            EMOTION_MODEL="sample_models:SizeModel",
+            EMOTION_LOG_LEVEL="debug",
+        ),
+    )
+    try:
+        assert process.stderr is not None
+        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 30)):
+            assert line, "server exited early"
+        code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+    assert code == 0
+    assert json.loads(out)["faces"][0]["bbox"]["x2"] == 320
+    assert process.returncode == 0
+
+
+def test_bad_flag_values_are_usage_errors() -> None:
+    result = subprocess.run(
+        [*EMOTION, "serve", "--port", "http"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        check=False,
+    )
+    env_result = subprocess.run(
+        [*EMOTION, "serve"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(EMOTION_GRACE="-1"),
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert "argument --port: invalid int value: 'http'" in result.stderr
+    assert env_result.returncode == 2
+    assert "argument --grace: -1 is negative" in env_result.stderr
+
+
+def test_python_dash_m_emotion_is_the_same_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "emotion", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ},
+    )
+
+    assert "serve" in result.stdout
+    assert "predict" in result.stdout

@@ -1,0 +1,81 @@
+"""Loading a model from `module:Class`, and what its author gets wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sample_models import SizeModel
+
+from emotion import Model, ModelLoadError, load_model
+from emotion.models.mock import MockModel
+
+
+def test_loads_an_instance_of_the_named_class() -> None:
+    model = load_model("sample_models:SizeModel")
+
+    assert isinstance(model, SizeModel)
+    assert model.name == "SizeModel"
+
+
+def test_the_shipped_mock_model_loads() -> None:
+    assert isinstance(load_model("emotion.models.mock:MockModel"), MockModel)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("sample_models", "model 'sample_models' is not of the form 'package.module:ClassName'"),
+        ("sample_models:", "is not of the form"),
+        (":SizeModel", "is not of the form"),
+        ("no_such_module:Model", "model module 'no_such_module' not found"),
+        ("sample_models.nested:Model", "model module 'sample_models.nested' not found"),
+        ("sample_models:Missing", "module 'sample_models' has no attribute 'Missing'"),
+        ("sample_models:NotAModel", "sample_models:NotAModel is not a subclass of emotion.Model"),
+        ("sample_models:time", "sample_models:time is not a subclass of emotion.Model"),
+        (
+            "sample_models:AbstractModel",
+            "sample_models:AbstractModel does not implement process_sample",
+        ),
+        (
+            "sample_models:CrashingInitModel",
+            "sample_models:CrashingInitModel() failed: RuntimeError: no GPU here",
+        ),
+    ],
+)
+def test_bad_specs_fail_with_one_line_naming_the_problem(spec: str, message: str) -> None:
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(spec)
+
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_missing_dependency_of_the_model_module_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = tmp_path / "needs_torch.py"
+    module.write_text("import torch_that_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("needs_torch:Model")
+
+    assert str(caught.value) == (
+        "model module 'needs_torch' failed to import: "
+        "it needs 'torch_that_is_not_installed', which is not installed"
+    )
+
+
+def test_subclasses_are_named_after_their_class_unless_they_say_otherwise() -> None:
+    class Plain(Model):
+        def process_sample(self, image):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+    class Named(Plain):
+        name = "fer-2013"
+
+    class Child(Named):
+        pass
+
+    assert (Plain.name, Named.name, Child.name) == ("Plain", "fer-2013", "Child")

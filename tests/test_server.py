@@ -1,0 +1,277 @@
+"""The server process: health, reflection, model lifecycle and the graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import EMOTION, TESTS, StartServer, subprocess_env
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from sample_models import ClosingModel, FailingLoadModel, GatedLoadModel, GatedModel
+
+from emotion import PipelineStub, Request, Server
+from emotion.server import ModelStartError
+
+SERVING = HealthCheckResponse.SERVING
+NOT_SERVING = HealthCheckResponse.NOT_SERVING
+
+
+@pytest.mark.parametrize("service", ["", "emotion.v1.Pipeline"])
+async def test_health_is_not_serving_until_load_finishes_then_serving(
+    start_server: StartServer, connect: Callable[[Server], Channel], service: str
+) -> None:
+    model = GatedLoadModel()
+    server = await start_server(model, wait=False)
+    health = HealthStub(connect(server))
+
+    before = await health.Check(HealthCheckRequest(service=service), timeout=5)
+    model.gate.set()
+    await server.wait_loaded()
+    after = await health.Check(HealthCheckRequest(service=service), timeout=5)
+
+    assert (before.status, after.status) == (NOT_SERVING, SERVING)
+
+
+async def test_health_of_an_unknown_service_is_not_found(
+    server: Server, connect: Callable[[Server], Channel]
+) -> None:
+    with pytest.raises(GRPCError) as caught:
+        await HealthStub(connect(server)).Check(HealthCheckRequest(service="nope.v1.X"), timeout=5)
+
+    assert caught.value.status is Status.NOT_FOUND
+
+
+async def test_health_watch_streams_loading_serving_draining(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    model = GatedLoadModel()
+    server = await start_server(model, wait=False)
+    seen: list[int] = []
+    async with HealthStub(connect(server)).Watch.open(timeout=10) as stream:
+        await stream.send_message(HealthCheckRequest(service="emotion.v1.Pipeline"), end=True)
+        seen.append((await stream.recv_message()).status)  # type: ignore[union-attr]
+        model.gate.set()
+        seen.append((await stream.recv_message()).status)  # type: ignore[union-attr]
+        stopping = asyncio.ensure_future(server.stop(grace=5))
+        seen.append((await stream.recv_message()).status)  # type: ignore[union-attr]
+        await stream.cancel()
+    await stopping
+
+    assert seen == [NOT_SERVING, SERVING, NOT_SERVING]
+
+
+async def test_reflection_lists_and_describes_the_services(server: Server) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(TESTS / "reflect.py"),
+        f"127.0.0.1:{server.port}",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 0
+    assert json.loads(output) == {
+        "services": ["emotion.v1.Pipeline", "grpc.health.v1.Health"],
+        "methods": {
+            "emotion.v1.Pipeline": ["RunPipeline"],
+            "grpc.health.v1.Health": ["Check", "Watch"],
+        },
+        "expression_fields": [
+            "neutral",
+            "anger",
+            "disgust",
+            "fear",
+            "happiness",
+            "sadness",
+            "surprise",
+        ],
+    }
+
+
+async def test_model_is_loaded_once_and_closed_at_stop(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    model = ClosingModel()
+    server = await start_server(model)
+    stub = PipelineStub(connect(server))
+    await stub.run_pipeline(Request(image=jpeg), timeout=5)
+    await stub.run_pipeline(Request(image=jpeg), timeout=5)
+
+    await server.stop()
+
+    assert model.calls == ["load", "process_sample", "process_sample", "close"]
+
+
+async def test_a_failing_load_is_reported_and_health_stays_not_serving(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    server = await start_server(FailingLoadModel(), wait=False)
+
+    with pytest.raises(ModelStartError) as caught:
+        await server.wait_loaded()
+    health = await HealthStub(connect(server)).Check(HealthCheckRequest(), timeout=5)
+
+    assert str(caught.value) == (
+        "model FailingLoadModel failed to load: FileNotFoundError: weights.bin is missing"
+    )
+    assert health.status == NOT_SERVING
+
+
+async def test_stop_lets_in_flight_calls_finish_and_refuses_new_ones(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    model = GatedModel()
+    server = await start_server(model)
+    channel = connect(server)
+    stub = PipelineStub(channel)
+    in_flight = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    await asyncio.to_thread(model.entered.wait, 10)
+
+    stopping = asyncio.ensure_future(server.stop(grace=30))
+    await asyncio.sleep(0.1)
+    with pytest.raises(GRPCError) as refused:
+        await stub.run_pipeline(Request(image=jpeg), timeout=5)
+    health = await HealthStub(channel).Check(HealthCheckRequest(), timeout=5)
+    assert not stopping.done()
+    model.gate.set()
+
+    assert len((await in_flight).response) == 1
+    await asyncio.wait_for(stopping, 10)
+    assert refused.value.status is Status.UNAVAILABLE
+    assert refused.value.message == "server is shutting down; retry on another"
+    assert health.status == NOT_SERVING
+    with pytest.raises(OSError, match="Connect call failed"):
+        await PipelineStub(Channel("127.0.0.1", server.port)).run_pipeline(
+            Request(image=jpeg), timeout=5
+        )
+
+
+async def test_calls_still_running_after_the_grace_period_end_unavailable(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    model = GatedModel()
+    server = await start_server(model)
+    stub = PipelineStub(connect(server))
+    in_flight = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    await asyncio.to_thread(model.entered.wait, 10)
+
+    stopping = asyncio.ensure_future(server.stop(grace=0.2))
+    with pytest.raises(GRPCError) as caught:
+        await asyncio.wait_for(in_flight, 10)
+    model.gate.set()  # lets the abandoned thread end, so the executor shuts down
+    await asyncio.wait_for(stopping, 10)
+
+    assert caught.value.status is Status.UNAVAILABLE
+    assert caught.value.message == "server shut down before the call finished; retry"
+
+
+async def _read_until(stream: asyncio.StreamReader, text: str, seen: list[str]) -> str:
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), 30)).decode()
+        if not line:
+            raise AssertionError(f"server exited before logging {text!r}: {''.join(seen)}")
+        seen.append(line)
+        if text in line:
+            return line
+
+
+async def _start_subprocess(
+    *args: str, **env: str
+) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(**env),
+    )
+    assert process.stderr is not None
+    log: list[str] = []
+    line = await _read_until(process.stderr, "listening on", log)
+    port = int(line.split("listening on 127.0.0.1:")[1].split(",")[0])
+    await _read_until(process.stderr, "serving", log)
+    return process, port, log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_in_flight_call_completes_across_a_signal_and_the_process_exits_0(
+    tmp_path: Path, jpeg: bytes, signum: signal.Signals
+) -> None:
+    marker = tmp_path / "started"
+    process, port, log = await _start_subprocess(
+        "--model",
+        "sample_models:SlowModel",
+        EMOTION_TEST_MARKER=str(marker),
+        EMOTION_TEST_SECONDS="1.5",
+    )
+    channel = Channel("127.0.0.1", port)
+    try:
+        call = asyncio.ensure_future(
+            PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=30)
+        )
+        for _ in range(200):
+            if marker.exists():
+                break
+            await asyncio.sleep(0.05)
+        process.send_signal(signum)
+
+        response = await call
+        assert process.stderr is not None
+        rest = (await asyncio.wait_for(process.stderr.read(), 30)).decode()
+        code = await asyncio.wait_for(process.wait(), 30)
+    finally:
+        channel.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert response.response[0].bbox.x2 == 320  # type: ignore[union-attr]
+    assert code == 0, "".join(log) + rest
+    assert f"received {signum.name}; draining" in rest
+    assert "draining 1 in-flight call(s)" in rest
+    assert "stopped" in rest
+
+
+async def test_a_second_signal_cancels_the_drain(tmp_path: Path, jpeg: bytes) -> None:
+    marker = tmp_path / "started"
+    process, port, _ = await _start_subprocess(
+        "--model",
+        "sample_models:SlowModel",
+        "--grace",
+        "60",
+        EMOTION_TEST_MARKER=str(marker),
+        EMOTION_TEST_SECONDS="5",
+    )
+    channel = Channel("127.0.0.1", port)
+    try:
+        call = asyncio.ensure_future(
+            PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=30)
+        )
+        for _ in range(200):
+            if marker.exists():
+                break
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 30)
+        with pytest.raises((GRPCError, ConnectionError, Exception)):
+            await call
+    finally:
+        channel.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert code == 0

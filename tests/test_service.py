@@ -1,0 +1,188 @@
+"""emotion.v1.Pipeline as a client sees it: answers, errors, and a server that keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable
+
+import pytest
+from conftest import StartServer, encode, gradient
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from PIL import Image
+from sample_models import GatedModel, RaisingModel, SizeModel, WrongTypeModel
+
+from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
+
+
+def float32(value: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+async def test_round_trip_returns_the_models_response(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    stub = PipelineStub(connect(await start_server(SizeModel())))
+
+    response = await stub.run_pipeline(Request(image=jpeg), timeout=10)
+
+    # Floats travel as float32, so compare with values rounded the same way.
+    assert response == Response(
+        response=[
+            Result(
+                bbox=BBox(x1=0, y1=0, x2=320, y2=240),
+                expression=Expression(happiness=float32(320 / 560), neutral=float32(240 / 560)),
+            ),
+            Result(bbox=BBox(x1=1.5, y1=2.5, x2=3.5, y2=4.5), expression=Expression(fear=1)),
+        ]
+    )
+
+
+async def test_mock_model_answers_one_default_result(stub: PipelineStub, jpeg: bytes) -> None:
+    response = await stub.run_pipeline(Request(image=jpeg), timeout=10)
+
+    assert response == Response(response=[Result(bbox=BBox(), expression=Expression())])
+
+
+def _truncated(image_format: str) -> bytes:
+    data = encode(gradient(), image_format)
+    return data[: len(data) * 2 // 3]
+
+
+BAD_IMAGES = {
+    "empty": (b"", "request.image is empty"),
+    "text": (b"hello, this is not an image", "is not a JPEG, PNG, WebP, BMP, GIF or TIFF image"),
+    "truncated JPEG": (_truncated("JPEG"), "request.image is a truncated JPEG"),
+    "truncated PNG": (_truncated("PNG"), "request.image is a truncated PNG"),
+    "truncated GIF": (_truncated("GIF"), "request.image is a truncated GIF"),
+    "damaged WebP": (_truncated("WEBP"), "request.image is a damaged WEBP"),
+    "JPEG header only": (encode(gradient(), "JPEG")[:12], "request.image is a truncated JPEG"),
+    "PNG signature only": (b"\x89PNG\r\n\x1a\n", "truncated or damaged PNG: header unreadable"),
+    "ICO": (encode(gradient(64, 64), "ICO"), "request.image is ICO, which is not supported"),
+    "PDF": (
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj",
+        "request.image is PDF, which is not supported",
+    ),
+    "HEIC": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "request.image is HEIF/HEIC"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_IMAGES)
+async def test_bad_input_is_invalid_argument_and_server_keeps_serving(
+    stub: PipelineStub, jpeg: bytes, case: str
+) -> None:
+    data, expected_message = BAD_IMAGES[case]
+
+    with pytest.raises(GRPCError) as caught:
+        await stub.run_pipeline(Request(image=data), timeout=10)
+
+    assert caught.value.status is Status.INVALID_ARGUMENT
+    assert expected_message in (caught.value.message or "")
+    assert await stub.run_pipeline(Request(image=jpeg), timeout=10)
+
+
+async def test_model_exception_is_internal_naming_the_model_with_traceback_only_in_log(
+    start_server: StartServer,
+    connect: Callable[[Server], Channel],
+    jpeg: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stub = PipelineStub(connect(await start_server(RaisingModel())))
+
+    with caplog.at_level(logging.ERROR), pytest.raises(GRPCError) as caught:
+        await stub.run_pipeline(Request(image=jpeg), timeout=10)
+
+    assert caught.value.status is Status.INTERNAL
+    assert caught.value.message == "model RaisingModel failed: ZeroDivisionError"
+    logged = [r for r in caplog.records if r.name == "emotion.service"]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert "secret detail" in str(logged[0].exc_info[1])
+
+
+async def test_model_returning_a_non_response_is_internal(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    stub = PipelineStub(connect(await start_server(WrongTypeModel())))
+
+    with pytest.raises(GRPCError) as caught:
+        await stub.run_pipeline(Request(image=jpeg), timeout=10)
+
+    assert caught.value.status is Status.INTERNAL
+    assert caught.value.message == "model WrongTypeModel returned dict, not emotion.v1.Response"
+
+
+async def test_original_method_name_is_served_as_an_alias(
+    server: Server, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    channel = connect(server)
+    async with channel.request(
+        "/emotion.v1.Pipeline/run_pipeline",
+        Cardinality.UNARY_UNARY,
+        Request,
+        Response,
+        timeout=10,
+    ) as stream:
+        await stream.send_message(Request(image=jpeg), end=True)
+        response = await stream.recv_message()
+
+    assert response == Response(response=[Result(bbox=BBox(), expression=Expression())])
+
+
+async def test_slow_inference_does_not_block_health_or_other_calls(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    model = GatedModel()
+    server = await start_server(model, threads=2)
+    channel = connect(server)
+    stub = PipelineStub(channel)
+    blocked = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    await asyncio.to_thread(model.entered.wait, 10)
+
+    # The model holds a thread; the loop still answers health and decodes bad input.
+    health = await HealthStub(channel).Check(HealthCheckRequest(service=""), timeout=5)
+    with pytest.raises(GRPCError) as caught:
+        await stub.run_pipeline(Request(image=b""), timeout=5)
+
+    assert health.status == HealthCheckResponse.SERVING
+    assert caught.value.status is Status.INVALID_ARGUMENT
+    assert not blocked.done()
+    model.gate.set()
+    assert len((await blocked).response) == 1
+
+
+async def test_calls_before_the_model_loaded_are_unavailable(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    from sample_models import GatedLoadModel
+
+    model = GatedLoadModel()
+    server = await start_server(model, wait=False)
+    stub = PipelineStub(connect(server))
+
+    with pytest.raises(GRPCError) as caught:
+        await stub.run_pipeline(Request(image=jpeg), timeout=5)
+    model.gate.set()
+    await server.wait_loaded()
+
+    assert caught.value.status is Status.UNAVAILABLE
+    assert caught.value.message == "model is still loading; retry shortly"
+    assert await stub.run_pipeline(Request(image=jpeg), timeout=5) == Response()
+
+
+async def test_exif_orientation_is_applied_before_the_model_sees_the_image(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    stub = PipelineStub(connect(await start_server(SizeModel())))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated 90 degrees clockwise
+    data = encode(gradient(320, 240), "JPEG", exif=exif)
+
+    response = await stub.run_pipeline(Request(image=data), timeout=10)
+
+    assert response.response[0].bbox == BBox(x1=0, y1=0, x2=240, y2=320)
