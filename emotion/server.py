@@ -18,15 +18,18 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.health.v1 import health_pb2
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server as GrpclibServer
 
 from emotion.contract import FILE_DESCRIPTOR
 from emotion.model import Model
 from emotion.service import PipelineService, State
+from emotion.transport import GrpcServer
 
 log = logging.getLogger(__name__)
 
-_WATCH_NOTIFY_DELAY = 0.05
+# Between the last answer of a drain and closing connections: lets clients read
+# those answers (grpclib's client fails a call whose trailers arrive in the same
+# read as the GOAWAY) and lets health Watch streams deliver NOT_SERVING.
+_CLOSE_LINGER = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Server:
         self._health = ServiceStatus()
         self._health.set(False)
         self.service = PipelineService(model, self._executor)
-        self._grpc: GrpclibServer | None = None
+        self._grpc: GrpcServer | None = None
         self._port: int | None = None
         self._loaded: asyncio.Future[None] | None = None
         self._grace_over = asyncio.Event()
@@ -80,7 +83,7 @@ class Server:
             [self.service, Health({self.service: [self._health]})],
             pool=_reflection_pool(),
         )
-        self._grpc = GrpclibServer(services)
+        self._grpc = GrpcServer(services)
         listener = _listen(self.config.host, self.config.port)
         self._port = int(listener.getsockname()[1])
         await self._grpc.start(sock=listener)
@@ -124,13 +127,7 @@ class Server:
         grace = self.config.grace if grace is None else grace
         self.service.start_draining()
         self._health.set(False)
-        # Let Watch streams deliver NOT_SERVING before they are closed.
-        await asyncio.sleep(_WATCH_NOTIFY_DELAY)
-        # grpclib closes its listener only together with cancelling every call,
-        # so close the asyncio listener now and cancel after the grace period.
-        listener = getattr(self._grpc, "_server", None)
-        if listener is not None:
-            listener.close()
+        self._grpc.stop_listening()
         if self.service.active_calls:
             log.info(
                 "draining %d in-flight call(s), up to %.1fs",
@@ -148,7 +145,9 @@ class Server:
                 log.warning("aborting %d call(s) still running", self.service.active_calls)
                 self.service.abort_calls()
                 await self.service.wait_idle()
+        await asyncio.sleep(_CLOSE_LINGER)
         self._grpc.close()
+        self._grpc.close_connections()
         await self._grpc.wait_closed()
         self._grpc = None
         if self._loaded is not None and not self._loaded.done():

@@ -10,6 +10,7 @@ from concurrent.futures import Executor
 import grpclib.const
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
 
 from emotion.contract import (
     LEGACY_RUN_PIPELINE_PATH,
@@ -80,26 +81,39 @@ class PipelineService(PipelineBase):
         await self._idle.wait()
 
     async def run_pipeline(self, message: Request) -> Response:
+        """Decode and infer; every failure is a GRPCError with the status a client needs."""
         if self._state is State.LOADING:
             raise GRPCError(Status.UNAVAILABLE, "model is still loading; retry shortly")
         if self._state is State.DRAINING:
             raise GRPCError(Status.UNAVAILABLE, "server is shutting down; retry on another")
-        self._active_calls += 1
-        self._idle.clear()
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor, self._infer, message.image)
+        await asyncio.wait((work, self._abort_signal()), return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            raise GRPCError(Status.UNAVAILABLE, "server shut down before the call finished; retry")
         try:
-            loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(self._executor, self._infer, message.image)
-            await asyncio.wait((work, self._abort_signal()), return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                raise GRPCError(
-                    Status.UNAVAILABLE, "server shut down before the call finished; retry"
-                )
             return work.result()
         except InvalidImage as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         except ModelFailure as exc:
             log.error("%s", exc, exc_info=exc.__cause__)
             raise GRPCError(Status.INTERNAL, str(exc)) from None
+
+    async def _handle_run_pipeline(self, stream: Stream[Request, Response]) -> None:
+        # A call counts as running until its trailers are written, so that a
+        # drain waiting for idle never closes a connection under an answer.
+        self._active_calls += 1
+        self._idle.clear()
+        try:
+            request = await stream.recv_message()
+            assert request is not None  # grpclib ends unary calls without a message itself
+            try:
+                response = await self.run_pipeline(request)
+            except GRPCError as exc:
+                await stream.send_trailing_metadata(status=exc.status, status_message=exc.message)
+                return
+            await stream.send_message(response)
+            await stream.send_trailing_metadata()
         finally:
             self._active_calls -= 1
             if not self._active_calls:
@@ -124,6 +138,10 @@ class PipelineService(PipelineBase):
         return response
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        mapping = super().__mapping__()
-        mapping[LEGACY_RUN_PIPELINE_PATH] = mapping[RUN_PIPELINE_PATH]
-        return mapping
+        handler = grpclib.const.Handler(
+            self._handle_run_pipeline,
+            grpclib.const.Cardinality.UNARY_UNARY,
+            Request,
+            Response,
+        )
+        return {RUN_PIPELINE_PATH: handler, LEGACY_RUN_PIPELINE_PATH: handler}
