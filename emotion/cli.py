@@ -24,7 +24,7 @@ from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
 from emotion.model import ModelLoadError, load_model
 from emotion.server import ModelStartError, ServerConfig, serve
 
-DEFAULT_MODEL = "emotion.models.mock:MockModel"
+DEFAULT_MODEL = "emotion.models.fer:FerModel"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Errors that concern one image only: `predict` reports them and goes on.

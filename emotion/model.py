@@ -69,10 +69,7 @@ def load_model(spec: str) -> Model:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise ModelLoadError(f"model module {module_name!r} not found") from exc
-        raise ModelLoadError(
-            f"model module {module_name!r} failed to import: "
-            f"it needs {exc.name!r}, which is not installed"
-        ) from exc
+        raise ModelLoadError(f"model module {module_name!r} failed to import: {exc}") from exc
     except Exception as exc:
         raise ModelLoadError(
             f"model module {module_name!r} failed to import: {type(exc).__name__}: {exc}"

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EMOTION, StartServer, encode, gradient, subprocess_env
+from conftest import EMOTION, TESTS, StartServer, encode, gradient, subprocess_env
 from sample_models import SizeModel
 
 
@@ -225,3 +225,47 @@ def test_python_dash_m_emotion_is_the_same_cli() -> None:
 
     assert "serve" in result.stdout
     assert "predict" in result.stdout
+
+
+async def test_serve_without_the_fer_extra_says_what_to_install(tmp_path: Path) -> None:
+    # A stand-in package that fails to import the way a missing one does.
+    fake = tmp_path / "ai_edge_litert"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'ai_edge_litert'\", name='ai_edge_litert')\n"
+    )
+
+    code, _, err = await run("serve", "--port", "0", PYTHONPATH=str(tmp_path))
+
+    assert code == 1
+    assert err == (
+        "emotion serve: model module 'emotion.models.fer' failed to import: "
+        "ai_edge_litert is not installed; the fer model needs: pip install 'emotion[fer]'\n"
+    )
+
+
+async def test_serve_with_no_model_flag_serves_the_fer_model(photo: Path) -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        "serve",
+        "--port",
+        str(port),
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    try:
+        assert process.stderr is not None
+        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 60)):
+            assert line, "server exited early"
+        code, out, _ = await run(
+            "predict", str(TESTS / "fixtures" / "astronaut.jpg"), "--target", f"127.0.0.1:{port}"
+        )
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+    faces = json.loads(out)["faces"]
+    assert code == 0
+    assert len(faces) == 1
+    assert max(faces[0]["expression"], key=faces[0]["expression"].get) == "happiness"

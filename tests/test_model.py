@@ -62,8 +62,7 @@ def test_a_missing_dependency_of_the_model_module_is_named(
         load_model("needs_torch:Model")
 
     assert str(caught.value) == (
-        "model module 'needs_torch' failed to import: "
-        "it needs 'torch_that_is_not_installed', which is not installed"
+        "model module 'needs_torch' failed to import: No module named 'torch_that_is_not_installed'"
     )
 
 

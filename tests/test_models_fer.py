@@ -1,0 +1,286 @@
+"""The default model on real photographs: faces found, boxes placed, expressions read."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TESTS, StartServer, encode
+from grpclib.client import Channel
+from PIL import Image
+
+from emotion import BBox, PipelineStub, Request, Response, Result, Server
+from emotion.contract import EXPRESSION_FIELDS
+from emotion.decode import decode_image
+from emotion.models.fer import FerModel, WeightsError, runtime
+
+FIXTURES = TESTS / "fixtures"
+# Where the faces are, by eye, in pixels of each fixture.
+FACES = {
+    "astronaut.jpg": (175, 70, 278, 178),
+    "grace_hopper.jpg": (162, 125, 366, 340),
+}
+EXPECTED_TOP = {"astronaut.jpg": "happiness", "grace_hopper.jpg": "neutral"}
+
+
+def photo(name: str) -> Image.Image:
+    return Image.open(FIXTURES / name).convert("RGB")
+
+
+Box = tuple[float, float, float, float]
+
+
+def iou(a: Box, b: Box) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def box(result: Result) -> tuple[float, float, float, float]:
+    assert result.bbox is not None
+    return result.bbox.x1, result.bbox.y1, result.bbox.x2, result.bbox.y2
+
+
+def top(result: Result) -> str:
+    assert result.expression is not None
+    return max(EXPRESSION_FIELDS, key=lambda name: getattr(result.expression, name))
+
+
+@pytest.fixture(scope="module")
+def model() -> FerModel:
+    model = FerModel()
+    model.load()
+    return model
+
+
+def group_photo(face_widths: list[int]) -> tuple[Image.Image, list[tuple[str, Box]]]:
+    """Head-and-shoulders copies of the portraits with faces of the given widths, on 1280x853.
+
+    Returns the picture and, for each copy, its source and where its face is.
+    """
+    canvas = Image.new("RGB", (1280, 853), (110, 120, 130))
+    truth = []
+    gap = 16
+    x, y, row_height = gap, gap, 0
+    for index, width in enumerate(face_widths):
+        name = ("astronaut.jpg", "grace_hopper.jpg")[index % 2]
+        source = photo(name)
+        fx1, fy1, fx2, fy2 = FACES[name]
+        face_w = fx2 - fx1
+        cx, cy = (fx1 + fx2) / 2, (fy1 + fy2) / 2
+        region = (
+            max(0, round(cx - 1.0 * face_w)),
+            max(0, round(cy - 1.0 * face_w)),
+            min(source.width, round(cx + 1.0 * face_w)),
+            min(source.height, round(cy + 1.2 * face_w)),
+        )
+        scale = width / face_w
+        part = source.crop(region)
+        part = part.resize((round(part.width * scale), round(part.height * scale)))
+        if x + part.width > canvas.width - gap:
+            x, y, row_height = gap, y + row_height + gap, 0
+        assert y + part.height <= canvas.height, "faces do not fit on the canvas"
+        canvas.paste(part, (x, y))
+        dx, dy = x - region[0] * scale, y - region[1] * scale
+        truth.append(
+            (name, (fx1 * scale + dx, fy1 * scale + dy, fx2 * scale + dx, fy2 * scale + dy))
+        )
+        x += part.width + gap
+        row_height = max(row_height, part.height)
+    return canvas, truth
+
+
+@pytest.mark.parametrize("name", FACES)
+def test_a_portrait_gives_one_face_with_the_right_box_and_expression(
+    model: FerModel, name: str
+) -> None:
+    response = model.process_sample(photo(name))
+
+    assert len(response.response) == 1
+    assert iou(box(response.response[0]), FACES[name]) > 0.6
+    assert top(response.response[0]) == EXPECTED_TOP[name]
+
+
+@pytest.mark.parametrize("name", FACES)
+def test_expressions_are_probabilities_summing_to_one(model: FerModel, name: str) -> None:
+    (result,) = model.process_sample(photo(name)).response
+
+    values = [getattr(result.expression, field) for field in EXPRESSION_FIELDS]
+    assert all(0.0 <= value <= 1.0 for value in values)
+    assert sum(values) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_side_by_side_portraits_give_two_faces_in_place(model: FerModel) -> None:
+    left, right = photo("astronaut.jpg"), photo("grace_hopper.jpg")
+    both = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width, 0))
+    gx1, gy1, gx2, gy2 = FACES["grace_hopper.jpg"]
+
+    faces = sorted(model.process_sample(both).response, key=lambda r: box(r)[0])
+
+    assert len(faces) == 2
+    assert iou(box(faces[0]), FACES["astronaut.jpg"]) > 0.6
+    assert iou(box(faces[1]), (gx1 + left.width, gy1, gx2 + left.width, gy2)) > 0.6
+    assert [top(face) for face in faces] == ["happiness", "neutral"]
+
+
+def test_every_face_of_a_group_photo_is_found(model: FerModel) -> None:
+    widths = [85, 130, 95, 120, 80, 110, 100, 125, 90, 105]
+    picture, truth = group_photo(widths)
+
+    faces = model.process_sample(picture).response
+
+    missed = [
+        (name, where) for name, where in truth if not any(iou(box(f), where) > 0.4 for f in faces)
+    ]
+    assert missed == []
+    assert len(faces) == len(truth)
+
+
+def test_small_faces_below_the_requirement_are_found_with_more_tiles() -> None:
+    picture, truth = group_photo([60] * 30)
+    model = FerModel(tiles=3)
+    model.load()
+
+    faces = model.process_sample(picture).response
+
+    found = sum(any(iou(box(f), where) > 0.4 for f in faces) for _, where in truth)
+    assert found >= 0.9 * len(truth)
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.6])
+def test_a_close_up_filling_the_frame_is_found(model: FerModel, scale: float) -> None:
+    x1, y1, x2, y2 = FACES["astronaut.jpg"]
+    cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * scale
+    close_up = photo("astronaut.jpg").crop(
+        (round(cx - half), round(cy - half * 1.1), round(cx + half), round(cy + half * 1.1))
+    )
+    close_up = close_up.resize((close_up.width * 4, close_up.height * 4))
+
+    faces = model.process_sample(close_up).response
+
+    assert len(faces) == 1
+    assert top(faces[0]) == "happiness"
+    left, _, right, _ = box(faces[0])
+    assert right - left > 0.6 * close_up.width
+
+
+def test_a_rotated_photo_with_an_exif_tag_gives_the_face_in_displayed_coordinates(
+    model: FerModel,
+) -> None:
+    upright = photo("astronaut.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera stored it rotated; viewers turn it 90° clockwise
+    stored = encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
+
+    faces = model.process_sample(decode_image(stored)).response
+
+    assert len(faces) == 1
+    assert iou(box(faces[0]), FACES["astronaut.jpg"]) > 0.6
+
+
+@pytest.mark.parametrize(
+    "picture",
+    [
+        Image.new("RGB", (640, 480), "white"),
+        Image.new("L", (3000, 2000), 0),
+        Image.new("RGB", (1, 1), "gray"),
+        Image.fromarray(np.random.default_rng(7).integers(0, 256, (480, 640, 3), dtype=np.uint8)),
+    ],
+    ids=["white", "black-large", "one-pixel", "noise"],
+)
+def test_pictures_without_faces_give_an_empty_response(
+    model: FerModel, picture: Image.Image
+) -> None:
+    assert model.process_sample(picture) == Response()
+
+
+def _as_mode(image: Image.Image, mode: str) -> Image.Image:
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257)
+    if mode == "RGBA":
+        rgba = image.convert("RGBA")
+        rgba.putalpha(200)
+        return rgba
+    return image.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK", "LA", "1"])
+def test_every_image_mode_gives_the_same_face(model: FerModel, mode: str) -> None:
+    image = _as_mode(photo("astronaut.jpg"), mode)
+    assert image.mode == mode
+
+    faces = model.process_sample(image).response
+
+    assert len(faces) == 1
+    assert iou(box(faces[0]), FACES["astronaut.jpg"]) > 0.6
+
+
+def test_boxes_stay_inside_the_image(model: FerModel) -> None:
+    # The face runs off the top-left corner, so the detector's box would too.
+    picture = photo("astronaut.jpg").crop((200, 100, 512, 512))
+
+    for face in model.process_sample(picture).response:
+        assert face.bbox is not None
+        assert 0 <= face.bbox.x1 <= face.bbox.x2 <= picture.width
+        assert 0 <= face.bbox.y1 <= face.bbox.y2 <= picture.height
+
+
+def test_faces_come_most_confident_first(model: FerModel) -> None:
+    picture, _ = group_photo([130, 85, 120, 80])
+
+    faces = model.detect(picture)
+
+    assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
+
+
+def test_concurrent_calls_give_the_same_answers_as_sequential_ones(model: FerModel) -> None:
+    pictures = [photo("astronaut.jpg"), photo("grace_hopper.jpg"), group_photo([90, 110, 100])[0]]
+    expected = [bytes(model.process_sample(p)) for p in pictures]
+    barrier = threading.Barrier(4)
+
+    def run(index: int) -> bytes:
+        barrier.wait()
+        return bytes(model.process_sample(pictures[index % 3]))
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(run, range(12)))
+
+    assert answers == [expected[i % 3] for i in range(12)]
+
+
+def test_a_damaged_weights_file_fails_load_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(runtime.CHECKSUMS, "face_detection_full_range.tflite", "0" * 64)
+
+    with pytest.raises(WeightsError, match=r"face_detection_full_range.tflite has SHA-256 99bf"):
+        FerModel().load()
+
+
+def test_tiles_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="tiles must be at least 1"):
+        FerModel(tiles=0)
+
+
+async def test_served_by_default_it_answers_a_real_photo(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    stub = PipelineStub(connect(await start_server(FerModel())))
+
+    response = await stub.run_pipeline(
+        Request(image=(FIXTURES / "grace_hopper.jpg").read_bytes()), timeout=30
+    )
+
+    assert len(response.response) == 1
+    assert iou(box(response.response[0]), FACES["grace_hopper.jpg"]) > 0.6
+    assert top(response.response[0]) == "neutral"
+    assert response.response[0].bbox != BBox()
+
+
+def test_fixtures_are_small() -> None:
+    assert all(p.stat().st_size < 100_000 for p in Path(FIXTURES).glob("*.jpg"))
