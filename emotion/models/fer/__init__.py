@@ -33,6 +33,8 @@ from emotion.models.fer.runtime import Runner, WeightsError, read_weights
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from numpy.typing import NDArray
+
 __all__ = ["FerModel", "WeightsError", "to_rgb"]
 
 # Tiles overlap so that every face up to a quarter of the image fits whole in
@@ -58,9 +60,9 @@ class FerModel(Model):
         if tiles < 1:
             raise ValueError("tiles must be at least 1")
         self.tiles = tiles
-        # Detection never needs more pixels than this: a tile is then still
-        # larger than the detector's input.
-        self.working_size = round(FULL_RANGE.input_size * tiles * 1.7)
+        # Detection never looks at more pixels than this: at this size each
+        # tile is exactly the detector's input, so tiles need no resizing.
+        self.working_size = round(FULL_RANGE.input_size * max(1.0, tiles / _TILE_SPAN))
 
     def load(self) -> None:
         self._short = BlazeFace(SHORT_RANGE, Runner(read_weights(SHORT_RANGE.filename)))
@@ -74,7 +76,7 @@ class FerModel(Model):
         gray = rgb.convert("L")
         results = []
         for face in self.detect(rgb):
-            scores = self._classify(gray, face)
+            scores = self.classify(gray, face)
             results.append(
                 Result(
                     bbox=BBox(x1=face.x1, y1=face.y1, x2=face.x2, y2=face.y2),
@@ -82,6 +84,10 @@ class FerModel(Model):
                 )
             )
         return Response(response=results)
+
+    def classify(self, gray: Image.Image, face: Detection) -> NDArray[np.float64]:
+        """The seven expression probabilities of one face, in ``LABELS`` order."""
+        return self._classify(gray, face)
 
     def detect(self, rgb: Image.Image) -> list[Detection]:
         """Faces in ``rgb``, in its pixel coordinates, clipped to it, most confident first."""

@@ -65,7 +65,9 @@ def letterbox(image: Image.Image, size: int) -> tuple[NDArray[np.float32], float
     scale = size / max(image.width, image.height)
     width = max(1, round(image.width * scale))
     height = max(1, round(image.height * scale))
-    resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    resized = image
+    if (width, height) != image.size:
+        resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
     canvas = np.full((size, size, 3), -1.0, dtype=np.float32)
     left = (size - width) // 2
     top = (size - height) // 2
