@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -47,11 +48,28 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode ``data`` fully and apply its EXIF orientation.
+@dataclass(frozen=True)
+class Decoded:
+    """An upright image, and how it relates to the full-size image the client sent.
 
-    Raises InvalidImage for every input that is not a complete image in an
-    allowed format; the message is safe to send back to the client.
+    ``scale_x`` and ``scale_y`` are full-size pixels per decoded pixel: 1 for a
+    full decode, up to 8 when a JPEG was decoded at a reduced scale.
+    """
+
+    image: Image.Image
+    size: tuple[int, int]
+    scale_x: float = 1.0
+    scale_y: float = 1.0
+
+
+def decode(data: bytes, *, min_size: int | None = None) -> Decoded:
+    """Decode ``data`` and apply its EXIF orientation.
+
+    With ``min_size``, a JPEG is decoded at the smallest of the scales 1/2,
+    1/4, 1/8 that keeps its longer side at least ``min_size`` pixels (DCT
+    scaling: the skipped work is never done). Other formats decode in full.
+    Raises InvalidImage, with a message safe to send to the client, for every
+    input that is not a complete image in an allowed format.
     """
     if not data:
         raise InvalidImage("request.image is empty: send the bytes of an image file")
@@ -70,13 +88,44 @@ def decode_image(data: bytes) -> Image.Image:
         raise InvalidImage(
             f"request.image is {image.format}, which is not supported; send {SUPPORTED}"
         )
+    stored_width, stored_height = image.size
+    if min_size is not None and image.format in {"JPEG", "MPO"}:
+        _reduce_on_decode(image, min_size)
     try:
         image.load()
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"request.image is too large to decode: {exc}") from None
     except Exception as exc:
         raise _damaged(image.format, exc) from None
-    return _upright(image)
+
+    upright = _upright(image)
+    turned = upright.size != image.size
+    width, height = (stored_height, stored_width) if turned else (stored_width, stored_height)
+    return Decoded(
+        image=upright,
+        size=(width, height),
+        scale_x=width / upright.width,
+        scale_y=height / upright.height,
+    )
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode ``data`` in full and turn it upright; see :func:`decode`."""
+    return decode(data).image
+
+
+def _reduce_on_decode(image: Image.Image, min_size: int) -> None:
+    width, height = image.size
+    longest = max(width, height)
+    if longest <= min_size:
+        return
+    # Pillow picks the scale from integer quotients of these, so round down:
+    # the longer side still comes out at least min_size long.
+    if width >= height:
+        request = (min_size, max(1, height * min_size // width))
+    else:
+        request = (max(1, width * min_size // height), min_size)
+    image.draft(None, request)
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -26,6 +26,12 @@ class Model(abc.ABC):
     #: Shown in logs and error messages; defaults to the class name.
     name: ClassVar[str] = ""
 
+    #: The length in pixels the image's longer side needs for this model to
+    #: work as well as on the full image, or None to always get the full image.
+    #: With a value, the server decodes large JPEGs at 1/2, 1/4 or 1/8 scale
+    #: (never below this length) and scales the returned boxes to the full image.
+    min_size: ClassVar[int | None] = None
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if not cls.__dict__.get("name"):

@@ -19,7 +19,7 @@ from emotion.contract import (
     Request,
     Response,
 )
-from emotion.decode import InvalidImage, decode_image
+from emotion.decode import Decoded, InvalidImage, decode
 from emotion.model import Model
 
 log = logging.getLogger(__name__)
@@ -125,16 +125,18 @@ class PipelineService(PipelineBase):
         return self._abort
 
     def _infer(self, data: bytes) -> Response:
-        image = decode_image(data)
+        decoded = decode(data, min_size=self._model.min_size)
         name = self._model.name
         try:
-            response = self._model.process_sample(image)
+            response = self._model.process_sample(decoded.image)
         except Exception as exc:
             raise ModelFailure(f"model {name} failed: {type(exc).__name__}") from exc
         if not isinstance(response, Response):
             raise ModelFailure(
                 f"model {name} returned {type(response).__name__}, not emotion.v1.Response"
             )
+        if decoded.scale_x != 1.0 or decoded.scale_y != 1.0:
+            to_full_size(response, decoded)
         return response
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -145,3 +147,16 @@ class PipelineService(PipelineBase):
             Response,
         )
         return {RUN_PIPELINE_PATH: handler, LEGACY_RUN_PIPELINE_PATH: handler}
+
+
+def to_full_size(response: Response, decoded: Decoded) -> None:
+    """Scale the boxes a model found in a reduced decode to the full image, in place."""
+    width, height = decoded.size
+    for result in response.response:
+        box = result.bbox
+        if box is None:
+            continue
+        box.x1 = min(box.x1 * decoded.scale_x, width)
+        box.x2 = min(box.x2 * decoded.scale_x, width)
+        box.y1 = min(box.y1 * decoded.scale_y, height)
+        box.y2 = min(box.y2 * decoded.scale_y, height)

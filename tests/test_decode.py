@@ -6,7 +6,7 @@ import pytest
 from conftest import encode, gradient
 from PIL import Image
 
-from emotion.decode import InvalidImage, decode_image, sniff
+from emotion.decode import InvalidImage, decode, decode_image, sniff
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,45 @@ def test_decompression_bomb_is_refused_without_decoding() -> None:
 )
 def test_sniff_names_formats_by_their_signature(head: bytes, name: str | None) -> None:
     assert sniff(head) == name
+
+
+def test_a_large_jpeg_is_decoded_at_the_smallest_scale_that_keeps_min_size() -> None:
+    data = encode(gradient(4000, 3000), "JPEG")
+
+    full = decode(data)
+    at_1000 = decode(data, min_size=1000)
+    at_1024 = decode(data, min_size=1024)
+    at_128 = decode(data, min_size=128)
+
+    assert (full.image.size, full.scale_x) == ((4000, 3000), 1.0)
+    assert (at_1000.image.size, at_1000.scale_x, at_1000.scale_y) == ((1000, 750), 4.0, 4.0)
+    assert (at_1024.image.size, at_1024.scale_x) == ((2000, 1500), 2.0)
+    assert (at_128.image.size, at_128.scale_x) == ((500, 375), 8.0)
+    assert at_128.size == full.size == (4000, 3000)
+
+
+def test_reduced_decode_keeps_exif_orientation_and_scales_per_displayed_axis() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    data = encode(gradient(4001, 2999), "JPEG", exif=exif)
+
+    decoded = decode(data, min_size=500)
+
+    assert decoded.size == (2999, 4001)
+    assert decoded.image.size == (375, 501)
+    assert (decoded.scale_x, decoded.scale_y) == (2999 / 375, 4001 / 501)
+
+
+@pytest.mark.parametrize(
+    ("image_format", "size"),
+    [("PNG", (2000, 1500)), ("WEBP", (2000, 1500)), ("JPEG", (900, 600))],
+)
+def test_only_jpegs_larger_than_min_size_are_reduced(
+    image_format: str, size: tuple[int, int]
+) -> None:
+    decoded = decode(
+        encode(gradient(*size), image_format), min_size=128 if image_format != "JPEG" else 900
+    )
+
+    assert decoded.image.size == size
+    assert (decoded.scale_x, decoded.scale_y) == (1.0, 1.0)

@@ -15,8 +15,9 @@ from PIL import Image
 
 from emotion import BBox, PipelineStub, Request, Response, Result, Server
 from emotion.contract import EXPRESSION_FIELDS
-from emotion.decode import decode_image
+from emotion.decode import decode, decode_image
 from emotion.models.fer import FerModel, WeightsError, runtime
+from emotion.service import to_full_size
 
 FIXTURES = TESTS / "fixtures"
 # Where the faces are, by eye, in pixels of each fixture.
@@ -284,3 +285,23 @@ async def test_served_by_default_it_answers_a_real_photo(
 
 def test_fixtures_are_small() -> None:
     assert all(p.stat().st_size < 100_000 for p in Path(FIXTURES).glob("*.jpg"))
+
+
+def test_boxes_from_a_reduced_jpeg_decode_match_a_full_decode(model: FerModel) -> None:
+    picture, truth = group_photo([110, 130, 120, 125, 115, 105])
+    data = encode(picture.resize((3840, 2559), Image.Resampling.BICUBIC), "JPEG", quality=92)
+    full = model.process_sample(decode_image(data)).response
+    reduced = decode(data, min_size=model.min_size)
+    assert reduced.scale_x == 2.0  # 3840 -> 1920, the smallest scale keeping 1024
+
+    answer = model.process_sample(reduced.image)
+    to_full_size(answer, reduced)
+
+    assert len(answer.response) == len(full) == len(truth)
+    for face in full:
+        nearest = max(answer.response, key=lambda other: iou(box(other), box(face)))
+        assert (
+            max(abs(a - b) for a, b in zip(box(nearest), box(face), strict=True))
+            < 6 * reduced.scale_x
+        )
+        assert top(nearest) == top(face)

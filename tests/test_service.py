@@ -186,3 +186,22 @@ async def test_exif_orientation_is_applied_before_the_model_sees_the_image(
     response = await stub.run_pipeline(Request(image=data), timeout=10)
 
     assert response.response[0].bbox == BBox(x1=0, y1=0, x2=240, y2=320)
+
+
+class ReducedSizeModel(SizeModel):
+    min_size = 500
+
+
+async def test_boxes_from_a_reduced_decode_come_back_in_full_image_pixels(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    stub = PipelineStub(connect(await start_server(ReducedSizeModel())))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(gradient(4000, 3000), "JPEG", exif=exif)
+
+    response = await stub.run_pipeline(Request(image=data), timeout=30)
+
+    # The model saw 375x500 (1/8 scale, turned upright) and answered in those pixels.
+    assert response.response[0].bbox == BBox(x1=0, y1=0, x2=3000, y2=4000)
+    assert response.response[1].bbox == BBox(x1=12, y1=20, x2=28, y2=36)

@@ -55,6 +55,10 @@ class FerModel(Model):
     """
 
     name = "fer"
+    # Detection looks at no more than ~300 pixels, but expressions are read
+    # from the face itself: at 1024 pixels a face 1/15 of the image is still
+    # larger than the classifier's 64x64 input.
+    min_size = 1024
 
     def __init__(self, *, tiles: int = 2) -> None:
         if tiles < 1:
