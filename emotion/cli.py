@@ -23,9 +23,10 @@ from emotion.client import DEFAULT_TARGET, Client, parse_target
 from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
 from emotion.model import ModelLoadError, load_model
 from emotion.server import ModelStartError, ServerConfig, serve
+from emotion.supervisor import Supervisor, WorkersFailed
 
 DEFAULT_MODEL = "emotion.models.fer:FerModel"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 # Errors that concern one image only: `predict` reports them and goes on.
 _PER_IMAGE_STATUSES = {Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED}
@@ -47,6 +48,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
@@ -84,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("GRACE", "30"),
         help="seconds in-flight calls may take to finish after SIGTERM "
         "(env EMOTION_GRACE; default %(default)s)",
+    )
+    serve_cmd.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=_env("WORKERS", str(os.cpu_count() or 1)),
+        help="server processes sharing the port, each with its own model "
+        "(env EMOTION_WORKERS; default: one per CPU, here %(default)s)",
     )
     serve_cmd.add_argument(
         "--threads",
@@ -128,8 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    level = getattr(logging, args.log_level.upper())
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     try:
+        # Workers import the model themselves; importing it here first turns a
+        # wrong --model into one line before any process starts.
         model = load_model(args.model)
     except ModelLoadError as exc:
         print(f"emotion serve: {exc}", file=sys.stderr)
@@ -138,8 +156,15 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, grace=args.grace, threads=args.threads or None
     )
     try:
-        asyncio.run(serve(model, config))
-    except ModelStartError as exc:
+        if args.workers == 1:
+            asyncio.run(serve(model, config))
+        else:
+            del model
+            supervisor = Supervisor(
+                args.model, config, args.workers, log_level=level, log_format=LOG_FORMAT
+            )
+            supervisor.run()
+    except (ModelStartError, WorkersFailed) as exc:
         print(f"emotion serve: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,6 +43,9 @@ class ServerConfig:
     grace: float = 30.0
     #: Threads running decode and inference; None means one per CPU.
     threads: int | None = None
+    #: Share the port with other processes (SO_REUSEPORT): the kernel spreads
+    #: new connections across them. Set by the worker supervisor.
+    reuse_port: bool = False
 
 
 class ModelStartError(Exception):
@@ -84,7 +88,7 @@ class Server:
             pool=_reflection_pool(),
         )
         self._grpc = GrpcServer(services)
-        listener = _listen(self.config.host, self.config.port)
+        listener = _listen(self.config.host, self.config.port, reuse_port=self.config.reuse_port)
         self._port = int(listener.getsockname()[1])
         await self._grpc.start(sock=listener)
         log.info(
@@ -168,10 +172,17 @@ class Server:
             log.exception("model %s failed to close", self.model.name)
 
 
-async def serve(model: Model, config: ServerConfig) -> None:
-    """Run a server until SIGTERM or SIGINT, then drain and return.
+async def serve(
+    model: Model,
+    config: ServerConfig,
+    *,
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    on_serving: Callable[[int], None] | None = None,
+) -> None:
+    """Run a server until one of ``signals``, then drain and return.
 
     A second signal during the drain cancels the remaining calls at once.
+    ``on_serving`` is called with the bound port once the model has loaded.
     Raises ModelStartError when the model cannot load.
     """
     server = Server(model, config)
@@ -187,7 +198,7 @@ async def serve(model: Model, config: ServerConfig) -> None:
             log.info("received %s; draining", name)
             stop_requested.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await server.start()
@@ -198,18 +209,20 @@ async def serve(model: Model, config: ServerConfig) -> None:
             stopping.cancel()
             await server.stop(grace=0)
             loaded.result()
+        if on_serving is not None and not stopping.done():
+            on_serving(server.port)
         await stopping
         loaded.cancel()
         await server.stop()
         log.info("stopped")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signals:
             loop.remove_signal_handler(signum)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=1024)
+    return socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
 
 
 def _reflection_pool() -> DescriptorPool:

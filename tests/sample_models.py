@@ -137,3 +137,24 @@ class CrashingInitModel(Model):
 
     def process_sample(self, image: Image.Image) -> Response:
         return Response()
+
+
+class PidModel(Model):
+    """Answers with the serving process's pid as the box's x1."""
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return Response(response=[Result(bbox=BBox(x1=os.getpid()))])
+
+
+class CrashingModel(Model):
+    """Kills its process on an image wider than 1000 pixels; answers like PidModel otherwise."""
+
+    def load(self) -> None:
+        flag = os.environ.get("EMOTION_TEST_FAIL_FILE")
+        if flag and Path(flag).exists():
+            raise RuntimeError("told to fail by the test")
+
+    def process_sample(self, image: Image.Image) -> Response:
+        if image.width > 1000:
+            os._exit(3)
+        return Response(response=[Result(bbox=BBox(x1=os.getpid()))])

@@ -146,10 +146,23 @@ async def test_predict_times_out_in_one_line(start_server: StartServer, photo: P
 async def test_serve_fails_at_startup_with_one_line_on_a_bad_model(
     args: list[str], env: dict[str, str], message: str
 ) -> None:
-    code, _, err = await run("serve", "--port", "0", *args, **env)
+    code, _, err = await run("serve", "--port", "0", "--workers", "1", *args, **env)
 
     assert code == 1
     assert err.endswith(message)
+
+
+async def test_serve_with_workers_fails_at_startup_when_a_worker_cannot_load() -> None:
+    code, _, err = await run(
+        "serve", "--port", "0", "--workers", "2", "--model", "sample_models:FailingLoadModel"
+    )
+
+    assert code == 1
+    assert err.splitlines()[-1] in {
+        f"emotion serve: worker {slot} failed to start: model FailingLoadModel failed to load: "
+        "FileNotFoundError: weights.bin is missing"
+        for slot in (0, 1)
+    }
 
 
 async def test_serve_reports_a_port_in_use() -> None:

@@ -200,16 +200,24 @@ async def _start_subprocess(
     log: list[str] = []
     line = await _read_until(process.stderr, "listening on", log)
     port = int(line.split("listening on 127.0.0.1:")[1].split(",")[0])
-    await _read_until(process.stderr, "serving", log)
+    ready = (
+        "workers serving on"
+        if "--workers" in args and args[args.index("--workers") + 1] != "1"
+        else "serving"
+    )
+    await _read_until(process.stderr, ready, log)
     return process, port, log
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_in_flight_call_completes_across_a_signal_and_the_process_exits_0(
-    tmp_path: Path, jpeg: bytes, signum: signal.Signals
+    tmp_path: Path, jpeg: bytes, signum: signal.Signals, workers: str
 ) -> None:
     marker = tmp_path / "started"
     process, port, log = await _start_subprocess(
+        "--workers",
+        workers,
         "--model",
         "sample_models:SlowModel",
         EMOTION_TEST_MARKER=str(marker),

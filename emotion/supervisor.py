@@ -1,0 +1,304 @@
+"""Several server processes on one port, kept alive by a parent that owns no socket traffic.
+
+grpclib serves from one thread, and Python runs one core per process, so using
+every core takes processes. Each worker is a complete server (its own model,
+health and drain) listening with SO_REUSEPORT; the kernel spreads connections
+across them. The parent only starts, watches and stops workers:
+
+- it binds the port first (without listening), so a port in use or port 0
+  is settled once and every worker gets the same number;
+- it waits until every worker has loaded its model, and exits non-zero if one
+  cannot;
+- it restarts a worker that dies, backing off while restarts keep failing;
+- it turns SIGTERM and SIGINT into SIGTERM for every worker, which drain; a
+  second signal cuts their grace period short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING
+
+from emotion.model import Model, load_model
+from emotion.server import ServerConfig, serve
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+log = logging.getLogger(__name__)
+
+_PARENT_CHECK_INTERVAL = 1.0
+
+
+class WorkersFailed(Exception):
+    """Workers could not start, or kept dying; the message says why."""
+
+
+@dataclass
+class _Worker:
+    slot: int
+    process: BaseProcess
+    messages: Connection
+    serving: bool = False
+
+
+def _worker_main(
+    spec: str, config: ServerConfig, messages: Connection, log_level: int, log_format: str
+) -> None:
+    """Entry point of a worker process."""
+    logging.basicConfig(level=log_level, format=log_format)
+    # Ctrl-C reaches the whole process group; only the parent's word counts.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        asyncio.run(_serve_while_parent_lives(load_model(spec), config, messages))
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            messages.send(("failed", str(exc)))
+        sys.exit(1)
+
+
+async def _serve_while_parent_lives(
+    model: Model, config: ServerConfig, messages: Connection
+) -> None:
+    """Serve; drain as on SIGTERM if the parent dies (killed, it could not forward one)."""
+    parent = os.getppid()
+    serving = asyncio.ensure_future(
+        serve(
+            model,
+            config,
+            signals=(signal.SIGTERM,),
+            on_serving=lambda port: messages.send(("serving", port)),
+        )
+    )
+    orphaned = False
+    while not serving.done():
+        await asyncio.wait({serving}, timeout=_PARENT_CHECK_INTERVAL)
+        if not orphaned and os.getppid() != parent:
+            orphaned = True
+            log.warning("supervisor (pid %d) is gone; draining", parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+    serving.result()
+
+
+class Supervisor:
+    """Runs ``count`` workers serving ``spec`` and keeps them running until told to stop."""
+
+    def __init__(
+        self,
+        spec: str,
+        config: ServerConfig,
+        count: int,
+        *,
+        log_level: int = logging.INFO,
+        log_format: str = logging.BASIC_FORMAT,
+        max_failed_restarts: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.count = count
+        self.log_level = log_level
+        self.log_format = log_format
+        #: Restarts in a row of workers that die before serving, before giving up.
+        self.max_failed_restarts = max_failed_restarts
+        #: Delay before the first such restart; it doubles up to max_backoff.
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: dict[int, _Worker] = {}
+        self._signals = 0
+        self._stopping = False
+        self._failed_restarts = 0
+        self._restart_at: dict[int, float] = {}
+        self._last_signal = ""
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT and every worker has drained.
+
+        Raises WorkersFailed when the workers cannot start or keep dying.
+        """
+        reservation = _reserve(self.config.host, self.config.port)
+        port = reservation.getsockname()[1]
+        self.config = replace(self.config, port=port, reuse_port=True)
+        previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            for slot in range(self.count):
+                self._start(slot)
+            self._wait_until_serving()
+            log.info(
+                "%d workers serving on %s:%d (pids %s)",
+                self.count,
+                self.config.host,
+                port,
+                " ".join(str(w.process.pid) for w in self._workers.values()),
+            )
+            self._supervise()
+        finally:
+            self._stop_all()
+            reservation.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals += 1
+        self._stopping = True
+        self._last_signal = signal.Signals(signum).name
+
+    def _start(self, slot: int) -> None:
+        receive, send = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(self.spec, self.config, send, self.log_level, self.log_format),
+            name=f"emotion-worker-{slot}",
+            daemon=False,
+        )
+        process.start()
+        send.close()
+        self._workers[slot] = _Worker(slot, process, receive)
+
+    def _wait_until_serving(self) -> None:
+        while not all(w.serving for w in self._workers.values()):
+            if self._stopping:
+                log.info("all workers stopped")
+                return
+            for worker in self._ready_to_read(timeout=0.2):
+                message = self._read(worker)
+                if message is None or message[0] == "failed":
+                    reason = message[1] if message else _exit_reason(worker.process)
+                    raise WorkersFailed(f"worker {worker.slot} failed to start: {reason}")
+
+    def _supervise(self) -> None:
+        forwarded = 0
+        while True:
+            if self._signals > forwarded:
+                forwarded = self._signals
+                if forwarded == 1:
+                    log.info("received %s; draining %d workers", self._last_signal, self.count)
+                else:
+                    log.warning(
+                        "received %s again; workers cancel in-flight calls", self._last_signal
+                    )
+                self._signal_all(signal.SIGTERM)
+            if self._stopping and not any(w.process.is_alive() for w in self._workers.values()):
+                log.info("all workers stopped")
+                return
+            for worker in self._ready_to_read(timeout=0.2):
+                message = self._read(worker)
+                if message is not None and message[0] == "failed" and not worker.serving:
+                    log.error("worker %d failed to start: %s", worker.slot, message[1])
+            if self._stopping:
+                continue
+            now = time.monotonic()
+            for worker in list(self._workers.values()):
+                if worker.process.is_alive():
+                    continue
+                worker.process.join()
+                if worker.slot not in self._restart_at:
+                    self._note_death(worker)
+                if now >= self._restart_at[worker.slot]:
+                    del self._restart_at[worker.slot]
+                    worker.messages.close()
+                    self._start(worker.slot)
+
+    def _note_death(self, worker: _Worker) -> None:
+        if worker.serving:
+            self._failed_restarts = 0
+        else:
+            self._failed_restarts += 1
+            if self._failed_restarts > self.max_failed_restarts:
+                raise WorkersFailed(
+                    f"worker {worker.slot} died {self._failed_restarts} times in a row "
+                    f"before serving ({_exit_reason(worker.process)}); giving up"
+                )
+        delay = 0.0
+        if self._failed_restarts:
+            delay = min(self.max_backoff, self.backoff * 2 ** (self._failed_restarts - 1))
+        log.warning(
+            "worker %d (pid %s) %s; restarting%s",
+            worker.slot,
+            worker.process.pid,
+            _exit_reason(worker.process),
+            f" in {delay:.1f}s" if delay else "",
+        )
+        self._restart_at[worker.slot] = time.monotonic() + delay
+
+    def _ready_to_read(self, timeout: float) -> list[_Worker]:
+        by_connection = {w.messages: w for w in self._workers.values() if not w.messages.closed}
+        ready = wait(list(by_connection), timeout=timeout)
+        return [by_connection[c] for c in ready if isinstance(c, Connection)]
+
+    def _read(self, worker: _Worker) -> tuple[str, object] | None:
+        """The worker's next message, or None once it has exited."""
+        try:
+            kind, value = worker.messages.recv()
+        except (EOFError, OSError):
+            worker.messages.close()
+            worker.process.join(timeout=5)
+            return None
+        if kind == "serving":
+            worker.serving = True
+            if self._failed_restarts:
+                self._failed_restarts = 0
+        return kind, value
+
+    def _signal_all(self, signum: int) -> None:
+        for worker in self._workers.values():
+            if worker.process.is_alive() and worker.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signum)
+
+    def _stop_all(self) -> None:
+        """Ask every worker to drain, then wait for it; kill what outlives the grace."""
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.grace + 10
+        for worker in self._workers.values():
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                log.error("worker %d did not stop in time; killing it", worker.slot)
+                worker.process.kill()
+                worker.process.join()
+            worker.messages.close()
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """Bind (without listening) so the port is ours and known before workers start.
+
+    A first, exclusive bind fails if anything holds the port, even another
+    server that would share it (SO_REUSEPORT), and picks the port for port 0.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, port))
+        port = probe.getsockname()[1]
+    reservation = socket.socket(family, socket.SOCK_STREAM)
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        reservation.bind((host, port))
+    except OSError:
+        reservation.close()
+        raise
+    return reservation
+
+
+def _exit_reason(process: BaseProcess) -> str:
+    code = process.exitcode
+    if code is None:
+        return "is still running"
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"

@@ -1,0 +1,252 @@
+"""`emotion serve --workers N`: processes sharing one port, restarted when they die."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import EMOTION, encode, gradient, subprocess_env
+from grpclib.client import Channel
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from emotion import PipelineStub, Request
+
+
+class Served:
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.log: list[str] = []
+
+    async def read_until(self, text: str, timeout: float = 60) -> str:
+        assert self.process.stderr is not None
+        while True:
+            line = (await asyncio.wait_for(self.process.stderr.readline(), timeout)).decode()
+            if not line:
+                raise AssertionError(f"no {text!r} before exit:\n{''.join(self.log)}")
+            self.log.append(line)
+            if text in line:
+                return line
+
+    async def pids(self, jpeg: bytes, connections: int = 16) -> set[int]:
+        """Worker pids that answer, one call on each of several fresh connections."""
+        seen = set()
+        for _ in range(connections):
+            channel = Channel("127.0.0.1", self.port)
+            try:
+                response = await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
+            finally:
+                channel.close()
+            assert response.response[0].bbox is not None
+            seen.add(int(response.response[0].bbox.x1))
+        return seen
+
+
+async def start(*args: str, **env: str) -> Served:
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(**env),
+    )
+    served = Served(process, 0)
+    line = await served.read_until("workers serving on")
+    served.port = int(line.split("serving on 127.0.0.1:")[1].split(" ")[0])
+    return served
+
+
+@pytest.fixture
+async def cleanup() -> AsyncIterator[list[Served]]:
+    started: list[Served] = []
+    yield started
+    for served in started:
+        if served.process.returncode is None:
+            for pid in children(served.process.pid):
+                os.kill(pid, signal.SIGKILL)
+            served.process.kill()
+            await served.process.wait()
+
+
+def children(pid: int) -> set[int]:
+    """Worker processes of the supervisor ``pid`` (not multiprocessing's resource tracker)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and b"spawn_main" in command:
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_workers_share_the_port_and_connections_spread_across_them(
+    cleanup: list[Served], jpeg: bytes
+) -> None:
+    served = await start("--workers", "2", "--model", "sample_models:PidModel")
+    cleanup.append(served)
+
+    pids = await served.pids(jpeg)
+
+    workers = children(served.process.pid)
+    assert pids == workers
+    assert len(pids) == 2
+    assert served.process.pid not in pids
+
+
+async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
+    cleanup: list[Served], jpeg: bytes
+) -> None:
+    served = await start("--workers", "2", "--model", "sample_models:CrashingModel")
+    cleanup.append(served)
+    before = children(served.process.pid)
+
+    channel = Channel("127.0.0.1", served.port)
+    with pytest.raises((StreamTerminatedError, GRPCError, ConnectionError)):
+        await PipelineStub(channel).run_pipeline(
+            Request(image=encode(gradient(1200, 100), "JPEG")), timeout=10
+        )
+    channel.close()
+    line = await served.read_until("restarting")
+    await served.read_until("serving")
+    after = children(served.process.pid)
+
+    assert "exited with status 3; restarting" in line
+    assert len(after) == 2
+    assert len(before & after) == 1
+    assert await served.pids(jpeg) == after
+
+
+async def test_sigterm_drains_every_worker_and_exits_0(cleanup: list[Served], jpeg: bytes) -> None:
+    served = await start("--workers", "2", "--model", "sample_models:PidModel")
+    cleanup.append(served)
+    workers = children(served.process.pid)
+
+    served.process.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(served.process.wait(), 60)
+
+    assert code == 0
+    assert not any(alive(pid) for pid in workers)
+    await served.read_until("all workers stopped")
+
+
+async def test_workers_that_keep_dying_before_serving_make_the_parent_give_up(
+    tmp_path: Path, jpeg: bytes
+) -> None:
+    flag = tmp_path / "fail"
+    script = (
+        "import logging, sys\n"
+        "from emotion.server import ServerConfig\n"
+        "from emotion.supervisor import Supervisor, WorkersFailed\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "s = Supervisor('sample_models:CrashingModel', ServerConfig(port=0), 2,\n"
+        "               max_failed_restarts=2, backoff=0.05)\n"
+        "try:\n"
+        "    s.run()\n"
+        "except WorkersFailed as exc:\n"
+        "    print(exc, file=sys.stderr)\n"
+        "    sys.exit(1)\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(EMOTION_TEST_FAIL_FILE=str(flag)),
+    )
+    served = Served(process, 0)
+    try:
+        line = await served.read_until("workers serving on")
+        served.port = int(line.split("serving on 127.0.0.1:")[1].split(" ")[0])
+        flag.touch()  # from now on, every restarted worker fails to load
+        channel = Channel("127.0.0.1", served.port)
+        with pytest.raises((StreamTerminatedError, GRPCError, ConnectionError)):
+            await PipelineStub(channel).run_pipeline(
+                Request(image=encode(gradient(1200, 100), "JPEG")), timeout=10
+            )
+        channel.close()
+        code = await asyncio.wait_for(process.wait(), 60)
+        assert process.stderr is not None
+        rest = (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert code == 1
+    assert "died 3 times in a row before serving" in rest.splitlines()[-1]
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+async def test_a_port_already_taken_is_refused_even_by_a_port_sharing_server(
+    reuse_port: bool,
+) -> None:
+    with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            *EMOTION,
+            "serve",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--model",
+            "sample_models:PidModel",
+            stderr=asyncio.subprocess.PIPE,
+            env=subprocess_env(),
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 1
+    assert err.decode().splitlines()[-1] == (
+        f"emotion serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+
+
+def test_workers_default_to_the_cpu_count() -> None:
+    from emotion.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+
+    assert args.workers == int(os.environ.get("EMOTION_WORKERS", os.cpu_count() or 1))
+
+
+async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
+    cleanup: list[Served], jpeg: bytes
+) -> None:
+    served = await start("--workers", "2", "--model", "sample_models:PidModel")
+    cleanup.append(served)
+    workers = children(served.process.pid)
+
+    served.process.kill()
+    await served.process.wait()
+    for _ in range(100):
+        if not any(alive(pid) for pid in workers):
+            break
+        await asyncio.sleep(0.1)
+
+    assert not any(alive(pid) for pid in workers)
+    await served.read_until("is gone; draining")
