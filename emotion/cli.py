@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from emotion.client import DEFAULT_TARGET, Client, parse_target
 from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
 from emotion.model import ModelLoadError, load_model
-from emotion.server import ModelStartError, ServerConfig, serve
+from emotion.server import ModelStartError, ServerConfig, exit_code, format_address, serve
 from emotion.supervisor import Supervisor, WorkersFailed
 
 DEFAULT_MODEL = "emotion.models.fer:FerModel"
@@ -44,11 +46,46 @@ def _target(text: str) -> str:
     return text
 
 
-def _positive_float(text: str) -> float:
+def _seconds(text: str) -> float:
     value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds")
+    return value
+
+
+def _timeout(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("the timeout must be more than 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535; 0 picks a free one)")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
+
+
+def _host(text: str) -> str:
+    # Accept the bracketed IPv6 form that targets use.
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.lower()
 
 
 def _positive_int(text: str) -> int:
@@ -76,19 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(
         "--host",
+        type=_host,
         default=_env("HOST", "127.0.0.1"),
         help="address to listen on; 0.0.0.0 or :: for all interfaces "
         "(env EMOTION_HOST; default %(default)s)",
     )
     serve_cmd.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=_env("PORT", "50051"),
         help="port to listen on (env EMOTION_PORT; default %(default)s)",
     )
     serve_cmd.add_argument(
         "--grace",
-        type=_positive_float,
+        type=_seconds,
         default=_env("GRACE", "30"),
         help="seconds in-flight calls may take to finish after SIGTERM "
         "(env EMOTION_GRACE; default %(default)s)",
@@ -102,15 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(
         "--threads",
-        type=int,
+        type=_count,
         default=_env("THREADS", "0"),
         help="threads for decode and inference; 0 means one per CPU "
         "(env EMOTION_THREADS; default %(default)s)",
     )
     serve_cmd.add_argument(
         "--log-level",
+        type=_log_level,
         default=_env("LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
         help="(env EMOTION_LOG_LEVEL; default %(default)s)",
     )
 
@@ -128,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict_cmd.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_timeout,
         default=30.0,
         help="seconds to wait for each answer (default %(default)s)",
     )
@@ -142,20 +181,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(_predict(args.images, args.target, args.timeout))
 
 
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The server settings that `emotion serve`'s flags name."""
+    return ServerConfig(
+        host=args.host, port=args.port, grace=args.grace, threads=args.threads or None
+    )
+
+
+class _StopBeforeServing(BaseException):
+    """SIGTERM or SIGINT arrived before the server could handle it itself.
+
+    A BaseException, like KeyboardInterrupt, so that code catching Exception
+    (a model's import, load_model) lets it through.
+    """
+
+
+def _stop_before_serving(signum: int, frame: object) -> None:
+    raise _StopBeforeServing
+
+
 def _serve(args: argparse.Namespace) -> int:
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    # Importing a model can take seconds; a stop signal meanwhile is a clean exit.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_before_serving)
+    # Find models in the working directory, as `python -m emotion` would.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    config = server_config(args)
     try:
         # Workers import the model themselves; importing it here first turns a
         # wrong --model into one line before any process starts.
         model = load_model(args.model)
-    except ModelLoadError as exc:
-        print(f"emotion serve: {exc}", file=sys.stderr)
-        return 1
-    config = ServerConfig(
-        host=args.host, port=args.port, grace=args.grace, threads=args.threads or None
-    )
-    try:
         if args.workers == 1:
             asyncio.run(serve(model, config))
         else:
@@ -164,14 +222,19 @@ def _serve(args: argparse.Namespace) -> int:
                 args.model, config, args.workers, log_level=level, log_format=LOG_FORMAT
             )
             supervisor.run()
-    except (ModelStartError, WorkersFailed) as exc:
+    except _StopBeforeServing:
+        logging.getLogger(__name__).info("stopped before serving")
+    except (ModelLoadError, ModelStartError, WorkersFailed) as exc:
         print(f"emotion serve: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(1)
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        print(f"emotion serve: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+        reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+        print(
+            f"emotion serve: cannot listen on {format_address(args.host, args.port)}: {reason}",
+            file=sys.stderr,
+        )
+        return exit_code(1)
+    return exit_code(0)
 
 
 async def _predict(images: list[Path], target: str, timeout: float) -> int:

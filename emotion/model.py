@@ -73,7 +73,7 @@ def load_model(spec: str) -> Model:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name == module_name or module_name.startswith(f"{exc.name}."):
             raise ModelLoadError(f"model module {module_name!r} not found") from exc
         raise ModelLoadError(f"model module {module_name!r} failed to import: {exc}") from exc
     except Exception as exc:

@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -70,6 +72,10 @@ class Server:
         self._grpc: GrpcServer | None = None
         self._port: int | None = None
         self._loaded: asyncio.Future[None] | None = None
+        # Set by the loading thread itself: its task may be cancelled, it cannot.
+        self._loading = False
+        self._model_ready = False
+        self._abandoned_threads = False
         self._grace_over = asyncio.Event()
 
     @property
@@ -92,9 +98,8 @@ class Server:
         self._port = int(listener.getsockname()[1])
         await self._grpc.start(sock=listener)
         log.info(
-            "listening on %s:%d, loading model %s",
-            self.config.host,
-            self.port,
+            "listening on %s, loading model %s",
+            format_address(self.config.host, self.port),
             self.model.name,
         )
         self._loaded = asyncio.ensure_future(self._load())
@@ -103,7 +108,7 @@ class Server:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self.model.load)
+            await loop.run_in_executor(self._executor, self._load_model)
         except Exception as exc:
             log.error("model %s failed to load", self.model.name, exc_info=exc)
             raise ModelStartError(
@@ -117,6 +122,23 @@ class Server:
             self.model.name,
             time.perf_counter() - started,
         )
+
+    def _load_model(self) -> None:
+        self._loading = True
+        try:
+            self.model.load()
+            self._model_ready = True
+        finally:
+            self._loading = False
+
+    @property
+    def abandoned_threads(self) -> bool:
+        """After :meth:`stop`: whether a model call or load() outlived it.
+
+        Python waits for such threads before the process can exit; a server
+        process that must stop in time exits with ``os._exit`` instead.
+        """
+        return self._abandoned_threads
 
     async def wait_loaded(self) -> None:
         """Return once the model serves; raise ModelStartError if its load() failed."""
@@ -156,16 +178,31 @@ class Server:
         self._grpc = None
         if self._loaded is not None and not self._loaded.done():
             self._loaded.cancel()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._shutdown_model)
+        self._release_model()
+
+    def accepted_sockets(self) -> list[socket.socket]:
+        """The sockets of the open client connections (for inspection and tests)."""
+        return [] if self._grpc is None else self._grpc.accepted_sockets()
 
     def end_grace(self) -> None:
         """Cut a running :meth:`stop` short: cancel in-flight calls now."""
         self._grace_over.set()
 
-    def _shutdown_model(self) -> None:
-        # Inference threads may still finish calls whose clients gave up.
-        self._executor.shutdown(wait=True)
+    def _release_model(self) -> None:
+        """Close the model, unless a thread still uses it: then leave it be."""
+        loading = self._loading
+        busy = self.service.inferring
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if loading or busy:
+            self._abandoned_threads = True
+            log.warning(
+                "not waiting for %s; model %s not closed",
+                "load() to finish" if loading and not busy else f"{busy} model call(s)",
+                self.model.name,
+            )
+            return
+        if not self._model_ready:
+            return
         try:
             self.model.close()
         except Exception:
@@ -220,9 +257,54 @@ async def serve(
             loop.remove_signal_handler(signum)
 
 
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with IPv6 addresses in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def exit_code(code: int) -> int:
+    """Return ``code``, or exit at once if threads would keep the process alive.
+
+    After a drain, a model call or load() that outlived the grace period still
+    runs in a thread that Python waits for at exit; a server told to stop must
+    not wait for it.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    # Idle pool threads end within moments of their pool's shutdown; busy ones do not.
+    deadline = time.monotonic() + 1.0
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t for t in others if t.is_alive()]
+    if lingering:
+        log.warning("exiting without waiting for %d busy thread(s)", len(lingering))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket; ``::`` accepts IPv4 clients too.
+
+    Made with an explicit IPPROTO_TCP: asyncio and grpclib switch Nagle's
+    algorithm off only on sockets that say so, and with Nagle on, every
+    answer waits ~40 ms for the client's delayed ACK.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _reflection_pool() -> DescriptorPool:

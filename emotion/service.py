@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
 from concurrent.futures import Executor
 
 import grpclib.const
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.server import Stream
 
 from emotion.contract import (
@@ -53,6 +54,9 @@ class PipelineService(PipelineBase):
         # Resolved by abort_calls(); every running call waits on it beside its work.
         # Made on first use, inside the loop that serves.
         self._abort: asyncio.Future[None] | None = None
+        # Inference threads still working, including those whose caller left.
+        self._inferring = 0
+        self._inferring_lock = threading.Lock()
 
     @property
     def state(self) -> State:
@@ -61,6 +65,11 @@ class PipelineService(PipelineBase):
     @property
     def active_calls(self) -> int:
         return self._active_calls
+
+    @property
+    def inferring(self) -> int:
+        """Threads inside decode or the model right now, abandoned calls included."""
+        return self._inferring
 
     def start_serving(self) -> None:
         self._state = State.SERVING
@@ -82,14 +91,16 @@ class PipelineService(PipelineBase):
 
     async def run_pipeline(self, message: Request) -> Response:
         """Decode and infer; every failure is a GRPCError with the status a client needs."""
-        if self._state is State.LOADING:
-            raise GRPCError(Status.UNAVAILABLE, "model is still loading; retry shortly")
-        if self._state is State.DRAINING:
-            raise GRPCError(Status.UNAVAILABLE, "server is shutting down; retry on another")
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self._executor, self._infer, message.image)
-        await asyncio.wait((work, self._abort_signal()), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait((work, self._abort_signal()), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The client left (cancelled, deadline): the thread runs on unobserved.
+            work.add_done_callback(_log_unobserved_failure)
+            raise
         if not work.done():
+            work.add_done_callback(_log_unobserved_failure)
             raise GRPCError(Status.UNAVAILABLE, "server shut down before the call finished; retry")
         try:
             return work.result()
@@ -99,15 +110,22 @@ class PipelineService(PipelineBase):
             log.error("%s", exc, exc_info=exc.__cause__)
             raise GRPCError(Status.INTERNAL, str(exc)) from None
 
+    def _admit(self) -> None:
+        if self._state is State.LOADING:
+            raise GRPCError(Status.UNAVAILABLE, "model is still loading; retry shortly")
+        if self._state is State.DRAINING:
+            raise GRPCError(Status.UNAVAILABLE, "server is shutting down; retry on another")
+
     async def _handle_run_pipeline(self, stream: Stream[Request, Response]) -> None:
-        # A call counts as running until its trailers are written, so that a
-        # drain waiting for idle never closes a connection under an answer.
+        # A call counts as running from its headers until its trailers are
+        # written: a drain lets it finish even if its body is still arriving,
+        # and never closes a connection under an answer.
         self._active_calls += 1
         self._idle.clear()
         try:
-            request = await stream.recv_message()
-            assert request is not None  # grpclib ends unary calls without a message itself
             try:
+                self._admit()
+                request = await _receive(stream)
                 response = await self.run_pipeline(request)
             except GRPCError as exc:
                 await stream.send_trailing_metadata(status=exc.status, status_message=exc.message)
@@ -125,8 +143,17 @@ class PipelineService(PipelineBase):
         return self._abort
 
     def _infer(self, data: bytes) -> Response:
+        with self._inferring_lock:
+            self._inferring += 1
+        try:
+            return self._decode_and_run(data)
+        finally:
+            with self._inferring_lock:
+                self._inferring -= 1
+
+    def _decode_and_run(self, data: bytes) -> Response:
         decoded = decode(data, min_size=self._model.min_size)
-        name = self._model.name
+        name = type(self._model).__name__
         try:
             response = self._model.process_sample(decoded.image)
         except Exception as exc:
@@ -147,6 +174,30 @@ class PipelineService(PipelineBase):
             Response,
         )
         return {RUN_PIPELINE_PATH: handler, LEGACY_RUN_PIPELINE_PATH: handler}
+
+
+async def _receive(stream: Stream[Request, Response]) -> Request:
+    """The call's one request message, or INVALID_ARGUMENT saying what is wrong with it."""
+    try:
+        request = await stream.recv_message()
+    except (GRPCError, StreamTerminatedError, ProtocolError):
+        raise
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        raise GRPCError(
+            Status.INVALID_ARGUMENT, f"request is not a valid emotion.v1.Request: {reason}"
+        ) from None
+    if request is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
+    return request
+
+
+def _log_unobserved_failure(work: asyncio.Future[Response]) -> None:
+    if work.cancelled():
+        return
+    failure = work.exception()
+    if isinstance(failure, ModelFailure):
+        log.error("%s (its caller had already gone)", failure, exc_info=failure.__cause__)
 
 
 def to_full_size(response: Response, decoded: Decoded) -> None:

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
 from emotion.model import Model, load_model
-from emotion.server import ServerConfig, serve
+from emotion.server import ServerConfig, exit_code, format_address, serve
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -64,7 +64,8 @@ def _worker_main(
     except Exception as exc:
         with contextlib.suppress(OSError):
             messages.send(("failed", str(exc)))
-        sys.exit(1)
+        sys.exit(exit_code(1))
+    sys.exit(exit_code(0))
 
 
 async def _serve_while_parent_lives(
@@ -140,10 +141,9 @@ class Supervisor:
                 self._start(slot)
             self._wait_until_serving()
             log.info(
-                "%d workers serving on %s:%d (pids %s)",
+                "%d workers serving on %s (pids %s)",
                 self.count,
-                self.config.host,
-                port,
+                format_address(self.config.host, port),
                 " ".join(str(w.process.pid) for w in self._workers.values()),
             )
             self._supervise()
@@ -282,9 +282,13 @@ def _reserve(host: str, port: int) -> socket.socket:
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        if family == socket.AF_INET6 and host == "::":
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         probe.bind((host, port))
         port = probe.getsockname()[1]
     reservation = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6 and host == "::":
+        reservation.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:

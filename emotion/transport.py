@@ -11,11 +11,15 @@ on every supported Python.
 
 from __future__ import annotations
 
+import socket
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import betterproto2
 import grpclib.server
+from google.protobuf.message_factory import GetMessageClass
 from grpclib.config import Configuration
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.protocol import H2Protocol
 
 if TYPE_CHECKING:
@@ -24,11 +28,25 @@ if TYPE_CHECKING:
     from grpclib._typing import IServable
 
 
+class StrictCodec(ProtoCodec):
+    """Protobuf decoding that refuses malformed messages.
+
+    betterproto reads leniently: a length-delimited field that runs past the
+    end of the message is cut short, so a broken request would reach the
+    model as a shorter image. protobuf's C parser checks the encoding first.
+    """
+
+    def decode(self, data: bytes, message_type: type[Any]) -> Any:
+        if issubclass(message_type, betterproto2.Message):
+            GetMessageClass(getattr(message_type, "DESCRIPTOR")).FromString(data)  # noqa: B009
+        return super().decode(data, message_type)
+
+
 class GrpcServer(grpclib.server.Server):
     def __init__(
         self, handlers: Collection[IServable], *, config: Configuration | None = None
     ) -> None:
-        super().__init__(handlers, config=config)
+        super().__init__(handlers, config=config, codec=StrictCodec())
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
     def _protocol_factory(self) -> H2Protocol:
@@ -40,6 +58,16 @@ class GrpcServer(grpclib.server.Server):
         """Refuse new connections; calls on open connections go on."""
         if self._server is not None:
             self._server.close()
+
+    def accepted_sockets(self) -> list[socket.socket]:
+        sockets = []
+        for protocol in list(self._protocols):
+            connection = getattr(protocol, "connection", None)
+            if connection is not None and not connection.is_closing():
+                sock = connection._transport.get_extra_info("socket")
+                if sock is not None:
+                    sockets.append(sock)
+        return sockets
 
     def close_connections(self) -> None:
         """Send GOAWAY on every open connection and close it."""

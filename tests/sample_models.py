@@ -51,11 +51,14 @@ class GatedModel(Model):
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.gate = threading.Event()
+        self.fail = False
 
     def process_sample(self, image: Image.Image) -> Response:
         self.entered.set()
         if not self.gate.wait(timeout=30):
             raise TimeoutError("the test never opened the gate")
+        if self.fail:
+            raise RuntimeError("failed after the gate opened")
         return Response(response=[Result()])
 
 
@@ -158,3 +161,13 @@ class CrashingModel(Model):
         if image.width > 1000:
             os._exit(3)
         return Response(response=[Result(bbox=BBox(x1=os.getpid()))])
+
+
+class SlowLoadModel(Model):
+    """load() takes EMOTION_TEST_SECONDS."""
+
+    def load(self) -> None:
+        time.sleep(float(os.environ.get("EMOTION_TEST_SECONDS", "30")))
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return Response()

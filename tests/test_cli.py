@@ -205,26 +205,31 @@ async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> Non
     assert process.returncode == 0
 
 
-def test_bad_flag_values_are_usage_errors() -> None:
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["serve", "--port", "http"], {}, "argument --port: invalid _port value: 'http'"),
+        (["serve", "--port", "70000"], {}, "argument --port: 70000 is not a port"),
+        (["serve"], {"EMOTION_GRACE": "-1"}, "argument --grace: -1 is not a number of seconds"),
+        (["serve", "--threads", "-1"], {}, "argument --threads: -1 is negative"),
+        (["serve", "--workers", "0"], {}, "argument --workers: 0 is not a positive number"),
+        (["serve"], {"EMOTION_LOG_LEVEL": "trace"}, "argument --log-level: 'trace' is not one of"),
+        (["predict", "x.jpg", "--timeout", "inf"], {}, "argument --timeout: inf is not a number"),
+        (["predict", "x.jpg", "--timeout", "nan"], {}, "argument --timeout: nan is not a number"),
+        (["predict", "x.jpg", "--timeout", "0"], {}, "the timeout must be more than 0"),
+        (["predict", "x.jpg", "--target", "localhost"], {}, "is not of the form host:port"),
+    ],
+)
+def test_bad_flag_and_environment_values_are_usage_errors(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
     result = subprocess.run(
-        [*EMOTION, "serve", "--port", "http"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        check=False,
-    )
-    env_result = subprocess.run(
-        [*EMOTION, "serve"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(EMOTION_GRACE="-1"),
-        check=False,
+        [*EMOTION, *args], capture_output=True, text=True, env=subprocess_env(**env), check=False
     )
 
     assert result.returncode == 2
-    assert "argument --port: invalid int value: 'http'" in result.stderr
-    assert env_result.returncode == 2
-    assert "argument --grace: -1 is negative" in env_result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_python_dash_m_emotion_is_the_same_cli() -> None:
@@ -282,3 +287,117 @@ async def test_serve_with_no_model_flag_serves_the_fer_model(photo: Path) -> Non
     assert code == 0
     assert len(faces) == 1
     assert max(faces[0]["expression"], key=faces[0]["expression"].get) == "happiness"
+
+
+async def test_the_console_script_finds_models_in_the_working_directory(
+    tmp_path: Path, photo: Path
+) -> None:
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mymodel.py").write_text(
+        "from emotion import BBox, Model, Response, Result\n"
+        "class MyModel(Model):\n"
+        "    def process_sample(self, image):\n"
+        "        return Response(response=[Result(bbox=BBox(x2=image.width))])\n"
+    )
+    script = Path(sys.executable).with_name("emotion")
+    env = subprocess_env()
+    env.pop("PYTHONPATH")
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        str(script),
+        "serve",
+        "--workers",
+        "1",
+        "--port",
+        str(port),
+        "--model",
+        "mypkg.mymodel:MyModel",
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert process.stderr is not None
+        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 30)):
+            assert line, "server exited early"
+        code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+    assert code == 0
+    assert json.loads(out)["faces"][0]["bbox"]["x2"] == 320
+
+
+async def test_serve_on_a_host_that_does_not_resolve_fails_in_one_line() -> None:
+    code, _, err = await run(
+        "serve", "--workers", "1", "--host", "nosuch.invalid", "--model", "sample_models:PidModel"
+    )
+
+    assert code == 1
+    assert err.splitlines()[-1].startswith("emotion serve: cannot listen on nosuch.invalid:50051: ")
+    assert "Traceback" not in err
+
+
+async def test_host_and_log_level_come_from_the_environment(photo: Path) -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        "serve",
+        "--workers",
+        "1",
+        "--port",
+        str(port),
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(
+            EMOTION_HOST="127.0.0.2",
+            EMOTION_LOG_LEVEL="warning",
+            EMOTION_MODEL="sample_models:SizeModel",
+        ),
+    )
+    try:
+        code, out, _ = 1, "", ""
+        for _ in range(100):
+            code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.2:{port}")
+            if code == 0:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+        assert process.stderr is not None
+        err = (await process.stderr.read()).decode()
+
+    assert code == 0
+    assert json.loads(out)["faces"][0]["bbox"]["x2"] == 320
+    assert " INFO " not in err  # warning level: the INFO lines are gone
+
+
+async def test_predict_stops_at_the_first_unavailable(
+    start_server: StartServer, photo: Path
+) -> None:
+    from sample_models import GatedLoadModel
+
+    model = GatedLoadModel()
+    server = await start_server(model, wait=False)
+    try:
+        code, out, err = await run(
+            "predict", str(photo), str(photo), "--target", f"127.0.0.1:{server.port}"
+        )
+    finally:
+        model.gate.set()
+
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        f"emotion predict: {photo}: UNAVAILABLE: model is still loading; retry shortly"
+    ]
+
+
+def test_threads_flag_sets_the_inference_pool_size() -> None:
+    from emotion.cli import build_parser, server_config
+
+    assert server_config(build_parser().parse_args(["serve", "--threads", "3"])).threads == 3
+    assert server_config(build_parser().parse_args(["serve", "--threads", "0"])).threads is None

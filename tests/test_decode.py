@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from conftest import encode, gradient
 from PIL import Image
@@ -122,3 +124,13 @@ def test_only_jpegs_larger_than_min_size_are_reduced(
 
     assert decoded.image.size == size
     assert (decoded.scale_x, decoded.scale_y) == (1.0, 1.0)
+
+
+def test_phone_camera_jpegs_with_preview_frames_mpo_are_accepted() -> None:
+    first, preview = gradient(64, 48), gradient(32, 24)
+    data = encode(first, "MPO", save_all=True, append_images=[preview])
+
+    image = decode_image(data)
+
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    assert image.size == (64, 48)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from sample_models import ClosingModel, FailingLoadModel, GatedLoadModel, GatedModel
 
-from emotion import PipelineStub, Request, Server
+from emotion import PipelineStub, Request, Response, Server
 from emotion.server import ModelStartError
 
 SERVING = HealthCheckResponse.SERVING
@@ -283,3 +285,169 @@ async def test_a_second_signal_cancels_the_drain(tmp_path: Path, jpeg: bytes) ->
             await process.wait()
 
     assert code == 0
+
+
+async def test_accepted_connections_have_nagle_switched_off(
+    server: Server, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    # With Nagle on, each answer's last frames wait ~40 ms for the client's delayed ACK.
+    await PipelineStub(connect(server)).run_pipeline(Request(image=jpeg), timeout=5)
+
+    sockets = server.accepted_sockets()
+
+    assert len(sockets) == 1
+    assert sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+async def _serve_and_wait_for(
+    text: str, *args: str, **env: str
+) -> tuple[asyncio.subprocess.Process, int]:
+    """Start `emotion serve` with one worker; return once it logs ``text``, with its port."""
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        "serve",
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=subprocess_env(**env),
+    )
+    assert process.stdout is not None
+    log: list[str] = []
+    await _read_until(process.stdout, text, log)
+    ports = [
+        line.split("listening on 127.0.0.1:")[1].split(",")[0]
+        for line in log
+        if "listening on 127.0.0.1:" in line
+    ]
+    return process, int(ports[0]) if ports else 0
+
+
+@pytest.mark.parametrize(
+    ("args", "waiting_for"),
+    [
+        (["--model", "slow_import_model:Model30"], "importing slow_import_model"),
+        (["--model", "sample_models:SlowLoadModel"], "loading model SlowLoadModel"),
+    ],
+    ids=["during the model import", "during load()"],
+)
+async def test_a_signal_before_serving_stops_at_once_with_exit_0(
+    args: list[str], waiting_for: str
+) -> None:
+    process, _ = await _serve_and_wait_for(waiting_for, *args)
+    try:
+        process.send_signal(signal.SIGTERM)
+        # load() and the import take 30 s; the process must not wait for them.
+        code = await asyncio.wait_for(process.wait(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert code == 0
+
+
+async def test_the_grace_period_bounds_the_exit_even_if_the_model_hangs(
+    tmp_path: Path, jpeg: bytes
+) -> None:
+    marker = tmp_path / "started"
+    process, port = await _serve_and_wait_for(
+        "serving",
+        "--grace",
+        "1",
+        "--model",
+        "sample_models:SlowModel",
+        EMOTION_TEST_MARKER=str(marker),
+        EMOTION_TEST_SECONDS="30",
+    )
+    channel = Channel("127.0.0.1", port)
+    try:
+        call = asyncio.ensure_future(
+            PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=60)
+        )
+        for _ in range(200):
+            if marker.exists():
+                break
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        with pytest.raises(GRPCError) as caught:
+            await asyncio.wait_for(call, 10)
+        code = await asyncio.wait_for(process.wait(), 10)
+    finally:
+        channel.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert caught.value.status is Status.UNAVAILABLE
+    assert code == 0
+
+
+async def test_new_connections_are_refused_while_in_flight_calls_drain(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    model = GatedModel()
+    server = await start_server(model)
+    in_flight = asyncio.ensure_future(
+        PipelineStub(connect(server)).run_pipeline(Request(image=jpeg), timeout=30)
+    )
+    await asyncio.to_thread(model.entered.wait, 10)
+
+    stopping = asyncio.ensure_future(server.stop(grace=30))
+    await asyncio.sleep(0.1)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", server.port)
+        assert not stopping.done()
+    finally:
+        model.gate.set()
+    await in_flight
+    await stopping
+
+
+async def test_dual_stack_host_accepts_ipv4_clients(jpeg: bytes) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    process, _ = await _serve_and_wait_for(
+        "serving", "--host", "::", "--model", "sample_models:PidModel"
+    )
+    try:
+        assert process.stdout is not None
+        del _
+        log: list[str] = []
+        # The listening line was consumed; ask the kernel which port the process holds.
+        port = _listening_port(process.pid)
+        response = await _call_once("127.0.0.1", port, jpeg)
+        response6 = await _call_once("::1", port, jpeg)
+        del log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
+
+    assert response.response[0].bbox is not None
+    assert response6.response[0].bbox is not None
+
+
+def _listening_port(pid: int) -> int:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for table in ("/proc/net/tcp6", "/proc/net/tcp"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    raise AssertionError("no listening socket")
+
+
+async def _call_once(host: str, port: int, jpeg: bytes) -> Response:
+    channel = Channel(host, port)
+    try:
+        return await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
+    finally:
+        channel.close()

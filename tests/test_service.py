@@ -18,6 +18,7 @@ from PIL import Image
 from sample_models import GatedModel, RaisingModel, SizeModel, WrongTypeModel
 
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
+from emotion.contract import RUN_PIPELINE_PATH
 
 
 def float32(value: float) -> float:
@@ -205,3 +206,89 @@ async def test_boxes_from_a_reduced_decode_come_back_in_full_image_pixels(
     # The model saw 375x500 (1/8 scale, turned upright) and answered in those pixels.
     assert response.response[0].bbox == BBox(x1=0, y1=0, x2=3000, y2=4000)
     assert response.response[1].bbox == BBox(x1=12, y1=20, x2=28, y2=36)
+
+
+class RawRequest(Request):
+    """Sends chosen bytes as the request message, valid protobuf or not."""
+
+    payload = b""
+
+    def SerializeToString(self) -> bytes:
+        return self.payload
+
+
+async def send_raw(channel: Channel, messages: list[Request]) -> Response | None:
+    """Call RunPipeline sending exactly ``messages``, which a unary stub cannot do."""
+    async with channel.request(
+        RUN_PIPELINE_PATH, Cardinality.STREAM_STREAM, Request, Response, timeout=5
+    ) as stream:
+        await stream.send_request()
+        for message in messages:
+            await stream.send_message(message)
+        await stream.end()
+        return await stream.recv_message()
+
+
+MALFORMED_REQUESTS = {
+    "length past the end": b"\x0a\x05ab",
+    "unterminated varint": b"\x0a",
+    "field 1 as fixed32": b"\x0d\x00\x00\x00\x00",
+    "invalid wire type": b"\x0f",
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_REQUESTS)
+async def test_a_malformed_request_message_is_invalid_argument(
+    server: Server, connect: Callable[[Server], Channel], jpeg: bytes, case: str
+) -> None:
+    channel = connect(server)
+    RawRequest.payload = MALFORMED_REQUESTS[case]
+
+    with pytest.raises(GRPCError) as caught:
+        await send_raw(channel, [RawRequest()])
+
+    assert caught.value.status is Status.INVALID_ARGUMENT
+    assert (caught.value.message or "").startswith("request is not a valid emotion.v1.Request: ")
+    assert await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=5)
+
+
+async def test_unknown_fields_from_a_newer_client_are_ignored(
+    server: Server, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    RawRequest.payload = bytes(Request(image=jpeg)) + b"\xf8\x06\x01"  # field 111 = 1
+
+    response = await send_raw(connect(server), [RawRequest()])
+
+    assert response == Response(response=[Result(bbox=BBox(), expression=Expression())])
+
+
+async def test_a_call_without_a_request_message_is_invalid_argument(
+    server: Server, connect: Callable[[Server], Channel]
+) -> None:
+    with pytest.raises(GRPCError) as caught:
+        await send_raw(connect(server), [])
+
+    assert caught.value.status is Status.INVALID_ARGUMENT
+    assert caught.value.message == "the call ended without a request message"
+
+
+async def test_a_model_failing_after_its_caller_left_is_logged_not_lost(
+    start_server: StartServer,
+    connect: Callable[[Server], Channel],
+    jpeg: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = GatedModel()
+    server = await start_server(model)
+    stub = PipelineStub(connect(server))
+
+    with pytest.raises(asyncio.TimeoutError):
+        await stub.run_pipeline(Request(image=jpeg), timeout=0.3)
+    with caplog.at_level(logging.ERROR):
+        model.fail = True
+        model.gate.set()
+        await asyncio.sleep(0.3)
+
+    assert [r.getMessage() for r in caplog.records if r.name == "emotion.service"] == [
+        "model GatedModel failed: RuntimeError (its caller had already gone)"
+    ]
