@@ -24,7 +24,15 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from emotion.client import DEFAULT_TARGET, Client, parse_target
 from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
 from emotion.model import ModelLoadError, load_model
-from emotion.server import ModelStartError, ServerConfig, exit_code, format_address, serve
+from emotion.server import (
+    LOOPS,
+    ModelStartError,
+    ServerConfig,
+    exit_code,
+    format_address,
+    run,
+    serve,
+)
 from emotion.supervisor import Supervisor, WorkersFailed
 
 DEFAULT_MODEL = "emotion.models.fer:FerModel"
@@ -142,8 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_count,
         default=_env("THREADS", "0"),
-        help="threads for decode and inference; 0 means one per CPU "
-        "(env EMOTION_THREADS; default %(default)s)",
+        help="threads per worker for decode and inference; 0 shares the CPUs among the "
+        "workers, at least one each (env EMOTION_THREADS; default %(default)s)",
+    )
+    serve_cmd.add_argument(
+        "--loop",
+        choices=LOOPS,
+        type=str.lower,
+        default=_env("LOOP", "asyncio"),
+        help="event loop; uvloop needs the uvloop extra (env EMOTION_LOOP; default %(default)s)",
     )
     serve_cmd.add_argument(
         "--log-level",
@@ -183,9 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     """The server settings that `emotion serve`'s flags name."""
-    return ServerConfig(
-        host=args.host, port=args.port, grace=args.grace, threads=args.threads or None
-    )
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    return ServerConfig(host=args.host, port=args.port, grace=args.grace, threads=threads)
 
 
 class _StopBeforeServing(BaseException):
@@ -215,11 +229,16 @@ def _serve(args: argparse.Namespace) -> int:
         # wrong --model into one line before any process starts.
         model = load_model(args.model)
         if args.workers == 1:
-            asyncio.run(serve(model, config))
+            run(serve(model, config), args.loop)
         else:
             del model
             supervisor = Supervisor(
-                args.model, config, args.workers, log_level=level, log_format=LOG_FORMAT
+                args.model,
+                config,
+                args.workers,
+                loop=args.loop,
+                log_level=level,
+                log_format=LOG_FORMAT,
             )
             supervisor.run()
     except _StopBeforeServing:

@@ -11,9 +11,10 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -255,6 +256,26 @@ async def serve(
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def run(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
+    """Run ``main`` on asyncio's own loop, or on uvloop.
+
+    uvloop (``pip install 'emotion[uvloop]'``) runs the loop in C, but here
+    the time goes to h2 and grpclib in Python: it measured no faster
+    (benchmarks/README.md), so it is not the default.
+    """
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {', '.join(LOOPS)}")
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def format_address(host: str, port: int) -> str:

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
 from emotion.model import Model, load_model
-from emotion.server import ServerConfig, exit_code, format_address, serve
+from emotion.server import ServerConfig, exit_code, format_address, run, serve
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -53,14 +53,19 @@ class _Worker:
 
 
 def _worker_main(
-    spec: str, config: ServerConfig, messages: Connection, log_level: int, log_format: str
+    spec: str,
+    config: ServerConfig,
+    messages: Connection,
+    loop: str,
+    log_level: int,
+    log_format: str,
 ) -> None:
     """Entry point of a worker process."""
     logging.basicConfig(level=log_level, format=log_format)
     # Ctrl-C reaches the whole process group; only the parent's word counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        asyncio.run(_serve_while_parent_lives(load_model(spec), config, messages))
+        run(_serve_while_parent_lives(load_model(spec), config, messages), loop)
     except Exception as exc:
         with contextlib.suppress(OSError):
             messages.send(("failed", str(exc)))
@@ -100,6 +105,7 @@ class Supervisor:
         config: ServerConfig,
         count: int,
         *,
+        loop: str = "asyncio",
         log_level: int = logging.INFO,
         log_format: str = logging.BASIC_FORMAT,
         max_failed_restarts: int = 5,
@@ -109,6 +115,7 @@ class Supervisor:
         self.spec = spec
         self.config = config
         self.count = count
+        self.loop = loop
         self.log_level = log_level
         self.log_format = log_format
         #: Restarts in a row of workers that die before serving, before giving up.
@@ -162,7 +169,7 @@ class Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self.spec, self.config, send, self.log_level, self.log_format),
+            args=(self.spec, self.config, send, self.loop, self.log_level, self.log_format),
             name=f"emotion-worker-{slot}",
             daemon=False,
         )

@@ -396,8 +396,14 @@ async def test_predict_stops_at_the_first_unavailable(
     ]
 
 
-def test_threads_flag_sets_the_inference_pool_size() -> None:
+def test_threads_flag_sets_the_inference_pool_size_and_0_shares_the_cpus() -> None:
     from emotion.cli import build_parser, server_config
 
-    assert server_config(build_parser().parse_args(["serve", "--threads", "3"])).threads == 3
-    assert server_config(build_parser().parse_args(["serve", "--threads", "0"])).threads is None
+    def threads(*args: str) -> int | None:
+        return server_config(build_parser().parse_args(["serve", *args])).threads
+
+    cpus = os.cpu_count() or 1
+    assert threads("--threads", "3") == 3
+    assert threads("--threads", "0", "--workers", "1") == cpus
+    assert threads("--threads", "0", "--workers", str(cpus)) == 1
+    assert threads("--threads", "0", "--workers", str(cpus * 4)) == 1

@@ -250,3 +250,40 @@ async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
 
     assert not any(alive(pid) for pid in workers)
     await served.read_until("is gone; draining")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_workers_can_run_on_uvloop(cleanup: list[Served], jpeg: bytes, workers: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        "serve",
+        "--port",
+        "0",
+        "--workers",
+        workers,
+        "--loop",
+        "uvloop",
+        "--model",
+        "sample_models:PidModel",
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    served = Served(process, 0)
+    cleanup.append(served)
+    line = await served.read_until("listening on")
+    served.port = int(line.split("listening on 127.0.0.1:")[1].split(",")[0])
+    await served.read_until("workers serving on" if workers != "1" else "serving")
+
+    pids = await served.pids(jpeg, connections=4)
+
+    assert pids
+    assert _event_loops(pids) == {"uvloop"}
+
+
+def _event_loops(pids: set[int]) -> set[str]:
+    """Which event loop library each process has loaded, from its memory maps."""
+    found = set()
+    for pid in pids:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        found.add("uvloop" if "uvloop" in maps else "asyncio")
+    return found
