@@ -133,7 +133,7 @@ def _cpu_of(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
 
 
-def targets(model: str, workers: int) -> list[Target]:
+def targets(model: str, workers: int, extra: list[str]) -> list[Target]:
     python = sys.executable
     ours = Target(
         "emotion",
@@ -151,6 +151,7 @@ def targets(model: str, workers: int) -> list[Target]:
             str(workers),
             "--log-level",
             "warning",
+            *extra,
         ],
     )
     if model != "emotion.models.mock:MockModel":
@@ -395,14 +396,21 @@ async def run(args: argparse.Namespace) -> None:
     else:
         payloads = make_images(args.quick)
     concurrency = [8] if args.quick else args.concurrency
-    servers = targets(spec, args.workers)
+    servers = targets(spec, args.workers, args.emotion_args.split())
+    # The machine's speed drifts between runs; measure the model alone just
+    # before and just after the servers, and compare with the mean.
+    floors: dict[str, list[float]] = {}
+    if args.model != "mock":
+        for image, payload in payloads.items():
+            floors[image] = [model_cpu_per_image(spec, payload, args.seconds)]
     results: list[Result] = []
     print(
         f"# emotion serving benchmark ({platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')})\n"
     )
     print(
-        f"Model `{spec}`, emotion with {args.workers} workers; closed loop, "
+        f"Model `{spec}`, emotion with {args.workers} workers"
+        f"{' and ' + args.emotion_args if args.emotion_args else ''}; closed loop, "
         f"{args.warmup:g} s warm-up then {args.seconds:g} s measured per point; "
         "the load generator runs on the same machine. "
         "gRPC callers share up to 8 connections; REST callers a pool of as many.\n",
@@ -434,17 +442,27 @@ async def run(args: argparse.Namespace) -> None:
         print("\n## emotion relative to the references\n")
         print(ratios(results))
     else:
+        for image, payload in payloads.items():
+            floors[image].append(model_cpu_per_image(spec, payload, args.seconds))
         print("\n## Serving overhead: server CPU per request vs the model in-process\n")
         print(
-            "| image | model in-process CPU ms/image "
-            "| server CPU ms/request (8 callers) | overhead |"
+            "The model alone: decode + process_sample on one thread of this process, "
+            "before and after the servers ran.\n"
         )
-        print("|---|---:|---:|---:|")
-        for image, payload in payloads.items():
-            floor = model_cpu_per_image(spec, payload, args.seconds)
-            served = [r for r in results if r.image == image and r.concurrency == max(concurrency)]
-            cpu = served[0].cpu_per_request
-            print(f"| {image} | {floor:.2f} | {cpu:.2f} | {(cpu / floor - 1) * 100:+.0f}% |")
+        print(
+            "| image | callers | model alone CPU ms/image (before, after) "
+            "| server CPU ms/request | overhead |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        for result in results:
+            before, after = floors[result.image]
+            floor = (before + after) / 2
+            cpu = result.cpu_per_request
+            alone = f"{floor:.2f} ({before:.2f}, {after:.2f})"
+            print(
+                f"| {result.image} | {result.concurrency} | {alone} "
+                f"| {cpu:.2f} | {(cpu / floor - 1) * 100:+.0f}% |"
+            )
 
 
 def main() -> None:
@@ -455,6 +473,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--quick", action="store_true", help="8 callers only, no PNG")
+    parser.add_argument(
+        "--emotion-args", default="", help="more `emotion serve` flags, e.g. '--max-batch-size 4'"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -154,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
         "workers, at least one each (env EMOTION_THREADS; default %(default)s)",
     )
     serve_cmd.add_argument(
+        "--max-batch-size",
+        type=_positive_int,
+        default=_env("MAX_BATCH_SIZE", "1"),
+        help="run up to this many concurrent calls as one Model.process_batch; 1 is off "
+        "(env EMOTION_MAX_BATCH_SIZE; default %(default)s)",
+    )
+    serve_cmd.add_argument(
+        "--max-batch-delay",
+        type=_seconds,
+        default=_env("MAX_BATCH_DELAY", "0.005"),
+        help="seconds a batch waits to fill (env EMOTION_MAX_BATCH_DELAY; default %(default)s)",
+    )
+    serve_cmd.add_argument(
         "--loop",
         choices=LOOPS,
         type=str.lower,
@@ -199,7 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def server_config(args: argparse.Namespace) -> ServerConfig:
     """The server settings that `emotion serve`'s flags name."""
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    return ServerConfig(host=args.host, port=args.port, grace=args.grace, threads=threads)
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        grace=args.grace,
+        threads=threads,
+        max_batch_size=args.max_batch_size,
+        max_batch_delay=args.max_batch_delay,
+    )
 
 
 class _StopBeforeServing(BaseException):

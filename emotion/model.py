@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+from collections.abc import Sequence
 from typing import ClassVar
 
 from PIL import Image
@@ -52,6 +53,15 @@ class Model(abc.ABC):
         I;16, ...), so convert it to what the model needs. Boxes are pixel
         coordinates of this image.
         """
+
+    def process_batch(self, images: Sequence[Image.Image]) -> list[Response]:
+        """One Response per image, in order. Used only when the server batches.
+
+        Override it when the model is faster per image in batches; the
+        default runs :meth:`process_sample` on each. With ``--max-batch-size``
+        above 1 the server collects concurrent calls into one call of this.
+        """
+        return [self.process_sample(image) for image in images]
 
     def close(self) -> None:  # noqa: B027 - optional hook, empty by design
         """Release what :meth:`load` acquired. Runs once, at shutdown."""

@@ -46,6 +46,10 @@ class ServerConfig:
     grace: float = 30.0
     #: Threads running decode and inference; None means one per CPU.
     threads: int | None = None
+    #: Run up to this many concurrent calls as one Model.process_batch; 1 is off.
+    max_batch_size: int = 1
+    #: Seconds the first call of a batch waits for others to join it.
+    max_batch_delay: float = 0.005
     #: Share the port with other processes (SO_REUSEPORT): the kernel spreads
     #: new connections across them. Set by the worker supervisor.
     reuse_port: bool = False
@@ -69,7 +73,12 @@ class Server:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="emotion-infer")
         self._health = ServiceStatus()
         self._health.set(False)
-        self.service = PipelineService(model, self._executor)
+        self.service = PipelineService(
+            model,
+            self._executor,
+            max_batch_size=self.config.max_batch_size,
+            max_batch_delay=self.config.max_batch_delay,
+        )
         self._grpc: GrpcServer | None = None
         self._port: int | None = None
         self._loaded: asyncio.Future[None] | None = None

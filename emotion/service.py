@@ -6,13 +6,17 @@ import asyncio
 import enum
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 import grpclib.const
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.server import Stream
+from PIL import Image
 
+from emotion.batching import Batcher
 from emotion.contract import (
     LEGACY_RUN_PIPELINE_PATH,
     RUN_PIPELINE_PATH,
@@ -22,6 +26,9 @@ from emotion.contract import (
 )
 from emotion.decode import Decoded, InvalidImage, decode
 from emotion.model import Model
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +51,21 @@ class PipelineService(PipelineBase):
     cancellations and other calls however slow one image is.
     """
 
-    def __init__(self, model: Model, executor: Executor) -> None:
+    def __init__(
+        self,
+        model: Model,
+        executor: Executor,
+        *,
+        max_batch_size: int = 1,
+        max_batch_delay: float = 0.0,
+    ) -> None:
         self._model = model
         self._executor = executor
+        self._batcher = None
+        if max_batch_size > 1:
+            self._batcher = Batcher(
+                self._run_batch, executor, max_size=max_batch_size, max_delay=max_batch_delay
+            )
         self._state = State.LOADING
         self._active_calls = 0
         self._idle = asyncio.Event()
@@ -92,7 +111,21 @@ class PipelineService(PipelineBase):
     async def run_pipeline(self, message: Request) -> Response:
         """Decode and infer; every failure is a GRPCError with the status a client needs."""
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._executor, self._infer, message.image)
+        if self._batcher is None:
+            return await self._outcome(
+                loop.run_in_executor(
+                    self._executor, self._counted, self._decode_and_run, message.image
+                )
+            )
+        decoded = await self._outcome(
+            loop.run_in_executor(self._executor, self._counted, self._decode, message.image)
+        )
+        response = await self._outcome(asyncio.ensure_future(self._batcher.submit(decoded.image)))
+        _to_full_size_if_reduced(response, decoded)
+        return response
+
+    async def _outcome(self, work: asyncio.Future[T]) -> T:
+        """The result of ``work``, unless the server aborts first; errors as GRPCError."""
         try:
             await asyncio.wait((work, self._abort_signal()), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -142,17 +175,21 @@ class PipelineService(PipelineBase):
             self._abort = asyncio.get_running_loop().create_future()
         return self._abort
 
-    def _infer(self, data: bytes) -> Response:
+    def _counted(self, step: Callable[[U], T], argument: U) -> T:
+        """Run ``step`` in an inference thread, counted in :attr:`inferring`."""
         with self._inferring_lock:
             self._inferring += 1
         try:
-            return self._decode_and_run(data)
+            return step(argument)
         finally:
             with self._inferring_lock:
                 self._inferring -= 1
 
+    def _decode(self, data: bytes) -> Decoded:
+        return decode(data, min_size=self._model.min_size)
+
     def _decode_and_run(self, data: bytes) -> Response:
-        decoded = decode(data, min_size=self._model.min_size)
+        decoded = self._decode(data)
         name = type(self._model).__name__
         try:
             response = self._model.process_sample(decoded.image)
@@ -162,9 +199,33 @@ class PipelineService(PipelineBase):
             raise ModelFailure(
                 f"model {name} returned {type(response).__name__}, not emotion.v1.Response"
             )
-        if decoded.scale_x != 1.0 or decoded.scale_y != 1.0:
-            to_full_size(response, decoded)
+        _to_full_size_if_reduced(response, decoded)
         return response
+
+    def _run_batch(self, images: Sequence[Image.Image]) -> list[Response]:
+        """``process_batch`` in an inference thread, its answer checked against the contract."""
+        name = type(self._model).__name__
+        with self._inferring_lock:
+            self._inferring += 1
+        try:
+            responses = self._model.process_batch(images)
+        except Exception as exc:
+            raise ModelFailure(f"model {name} failed: {type(exc).__name__}") from exc
+        finally:
+            with self._inferring_lock:
+                self._inferring -= 1
+        if not isinstance(responses, list) or len(responses) != len(images):
+            raise ModelFailure(
+                f"model {name}.process_batch returned {_describe(responses)} "
+                f"for {len(images)} images, not a list of as many emotion.v1.Response"
+            )
+        for response in responses:
+            if not isinstance(response, Response):
+                raise ModelFailure(
+                    f"model {name}.process_batch returned a {type(response).__name__} "
+                    "in its list, not emotion.v1.Response"
+                )
+        return responses
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         handler = grpclib.const.Handler(
@@ -192,12 +253,23 @@ async def _receive(stream: Stream[Request, Response]) -> Request:
     return request
 
 
-def _log_unobserved_failure(work: asyncio.Future[Response]) -> None:
+def _log_unobserved_failure(work: asyncio.Future[Any]) -> None:
     if work.cancelled():
         return
     failure = work.exception()
     if isinstance(failure, ModelFailure):
         log.error("%s (its caller had already gone)", failure, exc_info=failure.__cause__)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _to_full_size_if_reduced(response: Response, decoded: Decoded) -> None:
+    if decoded.scale_x != 1.0 or decoded.scale_y != 1.0:
+        to_full_size(response, decoded)
 
 
 def to_full_size(response: Response, decoded: Decoded) -> None:

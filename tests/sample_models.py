@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -171,3 +172,22 @@ class SlowLoadModel(Model):
 
     def process_sample(self, image: Image.Image) -> Response:
         return Response()
+
+
+class BatchModel(SizeModel):
+    """Answers like SizeModel, and records the size of every batch it gets."""
+
+    min_size = 500
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.broken: str | None = None
+
+    def process_batch(self, images: Sequence[Image.Image]) -> list[Response]:
+        self.batches.append(len(images))
+        if self.broken == "raise":
+            raise MemoryError("batch too big for the device")
+        answers = [self.process_sample(image) for image in images]
+        if self.broken == "short":
+            return answers[:-1]
+        return answers

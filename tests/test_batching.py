@@ -1,0 +1,124 @@
+"""Micro-batching: concurrent calls run as one process_batch, each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from conftest import StartServer, encode, gradient
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from sample_models import BatchModel
+
+from emotion import BBox, PipelineStub, Request, Server
+
+
+def images(count: int) -> list[bytes]:
+    """JPEGs of distinct widths, so each answer shows which image it was for."""
+    return [encode(gradient(100 + 10 * i, 80), "JPEG") for i in range(count)]
+
+
+async def call_all(stub: PipelineStub, payloads: list[bytes]) -> list[float]:
+    answers = await asyncio.gather(
+        *(stub.run_pipeline(Request(image=p), timeout=10) for p in payloads)
+    )
+    widths = []
+    for answer in answers:
+        assert answer.response[0].bbox is not None
+        widths.append(answer.response[0].bbox.x2)
+    return widths
+
+
+async def test_concurrent_calls_share_batches_and_each_gets_its_own_answer(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    model = BatchModel()
+    server = await start_server(model, max_batch_size=4, max_batch_delay=0.5)
+    stub = PipelineStub(connect(server))
+
+    widths = await call_all(stub, images(6))
+
+    assert widths == [100 + 10 * i for i in range(6)]
+    assert sorted(model.batches) == [2, 4]
+
+
+async def test_batching_is_off_by_default(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    model = BatchModel()
+    stub = PipelineStub(connect(await start_server(model)))
+
+    await call_all(stub, images(4))
+
+    assert model.batches == []
+
+
+async def test_a_lone_call_waits_no_longer_than_the_delay(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    model = BatchModel()
+    server = await start_server(model, max_batch_size=8, max_batch_delay=0.05)
+
+    widths = await call_all(PipelineStub(connect(server)), images(1))
+
+    assert widths == [100]
+    assert model.batches == [1]
+
+
+async def test_boxes_from_reduced_decodes_are_scaled_per_call_in_a_batch(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    model = BatchModel()
+    server = await start_server(model, max_batch_size=2, max_batch_delay=0.5)
+    stub = PipelineStub(connect(server))
+    big, small = encode(gradient(4000, 3000), "JPEG"), encode(gradient(120, 90), "JPEG")
+
+    answers = await asyncio.gather(
+        stub.run_pipeline(Request(image=big), timeout=10),
+        stub.run_pipeline(Request(image=small), timeout=10),
+    )
+
+    assert model.batches == [2]
+    assert answers[0].response[0].bbox == BBox(x1=0, y1=0, x2=4000, y2=3000)
+    assert answers[1].response[0].bbox == BBox(x1=0, y1=0, x2=120, y2=90)
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("raise", "model BatchModel failed: MemoryError"),
+        (
+            "short",
+            "model BatchModel.process_batch returned a list of 2 for 3 images, "
+            "not a list of as many emotion.v1.Response",
+        ),
+    ],
+)
+async def test_a_failing_batch_fails_each_of_its_calls_with_internal(
+    start_server: StartServer, connect: Callable[[Server], Channel], broken: str, message: str
+) -> None:
+    model = BatchModel()
+    model.broken = broken
+    server = await start_server(model, max_batch_size=3, max_batch_delay=0.5)
+    stub = PipelineStub(connect(server))
+
+    outcomes = await asyncio.gather(
+        *(stub.run_pipeline(Request(image=p), timeout=10) for p in images(3)),
+        return_exceptions=True,
+    )
+
+    assert all(isinstance(o, GRPCError) for o in outcomes)
+    assert {(o.status, o.message) for o in outcomes if isinstance(o, GRPCError)} == {
+        (Status.INTERNAL, message)
+    }
+
+
+def test_a_batch_needs_room_for_two() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emotion.batching import Batcher
+
+    with pytest.raises(ValueError, match="at least two"):
+        Batcher(lambda images: [], ThreadPoolExecutor(1), max_size=1, max_delay=0.0)
