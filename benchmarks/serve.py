@@ -252,7 +252,8 @@ async def drive(
     target: Target, image: str, payload: bytes, concurrency: int, warmup: float, seconds: float
 ) -> Result:
     result = Result(target.name, image, len(payload), concurrency)
-    connections = min(concurrency, 8)
+    # HTTP/1.1 carries one call per connection at a time; gRPC multiplexes.
+    connections = min(concurrency, 8) if target.kind == "grpc" else concurrency
     make = grpc_caller if target.kind == "grpc" else rest_caller
     calls, close = await make(target.address, payload, connections)
     loop = asyncio.get_running_loop()
