@@ -34,12 +34,19 @@ class Batcher:
     """Collects images from concurrent calls and answers each with its own Response."""
 
     def __init__(
-        self, run_batch: RunBatch, executor: Executor, *, max_size: int, max_delay: float
+        self,
+        run_batch: RunBatch,
+        executor: Executor,
+        *,
+        max_size: int,
+        max_delay: float,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_size < 2:
             raise ValueError("a batch needs room for at least two images")
         self._run_batch = run_batch
         self._executor = executor
+        self._on_batch = on_batch
         self.max_size = max_size
         self.max_delay = max_delay
         self._waiting: list[_Waiting] = []
@@ -72,6 +79,8 @@ class Batcher:
     async def _run(self, batch: list[_Waiting]) -> None:
         loop = asyncio.get_running_loop()
         images = [w.image for w in batch]
+        if self._on_batch is not None:
+            self._on_batch(len(images))
         try:
             responses = await loop.run_in_executor(self._executor, self._run_batch, images)
         except Exception as exc:

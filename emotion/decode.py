@@ -31,6 +31,11 @@ _FOREIGN_SIGNATURES = (
 )
 
 
+#: Largest image decoded by default, width times height: about a 60 MP camera's
+#: output is refused; 8000x6000 passes.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
 class InvalidImage(ValueError):
     """The request's bytes are not an image the server accepts; the message says why."""
 
@@ -62,8 +67,13 @@ class Decoded:
     scale_y: float = 1.0
 
 
-def decode(data: bytes, *, min_size: int | None = None) -> Decoded:
+def decode(
+    data: bytes, *, min_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Decoded:
     """Decode ``data`` and apply its EXIF orientation.
+
+    An image whose header declares more than ``max_pixels`` is refused before
+    any pixel is decoded: a few kilobytes can declare gigapixels.
 
     With ``min_size``, a JPEG is decoded at the smallest of the scales 1/2,
     1/4, 1/8 that keeps its longer side at least ``min_size`` pixels (DCT
@@ -78,6 +88,7 @@ def decode(data: bytes, *, min_size: int | None = None) -> Decoded:
     except UnidentifiedImageError:
         raise _unidentified(data) from None
     except Image.DecompressionBombError as exc:
+        # Pillow's own guard, for headers past twice its limit: same verdict.
         raise InvalidImage(f"request.image is too large to decode: {exc}") from None
     except Exception as exc:
         # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error
@@ -89,6 +100,12 @@ def decode(data: bytes, *, min_size: int | None = None) -> Decoded:
             f"request.image is {image.format}, which is not supported; send {SUPPORTED}"
         )
     stored_width, stored_height = image.size
+    if stored_width * stored_height > max_pixels:
+        raise InvalidImage(
+            f"request.image is {stored_width}x{stored_height} "
+            f"({stored_width * stored_height / 1e6:.1f} megapixels); "
+            f"this server decodes at most {max_pixels / 1e6:g} megapixels"
+        )
     if min_size is not None and image.format in {"JPEG", "MPO"}:
         _reduce_on_decode(image, min_size)
     try:
@@ -109,9 +126,9 @@ def decode(data: bytes, *, min_size: int | None = None) -> Decoded:
     )
 
 
-def decode_image(data: bytes) -> Image.Image:
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``data`` in full and turn it upright; see :func:`decode`."""
-    return decode(data).image
+    return decode(data, max_pixels=max_pixels).image
 
 
 def _reduce_on_decode(image: Image.Image, min_size: int) -> None:

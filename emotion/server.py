@@ -13,8 +13,8 @@ import time
 import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -22,11 +22,17 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.health.v1 import health_pb2
 from grpclib.reflection.service import ServerReflection
+from PIL import Image
 
 from emotion.contract import FILE_DESCRIPTOR
+from emotion.metrics import Metrics, serve_metrics
 from emotion.model import Model
-from emotion.service import PipelineService, State
+from emotion.security import ServerTls
+from emotion.service import Limits, PipelineService, State
 from emotion.transport import GrpcServer
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,16 @@ class ServerConfig:
     max_batch_size: int = 1
     #: Seconds the first call of a batch waits for others to join it.
     max_batch_delay: float = 0.005
+    #: What a call may send before it is refused (sizes, pixels, queue).
+    limits: Limits = field(default_factory=Limits)
+    #: Bearer tokens Pipeline calls must present; empty means no authentication.
+    tokens: tuple[str, ...] = ()
+    #: Serve TLS (and require client certificates if it names a client CA).
+    tls: ServerTls | None = None
+    #: Record Prometheus metrics, and serve them on this port (0 picks one).
+    metrics_port: int | None = None
+    #: Record metrics without serving them: the supervisor serves the workers' sum.
+    record_metrics: bool = False
     #: Share the port with other processes (SO_REUSEPORT): the kernel spreads
     #: new connections across them. Set by the worker supervisor.
     reuse_port: bool = False
@@ -73,9 +89,17 @@ class Server:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="emotion-infer")
         self._health = ServiceStatus()
         self._health.set(False)
+        self.metrics: Metrics | None = None
+        if self.config.metrics_port is not None or self.config.record_metrics:
+            self.metrics = Metrics()
+        self._metrics_server: WSGIServer | None = None
         self.service = PipelineService(
             model,
             self._executor,
+            threads=threads,
+            limits=self.config.limits,
+            tokens=self.config.tokens,
+            metrics=self.metrics,
             max_batch_size=self.config.max_batch_size,
             max_batch_delay=self.config.max_batch_delay,
         )
@@ -95,10 +119,21 @@ class Server:
             raise RuntimeError("server is not started")
         return self._port
 
+    @property
+    def metrics_port(self) -> int | None:
+        """Where /metrics is served, if this server serves it."""
+        if self._metrics_server is None:
+            return None
+        return int(self._metrics_server.server_port)
+
     async def start(self) -> None:
         """Listen, then load the model in the background (see :meth:`wait_loaded`)."""
         # Pillow warns on odd metadata in client images; that is not an operator's concern.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        # decode() enforces the configured pixel limit itself; Pillow's own,
+        # lower guard would refuse some images the configuration allows.
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.config.limits.max_pixels)
+        tls = self.config.tls.context() if self.config.tls is not None else None
         services = ServerReflection.extend(
             [self.service, Health({self.service: [self._health]})],
             pool=_reflection_pool(),
@@ -106,7 +141,11 @@ class Server:
         self._grpc = GrpcServer(services)
         listener = _listen(self.config.host, self.config.port, reuse_port=self.config.reuse_port)
         self._port = int(listener.getsockname()[1])
-        await self._grpc.start(sock=listener)
+        await self._grpc.start(sock=listener, ssl=tls)
+        if self.metrics is not None and self.config.metrics_port is not None:
+            self._metrics_server = serve_metrics(
+                self.config.host, self.config.metrics_port, self.metrics.registry
+            )
         log.info(
             "listening on %s, loading model %s",
             format_address(self.config.host, self.port),
@@ -135,11 +174,14 @@ class Server:
 
     def _load_model(self) -> None:
         self._loading = True
+        started = time.perf_counter()
         try:
             self.model.load()
             self._model_ready = True
         finally:
             self._loading = False
+        if self.metrics is not None:
+            self.metrics.model_load_seconds.set(time.perf_counter() - started)
 
     @property
     def abandoned_threads(self) -> bool:
@@ -182,6 +224,10 @@ class Server:
                 self.service.abort_calls()
                 await self.service.wait_idle()
         await asyncio.sleep(_CLOSE_LINGER)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         self._grpc.close()
         self._grpc.close_connections()
         await self._grpc.wait_closed()

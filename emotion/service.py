@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import hmac
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpclib.const
 from grpclib.const import Status
@@ -24,8 +29,18 @@ from emotion.contract import (
     Request,
     Response,
 )
-from emotion.decode import Decoded, InvalidImage, decode
+from emotion.decode import DEFAULT_MAX_PIXELS, Decoded, InvalidImage, decode
 from emotion.model import Model
+from emotion.transport import (
+    CompressedMessage,
+    MessageTooLarge,
+    receive_message,
+)
+
+if TYPE_CHECKING:
+    from grpclib.metadata import Deadline
+
+    from emotion.metrics import Metrics
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -43,6 +58,27 @@ class ModelFailure(Exception):
     """The model raised, or broke its contract; the message is safe for clients."""
 
 
+class DeadlinePassed(Exception):
+    """The call's deadline passed before an inference thread could take it."""
+
+
+#: 16 MiB for the image, plus room for the message around it.
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts before it refuses."""
+
+    #: Largest request message in bytes, checked before its body is read.
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Largest image, width times height, checked before it is decoded.
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Calls a server takes beyond its inference threads before it answers
+    #: RESOURCE_EXHAUSTED; bounds the time a call can wait in line.
+    max_queue: int = 64
+
+
 class PipelineService(PipelineBase):
     """Serves one model instance.
 
@@ -56,15 +92,28 @@ class PipelineService(PipelineBase):
         model: Model,
         executor: Executor,
         *,
+        threads: int = 1,
+        limits: Limits | None = None,
+        tokens: Sequence[str] = (),
+        metrics: Metrics | None = None,
         max_batch_size: int = 1,
         max_batch_delay: float = 0.0,
     ) -> None:
         self._model = model
         self._executor = executor
+        self.limits = limits or Limits()
+        self._capacity = threads + self.limits.max_queue
+        self._tokens = [token.encode() for token in tokens]
+        self._metrics = metrics
+        self._pending = 0
         self._batcher = None
         if max_batch_size > 1:
             self._batcher = Batcher(
-                self._run_batch, executor, max_size=max_batch_size, max_delay=max_batch_delay
+                self._run_batch,
+                executor,
+                max_size=max_batch_size,
+                max_delay=max_batch_delay,
+                on_batch=None if metrics is None else metrics.batch_size.observe,
             )
         self._state = State.LOADING
         self._active_calls = 0
@@ -108,17 +157,23 @@ class PipelineService(PipelineBase):
         """Return once no call is running."""
         await self._idle.wait()
 
-    async def run_pipeline(self, message: Request) -> Response:
-        """Decode and infer; every failure is a GRPCError with the status a client needs."""
+    async def run_pipeline(self, message: Request, deadline: Deadline | None = None) -> Response:
+        """Decode and infer; every failure is a GRPCError with the status a client needs.
+
+        A call whose ``deadline`` passes while it waits for an inference
+        thread never reaches the model.
+        """
         loop = asyncio.get_running_loop()
         if self._batcher is None:
             return await self._outcome(
                 loop.run_in_executor(
-                    self._executor, self._counted, self._decode_and_run, message.image
+                    self._executor, self._counted, self._decode_and_run, message.image, deadline
                 )
             )
         decoded = await self._outcome(
-            loop.run_in_executor(self._executor, self._counted, self._decode, message.image)
+            loop.run_in_executor(
+                self._executor, self._counted, self._decode, message.image, deadline
+            )
         )
         response = await self._outcome(asyncio.ensure_future(self._batcher.submit(decoded.image)))
         _to_full_size_if_reduced(response, decoded)
@@ -142,41 +197,144 @@ class PipelineService(PipelineBase):
         except ModelFailure as exc:
             log.error("%s", exc, exc_info=exc.__cause__)
             raise GRPCError(Status.INTERNAL, str(exc)) from None
+        except DeadlinePassed:
+            raise GRPCError(
+                Status.DEADLINE_EXCEEDED, "the deadline passed while the call waited for the model"
+            ) from None
 
-    def _admit(self) -> None:
+    def _admit(self, stream: Stream[Request, Response]) -> None:
+        """Refuse a call from its headers alone: credentials, state, capacity."""
+        if self._tokens:
+            self._authenticate(stream)
         if self._state is State.LOADING:
             raise GRPCError(Status.UNAVAILABLE, "model is still loading; retry shortly")
         if self._state is State.DRAINING:
             raise GRPCError(Status.UNAVAILABLE, "server is shutting down; retry on another")
+        if self._pending >= self._capacity:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"server is busy: {self._pending} calls are in progress; retry with backoff",
+            )
 
-    async def _handle_run_pipeline(self, stream: Stream[Request, Response]) -> None:
+    def _authenticate(self, stream: Stream[Request, Response]) -> None:
+        value = _metadata(stream, "authorization")
+        if not isinstance(value, str) or not value.startswith("Bearer "):
+            raise GRPCError(
+                Status.UNAUTHENTICATED, "missing credentials: send 'authorization: Bearer <token>'"
+            )
+        offered = value[len("Bearer ") :].strip().encode()
+        # Compare with every token, always: the time taken says nothing about a match.
+        matched = False
+        for token in self._tokens:
+            matched |= hmac.compare_digest(offered, token)
+        if not matched:
+            raise GRPCError(Status.UNAUTHENTICATED, "the bearer token is not valid")
+
+    async def _handle_run_pipeline(self, stream: Stream[Request, Response], path: str) -> None:
         # A call counts as running from its headers until its trailers are
         # written: a drain lets it finish even if its body is still arriving,
         # and never closes a connection under an answer.
+        started = time.perf_counter()
         self._active_calls += 1
         self._idle.clear()
+        if self._metrics is not None:
+            self._metrics.call_started(path.rsplit("/", 1)[1])
+        request_id = _request_id(stream)
+        reply_metadata = {"x-request-id": request_id}
+        status, message = Status.OK, None
+        admitted = oversized = False
         try:
             try:
-                self._admit()
-                request = await _receive(stream)
-                response = await self.run_pipeline(request)
+                self._admit(stream)
+                admitted = True
+                self._enqueue(+1)
+                try:
+                    request = await self._receive(stream)
+                except GRPCError as exc:
+                    oversized = exc.status is Status.RESOURCE_EXHAUSTED
+                    raise
+                response = await self.run_pipeline(request, stream.deadline)
             except GRPCError as exc:
-                await stream.send_trailing_metadata(status=exc.status, status_message=exc.message)
+                status, message = exc.status, exc.message
+                await stream.send_trailing_metadata(
+                    status=status, status_message=message, metadata=reply_metadata
+                )
+                if oversized:
+                    # The rest of the body is unwanted: ask the client to stop sending.
+                    await stream.cancel()
                 return
             await stream.send_message(response)
-            await stream.send_trailing_metadata()
+            await stream.send_trailing_metadata(metadata=reply_metadata)
+        except asyncio.CancelledError:
+            status, message = Status.CANCELLED, "the client cancelled or its deadline passed"
+            raise
         finally:
+            if admitted:
+                self._enqueue(-1)
             self._active_calls -= 1
             if not self._active_calls:
                 self._idle.set()
+            self._record(stream, path, status, message, time.perf_counter() - started, request_id)
+
+    async def _receive(self, stream: Stream[Request, Response]) -> Request:
+        """The call's one request message, or the status saying what is wrong with it."""
+        try:
+            request = await receive_message(stream, Request, limit=self.limits.max_message_size)
+        except MessageTooLarge as exc:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
+        except CompressedMessage as exc:
+            raise GRPCError(Status.UNIMPLEMENTED, str(exc)) from None
+        except (GRPCError, StreamTerminatedError, ProtocolError):
+            raise
+        except Exception as exc:  # MalformedMessage, and the protobuf parsers' errors
+            reason = str(exc) or type(exc).__name__
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"request is not a valid emotion.v1.Request: {reason}"
+            ) from None
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
+        return request
+
+    def _enqueue(self, change: int) -> None:
+        self._pending += change
+        if self._metrics is not None:
+            self._metrics.queue_depth.inc(change)
+
+    def _record(
+        self,
+        stream: Stream[Request, Response],
+        path: str,
+        status: Status,
+        message: str | None,
+        seconds: float,
+        request_id: str,
+    ) -> None:
+        if self._metrics is not None:
+            self._metrics.call_finished(path.rsplit("/", 1)[1], status.name, seconds)
+        level = logging.DEBUG if status is Status.OK else logging.WARNING
+        if status in {Status.INTERNAL, Status.UNKNOWN}:
+            level = logging.ERROR
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "rpc method=%s status=%s duration_ms=%.1f peer=%s request_id=%s%s",
+                path,
+                status.name,
+                seconds * 1000,
+                _peer(stream),
+                request_id,
+                "" if message is None else f" message={message!r}",
+            )
 
     def _abort_signal(self) -> asyncio.Future[None]:
         if self._abort is None:
             self._abort = asyncio.get_running_loop().create_future()
         return self._abort
 
-    def _counted(self, step: Callable[[U], T], argument: U) -> T:
+    def _counted(self, step: Callable[[U], T], argument: U, deadline: Deadline | None) -> T:
         """Run ``step`` in an inference thread, counted in :attr:`inferring`."""
+        if deadline is not None and deadline.time_remaining() <= 0:
+            raise DeadlinePassed
         with self._inferring_lock:
             self._inferring += 1
         try:
@@ -186,7 +344,7 @@ class PipelineService(PipelineBase):
                 self._inferring -= 1
 
     def _decode(self, data: bytes) -> Decoded:
-        return decode(data, min_size=self._model.min_size)
+        return decode(data, min_size=self._model.min_size, max_pixels=self.limits.max_pixels)
 
     def _decode_and_run(self, data: bytes) -> Response:
         decoded = self._decode(data)
@@ -228,29 +386,36 @@ class PipelineService(PipelineBase):
         return responses
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        handler = grpclib.const.Handler(
-            self._handle_run_pipeline,
-            grpclib.const.Cardinality.UNARY_UNARY,
-            Request,
-            Response,
-        )
-        return {RUN_PIPELINE_PATH: handler, LEGACY_RUN_PIPELINE_PATH: handler}
+        return {
+            path: grpclib.const.Handler(
+                functools.partial(self._handle_run_pipeline, path=path),
+                grpclib.const.Cardinality.UNARY_UNARY,
+                Request,
+                Response,
+            )
+            for path in (RUN_PIPELINE_PATH, LEGACY_RUN_PIPELINE_PATH)
+        }
 
 
-async def _receive(stream: Stream[Request, Response]) -> Request:
-    """The call's one request message, or INVALID_ARGUMENT saying what is wrong with it."""
-    try:
-        request = await stream.recv_message()
-    except (GRPCError, StreamTerminatedError, ProtocolError):
-        raise
-    except Exception as exc:
-        reason = str(exc) or type(exc).__name__
-        raise GRPCError(
-            Status.INVALID_ARGUMENT, f"request is not a valid emotion.v1.Request: {reason}"
-        ) from None
-    if request is None:
-        raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
-    return request
+def _metadata(stream: Stream[Request, Response], key: str) -> str | None:
+    value = stream.metadata.get(key) if stream.metadata is not None else None
+    return value if isinstance(value, str) else None
+
+
+def _request_id(stream: Stream[Request, Response]) -> str:
+    """The client's x-request-id if it sent a sensible one, else a new one."""
+    offered = _metadata(stream, "x-request-id")
+    if isinstance(offered, str) and 0 < len(offered) <= 64 and offered.isprintable():
+        return offered
+    return uuid.uuid4().hex[:16]
+
+
+def _peer(stream: Stream[Request, Response]) -> str:
+    address = stream.peer.addr()
+    if address is None:
+        return "-"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _log_unobserved_failure(work: asyncio.Future[Any]) -> None:

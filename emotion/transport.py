@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import binascii
 import socket
+import struct
+import time
 import weakref
 from asyncio import BaseTransport
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import betterproto2
 import grpclib.protocol
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from collections.abc import Collection
 
     from grpclib._typing import IServable
+
+T = TypeVar("T")
 
 
 #: Largest HTTP/2 frame clients may send. At h2's default (16 KiB) a 160 kB
@@ -101,6 +105,57 @@ class StrictCodec(ProtoCodec):
         if issubclass(message_type, betterproto2.Message):
             GetMessageClass(getattr(message_type, "DESCRIPTOR")).FromString(data)  # noqa: B009
         return super().decode(data, message_type)
+
+
+class MessageTooLarge(Exception):
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"request message is {length} bytes; this server accepts at most {limit}")
+        self.length = length
+        self.limit = limit
+
+
+class MalformedMessage(Exception):
+    """The gRPC framing of a request is broken; the message says how."""
+
+
+class CompressedMessage(Exception):
+    """The client compressed a message; this server does not decompress."""
+
+
+async def receive_message(
+    stream: grpclib.server.Stream[T, Any], message_type: type[T], *, limit: int
+) -> T | None:
+    """The next message of a call, refusing one longer than ``limit`` before reading it.
+
+    grpclib's own ``recv_message`` reads whatever length a client announces
+    into memory. This reads the 5-byte gRPC prefix first; the body of a
+    refused message is never read, and HTTP/2 flow control keeps the client
+    from sending more than one window (4 MiB) of it.
+    """
+    h2_stream = stream._stream
+    try:
+        prefix = await h2_stream.recv_data(5)
+    except AssertionError:  # grpclib's Buffer: the call ended before 5 bytes came
+        raise MalformedMessage("the call ended inside a message's 5-byte prefix") from None
+    if not prefix:
+        return None
+    flag, length = struct.unpack(">BI", prefix)
+    if flag == 1:
+        raise CompressedMessage("compressed messages are not supported; send them uncompressed")
+    if flag != 0:
+        raise MalformedMessage(f"a message's compression flag is {flag}, not 0 or 1")
+    if length > limit:
+        raise MessageTooLarge(length, limit)
+    try:
+        body = await h2_stream.recv_data(length)
+    except AssertionError:
+        raise MalformedMessage(f"the call ended inside a {length}-byte message") from None
+    message: T = stream._codec.decode(body, message_type)
+    # The statistics grpclib's recv_message keeps.
+    stream._messages_received += 1
+    stream._stream.connection.messages_received += 1
+    stream._stream.connection.last_message_received = time.monotonic()
+    return message
 
 
 class GrpcServer(grpclib.server.Server):

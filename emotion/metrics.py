@@ -1,0 +1,110 @@
+"""Prometheus metrics, named as go-grpc-prometheus names them, so existing dashboards fit.
+
+With ``--workers`` every worker records into files in a directory that the
+supervisor creates (prometheus_client's multiprocess mode) and the supervisor
+serves their sum; with one process, the server serves its own registry.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+#: Set by the supervisor for its workers; prometheus_client reads it at import.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+SERVICE = "emotion.v1.Pipeline"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The server's instruments, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = Counter(
+            "grpc_server_started_total",
+            "RPCs started on the server.",
+            labels,
+            registry=registry,
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            (*labels, "grpc_code"),
+            registry=registry,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from a call's headers to its trailers.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "emotion_calls_in_flight",
+            "Pipeline calls between their headers and their trailers.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "emotion_inference_queue_depth",
+            "Calls admitted and waiting for, or in, decode and the model.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "emotion_batch_size",
+            "Images per Model.process_batch run (only with --max-batch-size > 1).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=registry,
+        )
+        self.model_load_seconds = Gauge(
+            "emotion_model_load_seconds",
+            "How long the model's load() took, per process.",
+            multiprocess_mode="max",
+            registry=registry,
+        )
+
+    def call_started(self, method: str) -> None:
+        self.started.labels("unary", SERVICE, method).inc()
+        self.in_flight.inc()
+
+    def call_finished(self, method: str, code: str, seconds: float) -> None:
+        self.in_flight.dec()
+        self.handled.labels("unary", SERVICE, method, code).inc()
+        self.handling.labels("unary", SERVICE, method).observe(seconds)
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+    """Serve ``registry`` over HTTP on a daemon thread; returns the server (for its port)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+def multiprocess_registry(path: str) -> CollectorRegistry:
+    """A registry that sums what every worker wrote into ``path``."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def forget_process(pid: int) -> None:
+    """Drop a dead worker's live gauges from the multiprocess sums."""
+    path = os.environ.get(MULTIPROCESS_DIR)
+    if path:
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]

@@ -1,0 +1,112 @@
+"""TLS contexts for server and client, and the bearer tokens the server accepts."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SecurityConfigError(Exception):
+    """A certificate, key or token file is missing or unusable; the message says which."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate, and the CA that client certificates must chain to (mTLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _load_chain(context, self.cert, self.key)
+        if self.client_ca is not None:
+            _load_ca(context, self.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        # gRPC runs over HTTP/2, which TLS clients ask for by ALPN.
+        context.set_alpn_protocols(["h2"])
+        return context
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """How a client checks the server (``ca``, else the system's roots) and proves itself."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca is not None:
+            _load_ca(context, self.ca)
+        if (self.cert is None) != (self.key is None):
+            raise SecurityConfigError("a client certificate needs both --tls-cert and --tls-key")
+        if self.cert is not None and self.key is not None:
+            _load_chain(context, self.cert, self.key)
+        context.set_alpn_protocols(["h2"])
+        return context
+
+
+def load_tokens(path: Path | None = None, environment: str | None = None) -> list[str]:
+    """Accepted bearer tokens: one per line of ``path``, and comma-separated in ``environment``.
+
+    Blank lines and lines starting with # are skipped. A file that exists but
+    holds no token is an error: it would silently turn authentication off.
+    """
+    tokens: list[str] = []
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SecurityConfigError(
+                f"cannot read token file {path}: {exc.strerror or exc}"
+            ) from None
+        tokens += [
+            line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+        ]
+        if not tokens:
+            raise SecurityConfigError(f"token file {path} holds no token")
+    if environment:
+        tokens += [token.strip() for token in environment.split(",") if token.strip()]
+    for token in tokens:
+        if not token.isprintable() or " " in token:
+            raise SecurityConfigError("tokens must be printable and without spaces")
+    return tokens
+
+
+def read_token(path: Path | None, environment: str | None = None) -> str | None:
+    """The client's token: from ``path`` if given, else ``environment``."""
+    if path is not None:
+        try:
+            return path.read_text().strip() or None
+        except OSError as exc:
+            raise SecurityConfigError(
+                f"cannot read token file {path}: {exc.strerror or exc}"
+            ) from None
+    return environment or None
+
+
+def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    try:
+        context.load_cert_chain(os.fspath(cert), os.fspath(key))
+    except FileNotFoundError as exc:
+        raise SecurityConfigError(f"cannot read {exc.filename or cert}: no such file") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise SecurityConfigError(
+            f"certificate {cert} and key {key} are not a usable pair: {exc}"
+        ) from None
+
+
+def _load_ca(context: ssl.SSLContext, ca: Path) -> None:
+    try:
+        context.load_verify_locations(cafile=os.fspath(ca))
+    except FileNotFoundError:
+        raise SecurityConfigError(f"cannot read CA file {ca}: no such file") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise SecurityConfigError(f"CA file {ca} is not usable: {exc}") from None
