@@ -23,7 +23,15 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from emotion.client import DEFAULT_TARGET, Client, parse_target
 from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
+from emotion.decode import DEFAULT_MAX_PIXELS
 from emotion.model import ModelLoadError, load_model
+from emotion.security import (
+    ClientTls,
+    SecurityConfigError,
+    ServerTls,
+    load_tokens,
+    read_token,
+)
 from emotion.server import (
     LOOPS,
     ModelStartError,
@@ -33,6 +41,7 @@ from emotion.server import (
     run,
     serve,
 )
+from emotion.service import DEFAULT_MAX_MESSAGE_SIZE, Limits
 from emotion.supervisor import Supervisor, WorkersFailed
 
 DEFAULT_MODEL = "emotion.models.fer:FerModel"
@@ -103,6 +112,51 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_BYTE_UNITS = {
+    "": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 1024**2,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 1024**3,
+}
+
+
+def _size(text: str) -> int:
+    """Bytes, as a number with an optional unit: 17825792, 17MiB, 20MB."""
+    number = text.rstrip("kKmMgGiIbB")
+    unit = text[len(number) :].lower()
+    try:
+        value = float(number) * _BYTE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (a number of bytes, or with KiB, MiB, GiB, kB, MB, GB)"
+        ) from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size")
+    return int(value)
+
+
+def _pixels(text: str) -> int:
+    """A pixel count, plain or in megapixels: 50000000 or 50M."""
+    scale = 1_000_000 if text.lower().endswith("m") else 1
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pixel count (e.g. 50M)") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive pixel count")
+    return int(value)
+
+
+def _file(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emotion", description="Facial emotion recognition over gRPC."
@@ -166,6 +220,63 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("MAX_BATCH_DELAY", "0.005"),
         help="seconds a batch waits to fill (env EMOTION_MAX_BATCH_DELAY; default %(default)s)",
     )
+    limits = serve_cmd.add_argument_group("limits")
+    limits.add_argument(
+        "--max-message-size",
+        type=_size,
+        default=_env("MAX_MESSAGE_SIZE", str(DEFAULT_MAX_MESSAGE_SIZE)),
+        help="largest request message; larger ones get RESOURCE_EXHAUSTED before their body "
+        "is read (env EMOTION_MAX_MESSAGE_SIZE; default 16 MiB plus 64 KiB)",
+    )
+    limits.add_argument(
+        "--max-pixels",
+        type=_pixels,
+        default=_env("MAX_PIXELS", str(DEFAULT_MAX_PIXELS)),
+        help="largest image, width x height, e.g. 50M; larger ones get INVALID_ARGUMENT "
+        "before decoding (env EMOTION_MAX_PIXELS; default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-queue",
+        type=_count,
+        default=_env("MAX_QUEUE", "64"),
+        help="calls a worker takes beyond its inference threads before answering "
+        "RESOURCE_EXHAUSTED (env EMOTION_MAX_QUEUE; default %(default)s)",
+    )
+    security = serve_cmd.add_argument_group("security")
+    security.add_argument(
+        "--tls-cert",
+        type=_file,
+        default=_env("TLS_CERT", ""),
+        help="serve TLS with this PEM certificate chain (env EMOTION_TLS_CERT)",
+    )
+    security.add_argument(
+        "--tls-key",
+        type=_file,
+        default=_env("TLS_KEY", ""),
+        help="the certificate's PEM private key (env EMOTION_TLS_KEY)",
+    )
+    security.add_argument(
+        "--tls-client-ca",
+        type=_file,
+        default=_env("TLS_CLIENT_CA", ""),
+        help="require client certificates signed by this CA: mutual TLS "
+        "(env EMOTION_TLS_CLIENT_CA)",
+    )
+    security.add_argument(
+        "--auth-tokens-file",
+        type=_file,
+        default=_env("AUTH_TOKENS_FILE", ""),
+        help="require 'authorization: Bearer <token>' on Pipeline calls, with a token from "
+        "this file, one per line (env EMOTION_AUTH_TOKENS_FILE; tokens may also come "
+        "comma-separated in EMOTION_AUTH_TOKENS)",
+    )
+    serve_cmd.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=_env("METRICS_PORT", "") or None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics; with workers, their sum "
+        "(env EMOTION_METRICS_PORT; default: off)",
+    )
     serve_cmd.add_argument(
         "--loop",
         choices=LOOPS,
@@ -194,6 +305,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="server address as host:port (env EMOTION_TARGET; default %(default)s)",
     )
     predict_cmd.add_argument(
+        "--tls",
+        action="store_true",
+        default=bool(_env("TLS", "")),
+        help="connect with TLS, checking the server against the system's CAs (env EMOTION_TLS=1)",
+    )
+    predict_cmd.add_argument(
+        "--tls-ca",
+        type=_file,
+        default=_env("TLS_CA", ""),
+        help="connect with TLS, checking the server against this CA (env EMOTION_TLS_CA)",
+    )
+    predict_cmd.add_argument(
+        "--tls-cert",
+        type=_file,
+        default=_env("CLIENT_CERT", ""),
+        help="client certificate for mutual TLS (env EMOTION_CLIENT_CERT)",
+    )
+    predict_cmd.add_argument(
+        "--tls-key",
+        type=_file,
+        default=_env("CLIENT_KEY", ""),
+        help="the client certificate's private key (env EMOTION_CLIENT_KEY)",
+    )
+    predict_cmd.add_argument(
+        "--token-file",
+        type=_file,
+        default=_env("TOKEN_FILE", ""),
+        help="send 'authorization: Bearer <token>' with the token in this file "
+        "(env EMOTION_TOKEN_FILE; or the token itself in EMOTION_TOKEN)",
+    )
+    predict_cmd.add_argument(
         "--timeout",
         type=_timeout,
         default=30.0,
@@ -206,12 +348,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    return asyncio.run(_predict(args.images, args.target, args.timeout))
+    try:
+        tls = None
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+            tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key)
+            tls.context()
+        token = read_token(args.token_file, os.environ.get("EMOTION_TOKEN"))
+    except SecurityConfigError as exc:
+        print(f"emotion predict: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_predict(args.images, args.target, args.timeout, tls, token))
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
-    """The server settings that `emotion serve`'s flags name."""
+    """The server settings that `emotion serve`'s flags name.
+
+    Raises SecurityConfigError for unusable certificate or token settings.
+    """
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    tls = None
+    if args.tls_cert is not None or args.tls_key is not None:
+        if args.tls_cert is None or args.tls_key is None:
+            raise SecurityConfigError("TLS needs both --tls-cert and --tls-key")
+        tls = ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca)
+        tls.context()  # fail now, in one line, not in every worker
+    elif args.tls_client_ca is not None:
+        raise SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    tokens = load_tokens(args.auth_tokens_file, os.environ.get("EMOTION_AUTH_TOKENS"))
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -219,6 +382,14 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         threads=threads,
         max_batch_size=args.max_batch_size,
         max_batch_delay=args.max_batch_delay,
+        limits=Limits(
+            max_message_size=args.max_message_size,
+            max_pixels=args.max_pixels,
+            max_queue=args.max_queue,
+        ),
+        tokens=tuple(tokens),
+        tls=tls,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -243,8 +414,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Find models in the working directory, as `python -m emotion` would.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    config = server_config(args)
     try:
+        config = server_config(args)
         # Workers import the model themselves; importing it here first turns a
         # wrong --model into one line before any process starts.
         model = load_model(args.model)
@@ -263,7 +434,7 @@ def _serve(args: argparse.Namespace) -> int:
             supervisor.run()
     except _StopBeforeServing:
         logging.getLogger(__name__).info("stopped before serving")
-    except (ModelLoadError, ModelStartError, WorkersFailed) as exc:
+    except (ModelLoadError, ModelStartError, WorkersFailed, SecurityConfigError) as exc:
         print(f"emotion serve: {exc}", file=sys.stderr)
         return exit_code(1)
     except OSError as exc:
@@ -276,9 +447,11 @@ def _serve(args: argparse.Namespace) -> int:
     return exit_code(0)
 
 
-async def _predict(images: list[Path], target: str, timeout: float) -> int:
+async def _predict(
+    images: list[Path], target: str, timeout: float, tls: ClientTls | None, token: str | None
+) -> int:
     failed = False
-    async with Client(target, timeout=timeout) as client:
+    async with Client(target, timeout=timeout, tls=tls, token=token) as client:
         for path in images:
             try:
                 data = path.read_bytes()

@@ -7,6 +7,7 @@ from types import TracebackType
 from grpclib.client import Channel
 
 from emotion.contract import PipelineStub, Request, Response
+from emotion.security import ClientTls
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -27,14 +28,25 @@ def parse_target(target: str) -> tuple[str, int]:
 class Client:
     """Connects lazily on the first call; use ``async with`` to close the channel.
 
+    ``tls`` turns on TLS (and mutual TLS when it names a certificate);
+    ``token`` is sent as ``authorization: Bearer <token>`` on every call.
     ``stub`` is the generated PipelineStub for anything the helpers do not cover.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        tls: ClientTls | None = None,
+        token: str | None = None,
+    ) -> None:
         host, port = parse_target(target)
         self.target = target
-        self._channel = Channel(host, port)
-        self.stub = PipelineStub(self._channel, timeout=timeout)
+        self.timeout = timeout
+        self._channel = Channel(host, port, ssl=None if tls is None else tls.context())
+        metadata = None if token is None else {"authorization": f"Bearer {token}"}
+        self.stub = PipelineStub(self._channel, timeout=timeout, metadata=metadata)
 
     async def predict(self, image: bytes, *, timeout: float | None = None) -> Response:
         """Run the pipeline on the bytes of one image file."""

@@ -146,6 +146,10 @@ class Server:
             self._metrics_server = serve_metrics(
                 self.config.host, self.config.metrics_port, self.metrics.registry
             )
+            log.info(
+                "metrics on http://%s/metrics",
+                format_address(self.config.host, self.metrics_port or 0),
+            )
         log.info(
             "listening on %s, loading model %s",
             format_address(self.config.host, self.port),

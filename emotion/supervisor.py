@@ -21,14 +21,17 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
+from emotion.metrics import MULTIPROCESS_DIR, forget_process, multiprocess_registry, serve_metrics
 from emotion.model import Model, load_model
 from emotion.server import ServerConfig, exit_code, format_address, run, serve
 
@@ -130,6 +133,8 @@ class Supervisor:
         self._failed_restarts = 0
         self._restart_at: dict[int, float] = {}
         self._last_signal = ""
+        #: Where the workers' summed metrics are served, once running.
+        self.metrics_port: int | None = None
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT and every worker has drained.
@@ -138,7 +143,24 @@ class Supervisor:
         """
         reservation = _reserve(self.config.host, self.config.port)
         port = reservation.getsockname()[1]
-        self.config = replace(self.config, port=port, reuse_port=True)
+        metrics_port = self.config.metrics_port
+        self.config = replace(
+            self.config,
+            port=port,
+            reuse_port=True,
+            metrics_port=None,
+            record_metrics=metrics_port is not None,
+        )
+        metrics_dir = None
+        metrics_server = None
+        if metrics_port is not None:
+            # Workers write their numbers into files here; this process adds them up.
+            metrics_dir = tempfile.mkdtemp(prefix="emotion-metrics-")
+            os.environ[MULTIPROCESS_DIR] = metrics_dir
+            metrics_server = serve_metrics(
+                self.config.host, metrics_port, multiprocess_registry(metrics_dir)
+            )
+            self.metrics_port = int(metrics_server.server_port)
         previous = {
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT)
@@ -148,10 +170,13 @@ class Supervisor:
                 self._start(slot)
             self._wait_until_serving()
             log.info(
-                "%d workers serving on %s (pids %s)",
+                "%d workers serving on %s (pids %s)%s",
                 self.count,
                 format_address(self.config.host, port),
                 " ".join(str(w.process.pid) for w in self._workers.values()),
+                ""
+                if self.metrics_port is None
+                else f"; metrics on {format_address(self.config.host, self.metrics_port)}",
             )
             self._supervise()
         finally:
@@ -159,6 +184,12 @@ class Supervisor:
             reservation.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            if metrics_dir is not None:
+                os.environ.pop(MULTIPROCESS_DIR, None)
+                shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1
@@ -215,6 +246,8 @@ class Supervisor:
                     continue
                 worker.process.join()
                 if worker.slot not in self._restart_at:
+                    if worker.process.pid is not None:
+                        forget_process(worker.process.pid)
                     self._note_death(worker)
                 if now >= self._restart_at[worker.slot]:
                     del self._restart_at[worker.slot]
