@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -88,8 +89,8 @@ def decode(
     except UnidentifiedImageError:
         raise _unidentified(data) from None
     except Image.DecompressionBombError as exc:
-        # Pillow's own guard, for headers past twice its limit: same verdict.
-        raise InvalidImage(f"request.image is too large to decode: {exc}") from None
+        # Pillow's own guard, for headers past twice its limit: the same verdict.
+        raise _too_many_pixels(str(exc), max_pixels) from None
     except Exception as exc:
         # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error
         # and more on damaged headers; all of them mean the same to a client.
@@ -101,11 +102,7 @@ def decode(
         )
     stored_width, stored_height = image.size
     if stored_width * stored_height > max_pixels:
-        raise InvalidImage(
-            f"request.image is {stored_width}x{stored_height} "
-            f"({stored_width * stored_height / 1e6:.1f} megapixels); "
-            f"this server decodes at most {max_pixels / 1e6:g} megapixels"
-        )
+        raise _too_many_pixels((stored_width, stored_height), max_pixels)
     if min_size is not None and image.format in {"JPEG", "MPO"}:
         _reduce_on_decode(image, min_size)
     try:
@@ -151,6 +148,20 @@ def _upright(image: Image.Image) -> Image.Image:
     except Exception:
         # Unreadable EXIF: show the pixels as stored, as browsers do.
         return image
+
+
+def _too_many_pixels(size: tuple[int, int] | str, limit: int) -> InvalidImage:
+    """The refusal for an image over the pixel limit, from its size or Pillow's message."""
+    most = f"this server decodes at most {limit / 1e6:g} megapixels"
+    if isinstance(size, tuple):
+        width, height = size
+        return InvalidImage(
+            f"request.image is {width}x{height} ({width * height / 1e6:.1f} megapixels); {most}"
+        )
+    # Pillow's own guard says "Image size (N pixels) exceeds limit of ...".
+    found = re.search(r"\((\d+) pixels\)", size)
+    declared = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
+    return InvalidImage(f"request.image declares {declared}; {most}")
 
 
 def _unidentified(data: bytes) -> InvalidImage:

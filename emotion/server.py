@@ -128,8 +128,10 @@ class Server:
 
     async def start(self) -> None:
         """Listen, then load the model in the background (see :meth:`wait_loaded`)."""
-        # Pillow warns on odd metadata in client images; that is not an operator's concern.
+        # Pillow warns on odd metadata and on large images in client files; the
+        # first is not an operator's concern, the second decode() rules on itself.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         # decode() enforces the configured pixel limit itself; Pillow's own,
         # lower guard would refuse some images the configuration allows.
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.config.limits.max_pixels)

@@ -242,26 +242,21 @@ class PipelineService(PipelineBase):
         request_id = _request_id(stream)
         reply_metadata = {"x-request-id": request_id}
         status, message = Status.OK, None
-        admitted = oversized = False
+        admitted = False
         try:
             try:
                 self._admit(stream)
                 admitted = True
                 self._enqueue(+1)
-                try:
-                    request = await self._receive(stream)
-                except GRPCError as exc:
-                    oversized = exc.status is Status.RESOURCE_EXHAUSTED
-                    raise
+                request = await self._receive(stream)
                 response = await self.run_pipeline(request, stream.deadline)
             except GRPCError as exc:
+                # grpclib follows an error status with RST_STREAM(NO_ERROR): a
+                # client still sending a refused body is told to stop.
                 status, message = exc.status, exc.message
                 await stream.send_trailing_metadata(
                     status=status, status_message=message, metadata=reply_metadata
                 )
-                if oversized:
-                    # The rest of the body is unwanted: ask the client to stop sending.
-                    await stream.cancel()
                 return
             await stream.send_message(response)
             await stream.send_trailing_metadata(metadata=reply_metadata)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 from conftest import encode, gradient
 from PIL import Image
@@ -64,7 +66,7 @@ def test_exif_orientation_turns_the_image_upright(orientation: int, size: tuple[
 def test_decompression_bomb_is_refused_without_decoding() -> None:
     data = encode(Image.new("1", (20_000, 20_000)), "PNG")
 
-    with pytest.raises(InvalidImage, match="too large to decode"):
+    with pytest.raises(InvalidImage, match=r"declares 400\.0 megapixels"):
         decode_image(data)
 
 
@@ -134,3 +136,134 @@ def test_phone_camera_jpegs_with_preview_frames_mpo_are_accepted() -> None:
 
     assert Image.open(io.BytesIO(data)).format == "MPO"
     assert image.size == (64, 48)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares a size its few bytes of data could never fill."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [
+        (_png_header(100_000, 100_000), "declares 10000.0"),
+        (_png_header(10_000, 6_000), "is 10000x6000 (60.0"),
+        (encode(Image.new("1", (8_000, 8_000)), "GIF"), "is 8000x8000 (64.0"),
+    ],
+    ids=["PNG 10 gigapixels", "PNG 60 megapixels", "GIF 64 megapixels"],
+)
+def test_images_declaring_more_pixels_than_the_limit_are_refused_before_decoding(
+    data: bytes, size: str
+) -> None:
+    with pytest.raises(InvalidImage) as caught:
+        decode(data)
+
+    assert str(caught.value).startswith(f"request.image {size}")
+    assert str(caught.value).endswith("; this server decodes at most 50 megapixels")
+
+
+def test_the_pixel_limit_is_configurable() -> None:
+    data = encode(gradient(400, 300), "JPEG")
+
+    assert decode(data, max_pixels=120_000).image.size == (400, 300)
+    with pytest.raises(InvalidImage, match=r"at most 0\.119999 megapixels"):
+        decode(data, max_pixels=119_999)
+
+
+FUZZ_SEEDS = {
+    name: encode(gradient(48, 32), name) for name in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+}
+
+
+@hypothesis.given(st.binary(max_size=2048))
+@hypothesis.settings(max_examples=300, deadline=None)
+def test_fuzz_random_bytes_are_refused_with_invalid_image_only(data: bytes) -> None:
+    message = "decoded"
+    try:
+        decode(data)
+    except InvalidImage as exc:
+        message = str(exc)
+
+    assert message == "decoded" or message.startswith("request.image ")
+
+
+@hypothesis.given(
+    st.sampled_from(sorted(FUZZ_SEEDS)),
+    st.data(),
+)
+@hypothesis.settings(max_examples=300, deadline=None)
+def test_fuzz_damaged_images_decode_or_are_refused_never_crash(
+    name: str, data: st.DataObject
+) -> None:
+    original = bytearray(FUZZ_SEEDS[name])
+    cut = data.draw(st.integers(0, len(original)), label="keep this many bytes")
+    damaged = original[:cut]
+    for _ in range(data.draw(st.integers(0, 8), label="bytes to change")):
+        if damaged:
+            where = data.draw(st.integers(0, len(damaged) - 1))
+            damaged[where] = data.draw(st.integers(0, 255))
+    try:
+        image = decode(bytes(damaged)).image
+    except InvalidImage:
+        return
+    assert image.width * image.height <= 50_000_000
+
+
+@hypothesis.given(
+    st.sampled_from(["PNG", "GIF", "BMP", "TIFF", "WEBP", "JPEG"]),
+    st.integers(1, 65535),
+    st.integers(1, 65535),
+)
+@hypothesis.settings(max_examples=100, deadline=None)
+def test_fuzz_headers_declaring_absurd_sizes_are_refused_quickly(
+    name: str, width: int, height: int
+) -> None:
+    import time
+
+    data = _declare_size(FUZZ_SEEDS[name], name, width, height)
+    started = time.perf_counter()
+    try:
+        image = decode(data).image
+    except InvalidImage:
+        pass
+    else:
+        assert image.width * image.height <= 50_000_000
+    assert time.perf_counter() - started < 5
+
+
+def _declare_size(data: bytes, name: str, width: int, height: int) -> bytes:
+    """Rewrite the width and height a file's header declares, leaving its pixel data alone."""
+    import struct
+
+    out = bytearray(data)
+    if name == "PNG":
+        return _png_header(width, height)
+    if name == "GIF":
+        out[6:10] = struct.pack("<HH", width, height)
+        at = out.find(b"\x2c")  # the first image descriptor
+        if at > 0:
+            out[at + 5 : at + 9] = struct.pack("<HH", width, height)
+    elif name == "BMP":
+        out[18:26] = struct.pack("<ii", width, height)
+    elif name == "JPEG":
+        at = out.find(b"\xff\xc0")
+        if at > 0:
+            out[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    elif name == "WEBP":
+        at = out.find(b"VP8 ")
+        if at > 0:
+            out[at + 14 : at + 18] = struct.pack("<HH", width & 0x3FFF, height & 0x3FFF)
+    elif name == "TIFF":
+        return bytes(out)  # its tags sit at file-specific offsets; the random bytes cover it
+    return bytes(out)

@@ -1,0 +1,117 @@
+"""The transport under hostile framing: oversized, compressed and truncated messages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import StartServer
+from grpclib.client import Channel
+from grpclib.const import Status
+from h2client import Outcome, RawConnection, framed, zeros
+
+from emotion import PipelineStub, Request, Server
+from emotion.contract import RUN_PIPELINE_PATH
+
+MiB = 1024 * 1024
+
+
+def rss() -> int:
+    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_200_mb_request_is_refused_from_its_prefix_without_being_buffered(
+    start_server: StartServer,
+    connect: Callable[[Server], Channel],
+    jpeg: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await start_server()
+    declared = 200 * 1000 * 1000
+    before = rss()
+
+    def attack() -> tuple[Outcome, Outcome]:
+        connection = RawConnection(server.port)
+        try:
+            huge = connection.call(
+                RUN_PIPELINE_PATH,
+                iter([framed(b"", declared=declared), *zeros(declared)]),
+            )
+            # The same connection still carries calls: its flow-control window was returned.
+            body = bytes(Request(image=jpeg))
+            after = connection.call(RUN_PIPELINE_PATH, iter([framed(body)]))
+            return huge, after
+        finally:
+            connection.close()
+
+    huge, after = await asyncio.to_thread(attack)
+    grown = rss() - before
+
+    assert huge.status == str(Status.RESOURCE_EXHAUSTED.value)
+    assert huge.message == (
+        f"request message is {declared} bytes; this server accepts at most "
+        f"{server.service.limits.max_message_size}"
+    )
+    assert huge.sent < 8 * MiB  # the client was stopped after a window or so
+    assert grown < 50 * MiB
+    assert after.status == "0"
+    assert await PipelineStub(connect(server)).run_pipeline(Request(image=jpeg), timeout=10)
+    assert not [r for r in caplog.records if r.name.startswith("grpclib") and r.levelno >= 40]
+
+
+async def test_the_size_cap_is_configurable_and_counts_the_whole_message(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    from grpclib.exceptions import GRPCError
+
+    from emotion.service import Limits
+
+    message_size = len(bytes(Request(image=jpeg)))
+    exact = await start_server(limits=Limits(max_message_size=message_size))
+    short = await start_server(limits=Limits(max_message_size=message_size - 1))
+
+    assert await PipelineStub(connect(exact)).run_pipeline(Request(image=jpeg), timeout=10)
+    with pytest.raises(GRPCError) as caught:
+        await PipelineStub(connect(short)).run_pipeline(Request(image=jpeg), timeout=10)
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+
+
+def _one_call(port: int, body: bytes) -> Outcome:
+    connection = RawConnection(port)
+    try:
+        return connection.call(RUN_PIPELINE_PATH, iter([body]))
+    finally:
+        connection.close()
+
+
+async def test_a_compressed_message_is_unimplemented(start_server: StartServer) -> None:
+    server = await start_server()
+
+    outcome = await asyncio.to_thread(_one_call, server.port, framed(b"\x0a\x00", flag=1))
+
+    assert outcome.status == str(Status.UNIMPLEMENTED.value)
+    assert outcome.message == ("compressed messages are not supported; send them uncompressed")
+
+
+async def test_a_message_cut_short_by_the_end_of_the_call_is_invalid_argument(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+
+    cut = await asyncio.to_thread(_one_call, server.port, framed(b"\x0a\x03ab", declared=100))
+    prefix = await asyncio.to_thread(_one_call, server.port, b"\x00\x00\x00")
+    bad_flag = await asyncio.to_thread(_one_call, server.port, framed(b"", flag=7))
+
+    for outcome, message in [
+        (cut, "the call ended inside a 100-byte message"),
+        (prefix, "the call ended inside a message's 5-byte prefix"),
+        (bad_flag, "a message's compression flag is 7, not 0 or 1"),
+    ]:
+        assert outcome.status == str(Status.INVALID_ARGUMENT.value)
+        assert outcome.message == f"request is not a valid emotion.v1.Request: {message}"
