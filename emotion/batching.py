@@ -62,7 +62,8 @@ class Batcher:
             self._dispatch()
         elif self._timer is None:
             self._timer = loop.call_later(self.max_delay, self._dispatch)
-        return await asyncio.shield(waiting.answer)
+        # A caller that gives up cancels only its own answer; the batch runs on.
+        return await waiting.answer
 
     def _dispatch(self) -> None:
         if self._timer is not None:

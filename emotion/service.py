@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import functools
 import hmac
@@ -10,8 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -90,7 +90,7 @@ class PipelineService(PipelineBase):
     def __init__(
         self,
         model: Model,
-        executor: Executor,
+        executor: concurrent.futures.Executor,
         *,
         threads: int = 1,
         limits: Limits | None = None,
@@ -163,32 +163,35 @@ class PipelineService(PipelineBase):
         A call whose ``deadline`` passes while it waits for an inference
         thread never reaches the model.
         """
-        loop = asyncio.get_running_loop()
         if self._batcher is None:
             return await self._outcome(
-                loop.run_in_executor(
-                    self._executor, self._counted, self._decode_and_run, message.image, deadline
-                )
+                self._executor.submit(self._counted, self._decode_and_run, message.image, deadline)
             )
         decoded = await self._outcome(
-            loop.run_in_executor(
-                self._executor, self._counted, self._decode, message.image, deadline
-            )
+            self._executor.submit(self._counted, self._decode, message.image, deadline)
         )
-        response = await self._outcome(asyncio.ensure_future(self._batcher.submit(decoded.image)))
+        response = await self._outcome(self._batcher.submit(decoded.image))
         _to_full_size_if_reduced(response, decoded)
         return response
 
-    async def _outcome(self, work: asyncio.Future[T]) -> T:
-        """The result of ``work``, unless the server aborts first; errors as GRPCError."""
+    async def _outcome(self, job: concurrent.futures.Future[T] | Awaitable[T]) -> T:
+        """The result of ``job``, unless the call ends first; errors as GRPCError.
+
+        A job still waiting in the executor when its call ends (the client
+        left, the deadline passed, the server aborted) is withdrawn and never
+        runs; one already running finishes unobserved, its failures logged.
+        """
+        if isinstance(job, concurrent.futures.Future):
+            work: asyncio.Future[T] = asyncio.wrap_future(job)
+        else:
+            work = asyncio.ensure_future(job)
         try:
             await asyncio.wait((work, self._abort_signal()), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            # The client left (cancelled, deadline): the thread runs on unobserved.
-            work.add_done_callback(_log_unobserved_failure)
+            _abandon(job, work)
             raise
         if not work.done():
-            work.add_done_callback(_log_unobserved_failure)
+            _abandon(job, work)
             raise GRPCError(Status.UNAVAILABLE, "server shut down before the call finished; retry")
         try:
             return work.result()
@@ -413,7 +416,15 @@ def _peer(stream: Stream[Request, Response]) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def _log_unobserved_failure(work: asyncio.Future[Any]) -> None:
+def _abandon(job: object, work: asyncio.Future[Any]) -> None:
+    """Nobody waits for ``job`` any more: withdraw it, or log how it ends."""
+    work.cancel()
+    # cancel() fails only for a job already running in its thread.
+    if isinstance(job, concurrent.futures.Future) and not job.cancel():
+        job.add_done_callback(_log_unobserved_failure)
+
+
+def _log_unobserved_failure(work: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
     if work.cancelled():
         return
     failure = work.exception()

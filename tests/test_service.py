@@ -292,3 +292,125 @@ async def test_a_model_failing_after_its_caller_left_is_logged_not_lost(
     assert "model GatedModel failed: RuntimeError (its caller had already gone)" in [
         r.getMessage() for r in caplog.records if r.name == "emotion.service"
     ]
+
+
+class CountingGatedModel(GatedModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def process_sample(self, image: Image.Image) -> Response:
+        self.calls += 1
+        return super().process_sample(image)
+
+
+async def test_a_full_queue_answers_resource_exhausted_at_once(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    from emotion.service import Limits
+
+    model = CountingGatedModel()
+    server = await start_server(model, threads=1, limits=Limits(max_queue=1))
+    stub = PipelineStub(connect(server))
+    running = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    await asyncio.to_thread(model.entered.wait, 10)
+    queued = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    await asyncio.sleep(0.2)
+
+    with pytest.raises(GRPCError) as caught:
+        await stub.run_pipeline(Request(image=jpeg), timeout=5)
+    model.gate.set()
+    await running
+    await queued
+
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    assert caught.value.message == "server is busy: 2 calls are in progress; retry with backoff"
+    assert model.calls == 2
+
+
+async def test_a_call_whose_deadline_passes_in_the_queue_never_reaches_the_model(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    model = CountingGatedModel()
+    server = await start_server(model, threads=1)
+    stub = PipelineStub(connect(server))
+    running = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    await asyncio.to_thread(model.entered.wait, 10)
+
+    with pytest.raises((GRPCError, asyncio.TimeoutError)):
+        await stub.run_pipeline(Request(image=jpeg), timeout=0.3)
+    await asyncio.sleep(0.2)
+    model.gate.set()
+    await running
+    await asyncio.sleep(0.2)
+
+    assert model.calls == 1
+
+
+async def test_a_cancelled_call_frees_its_place_in_the_queue(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    from emotion.service import Limits
+
+    model = CountingGatedModel()
+    server = await start_server(model, threads=1, limits=Limits(max_queue=1))
+    stub = PipelineStub(connect(server))
+    running = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    await asyncio.to_thread(model.entered.wait, 10)
+    waiting = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    await asyncio.sleep(0.2)
+
+    waiting.cancel()
+    await asyncio.sleep(0.2)
+    after = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    await asyncio.sleep(0.2)
+    model.gate.set()
+
+    assert len((await after).response) == 1
+    await running
+    assert model.calls == 2
+
+
+async def test_each_failed_call_is_one_structured_log_line_without_image_bytes(
+    server: Server,
+    connect: Callable[[Server], Channel],
+    jpeg: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stub = PipelineStub(connect(server), metadata={"x-request-id": "req-42"})
+    secret = b"not an image, but secret client bytes"
+
+    with caplog.at_level(logging.DEBUG, logger="emotion.service"), pytest.raises(GRPCError):
+        await stub.run_pipeline(Request(image=secret), timeout=5)
+    with caplog.at_level(logging.DEBUG, logger="emotion.service"):
+        await stub.run_pipeline(Request(image=jpeg), timeout=5)
+
+    lines = [r for r in caplog.records if r.name == "emotion.service"]
+    assert [r.levelname for r in lines] == ["WARNING", "DEBUG"]
+    failed = lines[0].getMessage()
+    assert failed.startswith(
+        "rpc method=/emotion.v1.Pipeline/RunPipeline status=INVALID_ARGUMENT duration_ms="
+    )
+    assert " peer=127.0.0.1:" in failed
+    assert " request_id=req-42 " in failed
+    assert "secret client bytes" not in failed
+    assert "status=OK" in lines[1].getMessage()
+
+
+async def test_the_request_id_comes_back_in_the_trailers(
+    server: Server, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    async with connect(server).request(
+        RUN_PIPELINE_PATH,
+        Cardinality.UNARY_UNARY,
+        Request,
+        Response,
+        timeout=5,
+        metadata={"x-request-id": "trace-7"},
+    ) as stream:
+        await stream.send_message(Request(image=jpeg), end=True)
+        await stream.recv_message()
+        await stream.recv_trailing_metadata()
+
+    assert stream.trailing_metadata is not None
+    assert stream.trailing_metadata["x-request-id"] == "trace-7"
