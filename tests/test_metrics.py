@@ -1,0 +1,127 @@
+"""Prometheus metrics: what a scrape shows after real calls, for one process and for workers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from conftest import EMOTION, StartServer, subprocess_env
+from grpclib.client import Channel
+from grpclib.exceptions import GRPCError
+from prometheus_client.parser import text_string_to_metric_families
+
+from emotion import PipelineStub, Request, Server
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on /metrics, keyed by name and sorted labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def handled(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], code: str) -> float:
+    key = (
+        "grpc_server_handled_total",
+        (
+            ("grpc_code", code),
+            ("grpc_method", "RunPipeline"),
+            ("grpc_service", "emotion.v1.Pipeline"),
+            ("grpc_type", "unary"),
+        ),
+    )
+    return samples.get(key, 0.0)
+
+
+async def test_a_scrape_counts_calls_by_status_and_times_them(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(metrics_port=0)
+    assert server.metrics_port is not None
+    stub = PipelineStub(connect(server))
+    for _ in range(3):
+        await stub.run_pipeline(Request(image=jpeg), timeout=10)
+    with pytest.raises(GRPCError):
+        await stub.run_pipeline(Request(image=b"nope"), timeout=10)
+
+    samples = await asyncio.to_thread(scrape, server.metrics_port)
+
+    assert handled(samples, "OK") == 3
+    assert handled(samples, "INVALID_ARGUMENT") == 1
+    labels = (
+        ("grpc_method", "RunPipeline"),
+        ("grpc_service", "emotion.v1.Pipeline"),
+        ("grpc_type", "unary"),
+    )
+    assert samples[("grpc_server_handling_seconds_count", labels)] == 4
+    assert samples[("grpc_server_started_total", labels)] == 4
+    assert samples[("emotion_calls_in_flight", ())] == 0
+    assert samples[("emotion_inference_queue_depth", ())] == 0
+    assert samples[("emotion_model_load_seconds", ())] >= 0
+
+
+async def test_batch_sizes_are_observed(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    from sample_models import BatchModel
+
+    server = await start_server(BatchModel(), metrics_port=0, max_batch_size=4, max_batch_delay=0.3)
+    assert server.metrics_port is not None
+    stub = PipelineStub(connect(server))
+    await asyncio.gather(*(stub.run_pipeline(Request(image=jpeg), timeout=10) for _ in range(4)))
+
+    samples = await asyncio.to_thread(scrape, server.metrics_port)
+
+    assert samples[("emotion_batch_size_count", ())] == 1
+    assert samples[("emotion_batch_size_sum", ())] == 4
+
+
+async def test_workers_metrics_are_summed_by_the_supervisor(jpeg: bytes) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        "serve",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--workers",
+        "2",
+        "--model",
+        "sample_models:PidModel",
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    try:
+        assert process.stderr is not None
+        while True:
+            line = (await asyncio.wait_for(process.stderr.readline(), 60)).decode()
+            assert line, "server exited early"
+            if "workers serving on" in line:
+                break
+        found = re.search(r"serving on 127\.0\.0\.1:(\d+) .*metrics on 127\.0\.0\.1:(\d+)", line)
+        assert found is not None, line
+        port, metrics_port = int(found.group(1)), int(found.group(2))
+        pids = set()
+        for _ in range(12):  # fresh connections land on both workers
+            channel = Channel("127.0.0.1", port)
+            try:
+                answer = await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
+            finally:
+                channel.close()
+            assert answer.response[0].bbox is not None
+            pids.add(int(answer.response[0].bbox.x1))
+        samples = await asyncio.to_thread(scrape, metrics_port)
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+    assert len(pids) == 2
+    assert handled(samples, "OK") == 12
+    assert samples[("emotion_calls_in_flight", ())] == 0
