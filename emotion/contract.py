@@ -18,6 +18,9 @@ from emotion._generated.emotion.v1 import (
 #: The `emotion.v1.Pipeline` method path the generated stub calls.
 RUN_PIPELINE_PATH = "/emotion.v1.Pipeline/RunPipeline"
 
+#: The streaming method: many images in, one Response per image out, in order.
+STREAM_PIPELINE_PATH = "/emotion.v1.Pipeline/StreamPipeline"
+
 #: The method path a client generated from the original contract calls: that
 #: contract spelled the RPC `run_pipeline`. Served as an alias so those clients
 #: keep working; new clients use RUN_PIPELINE_PATH.
@@ -42,6 +45,7 @@ __all__ = [
     "FILE_DESCRIPTOR",
     "LEGACY_RUN_PIPELINE_PATH",
     "RUN_PIPELINE_PATH",
+    "STREAM_PIPELINE_PATH",
     "BBox",
     "Expression",
     "PipelineBase",

@@ -25,6 +25,7 @@ from emotion.batching import Batcher
 from emotion.contract import (
     LEGACY_RUN_PIPELINE_PATH,
     RUN_PIPELINE_PATH,
+    STREAM_PIPELINE_PATH,
     PipelineBase,
     Request,
     Response,
@@ -103,6 +104,8 @@ class PipelineService(PipelineBase):
         self._executor = executor
         self.limits = limits or Limits()
         self._capacity = threads + self.limits.max_queue
+        # Images of one stream in progress at once: enough to keep the threads busy.
+        self._stream_window = max(2, threads)
         self._tokens = [token.encode() for token in tokens]
         self._metrics = metrics
         self._pending = 0
@@ -233,15 +236,22 @@ class PipelineService(PipelineBase):
         if not matched:
             raise GRPCError(Status.UNAUTHENTICATED, "the bearer token is not valid")
 
-    async def _handle_run_pipeline(self, stream: Stream[Request, Response], path: str) -> None:
+    async def _handle_call(
+        self,
+        stream: Stream[Request, Response],
+        path: str,
+        answer: Callable[[Stream[Request, Response]], Awaitable[None]],
+    ) -> None:
+        """What every Pipeline call gets around ``answer``: admission, status, logs, metrics."""
         # A call counts as running from its headers until its trailers are
         # written: a drain lets it finish even if its body is still arriving,
         # and never closes a connection under an answer.
         started = time.perf_counter()
         self._active_calls += 1
         self._idle.clear()
+        method = path.rsplit("/", 1)[1]
         if self._metrics is not None:
-            self._metrics.call_started(path.rsplit("/", 1)[1])
+            self._metrics.call_started(method)
         request_id = _request_id(stream)
         reply_metadata = {"x-request-id": request_id}
         status, message = Status.OK, None
@@ -251,8 +261,7 @@ class PipelineService(PipelineBase):
                 self._admit(stream)
                 admitted = True
                 self._enqueue(+1)
-                request = await self._receive(stream)
-                response = await self.run_pipeline(request, stream.deadline)
+                await answer(stream)
             except GRPCError as exc:
                 # grpclib follows an error status with RST_STREAM(NO_ERROR): a
                 # client still sending a refused body is told to stop.
@@ -261,7 +270,6 @@ class PipelineService(PipelineBase):
                     status=status, status_message=message, metadata=reply_metadata
                 )
                 return
-            await stream.send_message(response)
             await stream.send_trailing_metadata(metadata=reply_metadata)
         except asyncio.CancelledError:
             status, message = Status.CANCELLED, "the client cancelled or its deadline passed"
@@ -274,8 +282,63 @@ class PipelineService(PipelineBase):
                 self._idle.set()
             self._record(stream, path, status, message, time.perf_counter() - started, request_id)
 
-    async def _receive(self, stream: Stream[Request, Response]) -> Request:
-        """The call's one request message, or the status saying what is wrong with it."""
+    async def _answer_one(self, stream: Stream[Request, Response]) -> None:
+        request = await self._receive_one(stream)
+        await stream.send_message(await self.run_pipeline(request, stream.deadline))
+
+    async def _answer_stream(self, stream: Stream[Request, Response]) -> None:
+        """Answer each image of the stream in order, a few at a time.
+
+        Up to ``_stream_window`` images are decoded and inferred at once; the
+        next is read only when the oldest has been answered, so HTTP/2 flow
+        control holds back a client that sends faster than the model runs.
+        """
+        in_order: asyncio.Queue[asyncio.Future[Response] | BaseException | None] = asyncio.Queue(
+            maxsize=self._stream_window
+        )
+
+        async def read() -> None:
+            index = 0
+            try:
+                while (request := await self._receive(stream)) is not None:
+                    await in_order.put(asyncio.ensure_future(self._frame(request, index, stream)))
+                    index += 1
+            except (GRPCError, Exception) as exc:
+                await in_order.put(exc)
+            else:
+                await in_order.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await in_order.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                await stream.send_message(await item)
+        finally:
+            reader.cancel()
+            while not in_order.empty():
+                left = in_order.get_nowait()
+                if isinstance(left, asyncio.Future):
+                    left.cancel()
+
+    async def _frame(
+        self, request: Request, index: int, stream: Stream[Request, Response]
+    ) -> Response:
+        try:
+            return await self.run_pipeline(request, stream.deadline)
+        except GRPCError as exc:
+            if exc.status is Status.INVALID_ARGUMENT:
+                raise GRPCError(exc.status, f"image {index}: {exc.message}") from None
+            raise
+
+    async def _receive_one(self, stream: Stream[Request, Response]) -> Request:
+        request = await self._receive(stream)
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
+        return request
+
+    async def _receive(self, stream: Stream[Request, Response]) -> Request | None:
+        """The call's next request message (None at its end), or the status saying what is wrong."""
         try:
             request = await receive_message(stream, Request, limit=self.limits.max_message_size)
         except MessageTooLarge as exc:
@@ -289,8 +352,6 @@ class PipelineService(PipelineBase):
             raise GRPCError(
                 Status.INVALID_ARGUMENT, f"request is not a valid emotion.v1.Request: {reason}"
             ) from None
-        if request is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
         return request
 
     def _enqueue(self, change: int) -> None:
@@ -384,14 +445,21 @@ class PipelineService(PipelineBase):
         return responses
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        unary = grpclib.const.Cardinality.UNARY_UNARY
+        streaming = grpclib.const.Cardinality.STREAM_STREAM
+        routes = [
+            (RUN_PIPELINE_PATH, unary, self._answer_one),
+            (LEGACY_RUN_PIPELINE_PATH, unary, self._answer_one),
+            (STREAM_PIPELINE_PATH, streaming, self._answer_stream),
+        ]
         return {
             path: grpclib.const.Handler(
-                functools.partial(self._handle_run_pipeline, path=path),
-                grpclib.const.Cardinality.UNARY_UNARY,
+                functools.partial(self._handle_call, path=path, answer=answer),
+                cardinality,
                 Request,
                 Response,
             )
-            for path in (RUN_PIPELINE_PATH, LEGACY_RUN_PIPELINE_PATH)
+            for path, cardinality, answer in routes
         }
 
 

@@ -90,7 +90,7 @@ async def test_reflection_lists_and_describes_the_services(server: Server) -> No
     assert json.loads(output) == {
         "services": ["emotion.v1.Pipeline", "grpc.health.v1.Health"],
         "methods": {
-            "emotion.v1.Pipeline": ["RunPipeline"],
+            "emotion.v1.Pipeline": ["RunPipeline", "StreamPipeline"],
             "grpc.health.v1.Health": ["Check", "Watch"],
         },
         "expression_fields": [

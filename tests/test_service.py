@@ -18,7 +18,7 @@ from PIL import Image
 from sample_models import GatedModel, RaisingModel, SizeModel, WrongTypeModel
 
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
-from emotion.contract import RUN_PIPELINE_PATH
+from emotion.contract import RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH
 
 
 def float32(value: float) -> float:
@@ -414,3 +414,81 @@ async def test_the_request_id_comes_back_in_the_trailers(
 
     assert stream.trailing_metadata is not None
     assert stream.trailing_metadata["x-request-id"] == "trace-7"
+
+
+async def test_a_stream_of_images_is_answered_in_order(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    stub = PipelineStub(connect(await start_server(SizeModel(), threads=2)))
+    widths = [300, 40, 250, 10, 120, 64, 200, 33]
+    frames = [Request(image=encode(gradient(w, 30), "PNG")) for w in widths]
+
+    answers = [a async for a in stub.stream_pipeline(frames, timeout=30)]
+
+    assert [a.response[0].bbox.x2 for a in answers if a.response[0].bbox] == widths
+
+
+async def test_an_empty_stream_ends_ok_with_no_answers(
+    stub: PipelineStub,
+) -> None:
+    assert [a async for a in stub.stream_pipeline([], timeout=10)] == []
+
+
+async def test_a_bad_image_ends_the_stream_naming_it_after_the_earlier_answers(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    stub = PipelineStub(connect(await start_server(SizeModel())))
+    frames = [
+        Request(image=jpeg),
+        Request(image=jpeg),
+        Request(image=b"garbage"),
+        Request(image=jpeg),
+    ]
+    answers: list[Response] = []
+
+    async def collect() -> None:
+        async for answer in stub.stream_pipeline(frames, timeout=30):
+            answers.append(answer)
+
+    with pytest.raises(GRPCError) as caught:
+        await collect()
+
+    assert len(answers) == 2
+    assert caught.value.status is Status.INVALID_ARGUMENT
+    assert caught.value.message == (
+        "image 2: request.image (7 bytes) is not a JPEG, PNG, WebP, BMP, GIF or TIFF image"
+    )
+
+
+async def test_a_fast_sender_is_held_back_by_flow_control(
+    start_server: StartServer, connect: Callable[[Server], Channel]
+) -> None:
+    model = CountingGatedModel()
+    server = await start_server(model, threads=1)
+    frame = Request(image=encode(Image.effect_noise((900, 900), 80).convert("RGB"), "PNG"))
+    assert len(bytes(frame)) > 500_000
+    sent = 0
+    async with connect(server).request(
+        STREAM_PIPELINE_PATH, Cardinality.STREAM_STREAM, Request, Response, timeout=60
+    ) as stream:
+
+        async def produce() -> None:
+            nonlocal sent
+            for _ in range(40):
+                await stream.send_message(frame)
+                sent += 1
+            await stream.end()
+
+        producer = asyncio.ensure_future(produce())
+        await asyncio.to_thread(model.entered.wait, 10)
+        await asyncio.sleep(1.0)
+        held_at = sent
+        model.gate.set()
+        answers = [await stream.recv_message() for _ in range(40)]
+        await producer
+
+    # The model is stuck on the first image: the server reads two (its window),
+    # and HTTP/2 buffers a few megabytes more; the sender waits for the rest.
+    assert held_at < 15
+    assert all(answer is not None for answer in answers)
+    assert model.calls == 40

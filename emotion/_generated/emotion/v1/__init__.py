@@ -13,6 +13,7 @@ __all__ = (
     "Result",
 )
 
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -224,9 +225,39 @@ class PipelineStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def stream_pipeline(
+        self,
+        messages: "AsyncIterable[Request] | Iterable[Request]",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[Response]":
+        """
+        StreamPipeline runs the pipeline on a stream of images, such as the
+        frames of a video, and answers each with one Response, in the order the
+        images came. The server works on a few images at a time and reads the
+        next only when it has room, so a fast sender is slowed down by HTTP/2
+        flow control rather than filling the server's memory.
+
+        Errors end the stream: INVALID_ARGUMENT names the image (counting from
+        0) that was not a usable image; other statuses as for RunPipeline.
+        """
+
+        async for response in self._stream_stream(
+            "/emotion.v1.Pipeline/StreamPipeline",
+            messages,
+            Request,
+            Response,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 EMOTION_V1_EMOTION_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x18emotion/v1/emotion.proto\x12\nemotion.v1"F\n\x04BBox\x12\x0e\n\x02x1\x18\x01 \x01(\x02R\x02x1\x12\x0e\n\x02y1\x18\x02 \x01(\x02R\x02y1\x12\x0e\n\x02x2\x18\x03 \x01(\x02R\x02x2\x12\x0e\n\x02y2\x18\x04 \x01(\x02R\x02y2"\xbe\x01\n\nExpression\x12\x18\n\x07neutral\x18\x01 \x01(\x02R\x07neutral\x12\x14\n\x05anger\x18\x02 \x01(\x02R\x05anger\x12\x18\n\x07disgust\x18\x03 \x01(\x02R\x07disgust\x12\x12\n\x04fear\x18\x04 \x01(\x02R\x04fear\x12\x1c\n\thappiness\x18\x05 \x01(\x02R\thappiness\x12\x18\n\x07sadness\x18\x06 \x01(\x02R\x07sadness\x12\x1a\n\x08surprise\x18\x07 \x01(\x02R\x08surprise"f\n\x06Result\x12$\n\x04bbox\x18\x01 \x01(\x0b2\x10.emotion.v1.BBoxR\x04bbox\x126\n\nexpression\x18\x02 \x01(\x0b2\x16.emotion.v1.ExpressionR\nexpression"\x1f\n\x07Request\x12\x14\n\x05image\x18\x01 \x01(\x0cR\x05image":\n\x08Response\x12.\n\x08response\x18\x01 \x03(\x0b2\x12.emotion.v1.ResultR\x08response2D\n\x08Pipeline\x128\n\x0bRunPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Responseb\x06proto3'
+    b'\n\x18emotion/v1/emotion.proto\x12\nemotion.v1"F\n\x04BBox\x12\x0e\n\x02x1\x18\x01 \x01(\x02R\x02x1\x12\x0e\n\x02y1\x18\x02 \x01(\x02R\x02y1\x12\x0e\n\x02x2\x18\x03 \x01(\x02R\x02x2\x12\x0e\n\x02y2\x18\x04 \x01(\x02R\x02y2"\xbe\x01\n\nExpression\x12\x18\n\x07neutral\x18\x01 \x01(\x02R\x07neutral\x12\x14\n\x05anger\x18\x02 \x01(\x02R\x05anger\x12\x18\n\x07disgust\x18\x03 \x01(\x02R\x07disgust\x12\x12\n\x04fear\x18\x04 \x01(\x02R\x04fear\x12\x1c\n\thappiness\x18\x05 \x01(\x02R\thappiness\x12\x18\n\x07sadness\x18\x06 \x01(\x02R\x07sadness\x12\x1a\n\x08surprise\x18\x07 \x01(\x02R\x08surprise"f\n\x06Result\x12$\n\x04bbox\x18\x01 \x01(\x0b2\x10.emotion.v1.BBoxR\x04bbox\x126\n\nexpression\x18\x02 \x01(\x0b2\x16.emotion.v1.ExpressionR\nexpression"\x1f\n\x07Request\x12\x14\n\x05image\x18\x01 \x01(\x0cR\x05image":\n\x08Response\x12.\n\x08response\x18\x01 \x03(\x0b2\x12.emotion.v1.ResultR\x08response2\x85\x01\n\x08Pipeline\x128\n\x0bRunPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response\x12?\n\x0eStreamPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response(\x010\x01b\x06proto3'
 )
 
 
@@ -246,6 +277,23 @@ class PipelineBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def stream_pipeline(
+        self, messages: "AsyncIterator[Request]"
+    ) -> "AsyncIterator[Response]":
+        """
+        StreamPipeline runs the pipeline on a stream of images, such as the
+        frames of a video, and answers each with one Response, in the order the
+        images came. The server works on a few images at a time and reads the
+        next only when it has room, so a fast sender is slowed down by HTTP/2
+        flow control rather than filling the server's memory.
+
+        Errors end the stream: INVALID_ARGUMENT names the image (counting from
+        0) that was not a usable image; other statuses as for RunPipeline.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield Response()
+
     async def __rpc_run_pipeline(
         self, stream: "grpclib.server.Stream[Request, Response]"
     ) -> None:
@@ -254,11 +302,27 @@ class PipelineBase(betterproto2_grpclib.ServiceBase):
         response = await self.run_pipeline(request)
         await stream.send_message(response)
 
+    async def __rpc_stream_pipeline(
+        self, stream: "grpclib.server.Stream[Request, Response]"
+    ) -> None:
+        request = stream.__aiter__()
+        await self._call_rpc_handler_server_stream(
+            self.stream_pipeline,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/emotion.v1.Pipeline/RunPipeline": grpclib.const.Handler(
                 self.__rpc_run_pipeline,
                 grpclib.const.Cardinality.UNARY_UNARY,
+                Request,
+                Response,
+            ),
+            "/emotion.v1.Pipeline/StreamPipeline": grpclib.const.Handler(
+                self.__rpc_stream_pipeline,
+                grpclib.const.Cardinality.STREAM_STREAM,
                 Request,
                 Response,
             ),
