@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import os
@@ -16,15 +15,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
-from emotion.client import DEFAULT_TARGET, Client, parse_target
-from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
+from emotion.client import DEFAULT_TARGET, parse_target
 from emotion.decode import DEFAULT_MAX_PIXELS
 from emotion.model import ModelLoadError, load_model
+from emotion.predict import Options as PredictOptions
+from emotion.predict import run as run_predict
 from emotion.security import (
     ClientTls,
     SecurityConfigError,
@@ -305,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="server address as host:port (env EMOTION_TARGET; default %(default)s)",
     )
     predict_cmd.add_argument(
+        "--stream",
+        action="store_true",
+        help="send each IMAGE as one stream: the frames of an animated GIF or WebP, or the "
+        "images in a folder; prints one line per frame",
+    )
+    predict_cmd.add_argument(
+        "--annotate",
+        type=Path,
+        metavar="PATH",
+        help="draw the faces and their top expression: into PATH for one image, else into "
+        "the folder PATH as NAME.png (NAME-FRAME.png when streaming)",
+    )
+    predict_cmd.add_argument(
         "--tls",
         action="store_true",
         default=bool(_env("TLS", "")),
@@ -357,7 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecurityConfigError as exc:
         print(f"emotion predict: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_predict(args.images, args.target, args.timeout, tls, token))
+    options = PredictOptions(
+        images=args.images,
+        target=args.target,
+        timeout=args.timeout,
+        tls=tls,
+        token=token,
+        stream=args.stream,
+        annotate=args.annotate,
+    )
+    return asyncio.run(run_predict(options))
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -445,55 +465,3 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return exit_code(1)
     return exit_code(0)
-
-
-async def _predict(
-    images: list[Path], target: str, timeout: float, tls: ClientTls | None, token: str | None
-) -> int:
-    failed = False
-    async with Client(target, timeout=timeout, tls=tls, token=token) as client:
-        for path in images:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                print(f"emotion predict: {path}: {exc.strerror or exc}", file=sys.stderr)
-                failed = True
-                continue
-            try:
-                response = await client.predict(data)
-            except GRPCError as exc:
-                print(
-                    f"emotion predict: {path}: {exc.status.name}: {exc.message}",
-                    file=sys.stderr,
-                )
-                if exc.status not in _PER_IMAGE_STATUSES:
-                    return 1
-                failed = True
-                continue
-            except TimeoutError:
-                print(
-                    f"emotion predict: {path}: no answer from {target} within {timeout:g}s",
-                    file=sys.stderr,
-                )
-                return 1
-            except (OSError, ProtocolError, StreamTerminatedError) as exc:
-                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                print(f"emotion predict: cannot reach {target}: {reason}", file=sys.stderr)
-                return 1
-            print(json.dumps(response_to_dict(path, response)), flush=True)
-    return 1 if failed else 0
-
-
-def response_to_dict(path: Path, response: Response) -> dict[str, Any]:
-    """The JSON shape `predict` prints: the contract's fields, rounded for reading."""
-    faces = []
-    for result in response.response:
-        bbox = result.bbox or BBox()
-        expression = result.expression or Expression()
-        faces.append(
-            {
-                "bbox": {k: round(getattr(bbox, k), 2) for k in ("x1", "y1", "x2", "y2")},
-                "expression": {k: round(getattr(expression, k), 4) for k in EXPRESSION_FIELDS},
-            }
-        )
-    return {"file": str(path), "faces": faces}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 
 from grpclib.client import Channel
@@ -10,6 +11,8 @@ from emotion.contract import PipelineStub, Request, Response
 from emotion.security import ClientTls
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+#: The image size a server with default limits accepts.
+DEFAULT_MAX_IMAGE_SIZE = 16 * 1024 * 1024
 
 
 def parse_target(target: str) -> tuple[str, int]:
@@ -29,7 +32,8 @@ class Client:
     """Connects lazily on the first call; use ``async with`` to close the channel.
 
     ``tls`` turns on TLS (and mutual TLS when it names a certificate);
-    ``token`` is sent as ``authorization: Bearer <token>`` on every call.
+    ``token`` is sent as ``authorization: Bearer <token>`` on every call;
+    images over ``max_image_size`` are refused before they are sent.
     ``stub`` is the generated PipelineStub for anything the helpers do not cover.
     """
 
@@ -40,17 +44,53 @@ class Client:
         timeout: float | None = None,
         tls: ClientTls | None = None,
         token: str | None = None,
+        max_image_size: int = DEFAULT_MAX_IMAGE_SIZE,
     ) -> None:
         host, port = parse_target(target)
         self.target = target
         self.timeout = timeout
+        self.max_image_size = max_image_size
         self._channel = Channel(host, port, ssl=None if tls is None else tls.context())
         metadata = None if token is None else {"authorization": f"Bearer {token}"}
         self.stub = PipelineStub(self._channel, timeout=timeout, metadata=metadata)
 
     async def predict(self, image: bytes, *, timeout: float | None = None) -> Response:
         """Run the pipeline on the bytes of one image file."""
+        self._check_size(image)
         return await self.stub.run_pipeline(Request(image=image), timeout=timeout)
+
+    async def stream(
+        self,
+        images: AsyncIterable[bytes] | Iterable[bytes],
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Response]:
+        """Run the pipeline on many images over one call: one Response per image, in order.
+
+        The server takes a few images at a time; HTTP/2 flow control makes
+        this wait while it catches up, so ``images`` may be an endless camera feed.
+        """
+
+        async def requests() -> AsyncIterator[Request]:
+            if isinstance(images, AsyncIterable):
+                async for image in images:
+                    self._check_size(image)
+                    yield Request(image=image)
+            else:
+                for image in images:
+                    self._check_size(image)
+                    yield Request(image=image)
+
+        async for response in self.stub.stream_pipeline(requests(), timeout=timeout):
+            yield response
+
+    def _check_size(self, image: bytes) -> None:
+        # Refuse locally what the server would refuse after the upload.
+        if len(image) > self.max_image_size:
+            raise ValueError(
+                f"image is {len(image)} bytes; the limit is {self.max_image_size} "
+                "(servers accept 16 MiB by default; raise both to send more)"
+            )
 
     def close(self) -> None:
         self._channel.close()

@@ -1,0 +1,65 @@
+"""Draw a Response onto its image: a box per face and its top expression, readable at any size."""
+
+from __future__ import annotations
+
+from PIL import Image, ImageDraw, ImageFont
+
+from emotion.contract import EXPRESSION_FIELDS, Response
+
+#: One colour per expression, distinct for the common colour blindnesses
+#: (Okabe-Ito), so the label is not the only cue.
+COLOURS = {
+    "neutral": (153, 153, 153),
+    "anger": (213, 94, 0),
+    "disgust": (0, 158, 115),
+    "fear": (204, 121, 167),
+    "happiness": (240, 228, 66),
+    "sadness": (0, 114, 178),
+    "surprise": (230, 159, 0),
+}
+
+
+def top_expression(scores: dict[str, float]) -> tuple[str, float]:
+    name = max(EXPRESSION_FIELDS, key=lambda field: scores.get(field, 0.0))
+    return name, scores.get(name, 0.0)
+
+
+def annotate(image: Image.Image, response: Response) -> Image.Image:
+    """A copy of ``image`` (upright, as the boxes assume) with each face boxed and labelled.
+
+    Line width and text size follow the image's size, with a floor, so labels
+    stay legible on thumbnails and are not lost on 12-megapixel photos.
+    """
+    canvas = image.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    longer = max(canvas.size)
+    line = max(2, round(longer / 300))
+    font = ImageFont.load_default(size=max(12, round(longer / 45)))
+    pad = max(2, line)
+    for result in response.response:
+        if result.bbox is None:
+            continue
+        box = result.bbox
+        scores = (
+            {}
+            if result.expression is None
+            else {field: getattr(result.expression, field) for field in EXPRESSION_FIELDS}
+        )
+        name, score = top_expression(scores)
+        colour = COLOURS[name]
+        draw.rectangle((box.x1, box.y1, box.x2, box.y2), outline=colour, width=line)
+        label = f"{name} {score:.0%}"
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        width, height = right - left + 2 * pad, bottom - top + 2 * pad
+        # Above the box if there is room, else just inside its top edge.
+        y = box.y1 - height if box.y1 - height >= 0 else box.y1
+        x = min(max(0.0, box.x1), max(0.0, canvas.width - width))
+        draw.rectangle((x, y, x + width, y + height), fill=colour)
+        draw.text((x + pad - left, y + pad - top), label, fill=_ink(colour), font=font)
+    return canvas
+
+
+def _ink(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``background``."""
+    red, green, blue = background
+    return (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue > 140 else (255, 255, 255)

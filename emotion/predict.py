@@ -1,0 +1,198 @@
+"""`emotion predict`: send images, print one JSON line per image or frame, draw the faces."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import io
+import json
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from PIL import Image, ImageSequence
+
+from emotion.annotate import annotate
+from emotion.client import Client
+from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
+from emotion.decode import InvalidImage, decode_image
+from emotion.security import ClientTls
+
+# Errors that concern one image only: `predict` reports them and goes on.
+_PER_IMAGE_STATUSES = {Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Options:
+    images: list[Path]
+    target: str
+    timeout: float
+    tls: ClientTls | None = None
+    token: str | None = None
+    stream: bool = False
+    annotate: Path | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image to send: a file, a file in a folder, or a frame of an animation."""
+
+    source: Path
+    index: int | None
+    data: bytes
+
+
+class Failed(Exception):
+    """Stops the run: the server cannot be reached or answers only errors."""
+
+
+def frames(path: Path) -> Iterator[Frame]:
+    """The images a path stands for, for streaming.
+
+    A folder gives its image files in name order; an animated GIF or WebP its
+    frames (as PNG); any other file itself.
+    """
+    if path.is_dir():
+        for index, child in enumerate(
+            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        ):
+            yield Frame(child, index, child.read_bytes())
+        return
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            count = getattr(image, "n_frames", 1)
+            if count > 1:
+                for index, frame in enumerate(ImageSequence.Iterator(image)):
+                    buffer = io.BytesIO()
+                    frame.convert("RGBA").save(buffer, "PNG")
+                    yield Frame(path, index, buffer.getvalue())
+                return
+    except (OSError, SyntaxError, ValueError):
+        pass  # not something Pillow reads here: let the server say what is wrong
+    yield Frame(path, 0, data)
+
+
+async def run(options: Options) -> int:
+    failed = False
+    async with Client(
+        options.target, timeout=options.timeout, tls=options.tls, token=options.token
+    ) as client:
+        try:
+            for path in options.images:
+                if options.stream:
+                    failed |= not await _stream_one(client, path, options)
+                else:
+                    failed |= not await _predict_one(client, path, options)
+        except Failed:
+            return 1
+    return 1 if failed else 0
+
+
+async def _predict_one(client: Client, path: Path, options: Options) -> bool:
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        _say(f"{path}: {exc.strerror or exc}")
+        return False
+    try:
+        response = await client.predict(data)
+    except GRPCError as exc:
+        _report(path, exc)
+        return False
+    except BaseException as exc:
+        _fail(options, exc, path)
+        raise
+    _emit(Frame(path, None, data), response, options)
+    return True
+
+
+async def _stream_one(client: Client, path: Path, options: Options) -> bool:
+    if not await asyncio.to_thread(path.exists):
+        _say(f"{path}: No such file or directory")
+        return False
+    # Frames are read as the server asks for them; only those in flight are held.
+    unanswered: collections.deque[Frame] = collections.deque()
+
+    async def images() -> AsyncIterator[bytes]:
+        for frame in frames(path):
+            unanswered.append(frame)
+            yield frame.data
+
+    try:
+        async for response in client.stream(images()):
+            _emit(unanswered.popleft(), response, options)
+    except GRPCError as exc:
+        _report(path, exc)
+        return False
+    except BaseException as exc:
+        _fail(options, exc, path)
+        raise
+    return True
+
+
+def _report(path: Path, exc: GRPCError) -> None:
+    _say(f"{path}: {exc.status.name}: {exc.message}")
+    if exc.status not in _PER_IMAGE_STATUSES:
+        raise Failed
+
+
+def _fail(options: Options, exc: BaseException, path: Path) -> None:
+    """Turn a transport failure into one line and Failed; let anything else through."""
+    if isinstance(exc, TimeoutError):
+        _say(f"{path}: no answer from {options.target} within {options.timeout:g}s")
+        raise Failed from None
+    if isinstance(exc, (OSError, ProtocolError, StreamTerminatedError)):
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        _say(f"cannot reach {options.target}: {reason}")
+        raise Failed from None
+
+
+def _emit(frame: Frame, response: Response, options: Options) -> None:
+    print(json.dumps(response_to_dict(frame.source, response, frame.index)), flush=True)
+    if options.annotate is not None:
+        _draw(frame, response, options)
+
+
+def _draw(frame: Frame, response: Response, options: Options) -> None:
+    assert options.annotate is not None
+    one_file = not options.stream and len(options.images) == 1 and options.annotate.suffix != ""
+    if one_file:
+        target = options.annotate
+    else:
+        suffix = "" if frame.index is None or not options.stream else f"-{frame.index:04d}"
+        target = options.annotate / f"{frame.source.stem}{suffix}.png"
+    try:
+        picture = annotate(decode_image(frame.data), response)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(target)
+    except (OSError, InvalidImage) as exc:
+        _say(f"{frame.source}: cannot write {target}: {exc}")
+
+
+def response_to_dict(path: Path, response: Response, frame: int | None = None) -> dict[str, Any]:
+    """The JSON shape `predict` prints: the contract's fields, rounded for reading."""
+    faces = []
+    for result in response.response:
+        bbox = result.bbox or BBox()
+        expression = result.expression or Expression()
+        faces.append(
+            {
+                "bbox": {k: round(getattr(bbox, k), 2) for k in ("x1", "y1", "x2", "y2")},
+                "expression": {k: round(getattr(expression, k), 4) for k in EXPRESSION_FIELDS},
+            }
+        )
+    shown: dict[str, Any] = {"file": str(path)}
+    if frame is not None:
+        shown["frame"] = frame
+    shown["faces"] = faces
+    return shown
+
+
+def _say(line: str) -> None:
+    print(f"emotion predict: {line}", file=sys.stderr)
