@@ -34,12 +34,16 @@ def annotate(image: Image.Image, response: Response) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     longer = max(canvas.size)
     line = max(2, round(longer / 300))
-    font = ImageFont.load_default(size=max(12, round(longer / 45)))
     pad = max(2, line)
+    fonts: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
     for result in response.response:
         if result.bbox is None:
             continue
         box = result.bbox
+        # As large as the photo warrants, but no wider than suits the face,
+        # so neighbours' labels in a group photo do not pile up; never tiny.
+        size = max(12, round(min(longer / 45, (box.x2 - box.x1) / 5)))
+        font = fonts.setdefault(size, ImageFont.load_default(size=size))
         scores = (
             {}
             if result.expression is None

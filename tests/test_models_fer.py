@@ -305,3 +305,23 @@ def test_boxes_from_a_reduced_jpeg_decode_match_a_full_decode(model: FerModel) -
             < 6 * reduced.scale_x
         )
         assert top(nearest) == top(face)
+
+
+def test_a_low_confidence_box_around_a_face_is_dropped_not_reported_as_a_second_face() -> None:
+    from emotion.models.fer.detector import Detection, drop_enclosing
+
+    face = Detection(930, 60, 1025, 158, 0.82)
+    head_and_shoulders = Detection(877, 67, 1056, 246, 0.51)
+    neighbour = Detection(1060, 60, 1150, 150, 0.40)
+
+    kept = drop_enclosing([head_and_shoulders, neighbour, face])
+
+    assert kept == [face, neighbour]
+
+
+def test_a_crowded_group_gives_exactly_its_faces(model: FerModel) -> None:
+    picture, truth = group_photo([100] * 15)
+
+    faces = model.process_sample(picture).response
+
+    assert len(faces) == len(truth)

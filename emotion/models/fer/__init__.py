@@ -26,6 +26,7 @@ from emotion.models.fer.detector import (
     SHORT_RANGE,
     BlazeFace,
     Detection,
+    drop_enclosing,
     weighted_nms,
 )
 from emotion.models.fer.runtime import Runner, WeightsError, read_weights
@@ -105,7 +106,7 @@ class FerModel(Model):
             for tile in _tiles(work.width, work.height, self.tiles):
                 found.extend(_inside(self._full(work.crop(tile)), tile, work.size))
         faces = []
-        for face in weighted_nms(found):
+        for face in drop_enclosing(weighted_nms(found)):
             x1, x2 = (min(max(v / factor, 0.0), rgb.width) for v in (face.x1, face.x2))
             y1, y2 = (min(max(v / factor, 0.0), rgb.height) for v in (face.y1, face.y2))
             if x2 - x1 >= 1 and y2 - y1 >= 1:

@@ -149,3 +149,26 @@ def weighted_nms(detections: list[Detection], threshold: float = 0.3) -> list[De
         merged.append(Detection(float(x1), float(y1), float(x2), float(y2), best.score))
         remaining = [d for d, hit in zip(remaining, overlaps, strict=True) if not hit]
     return merged
+
+
+def drop_enclosing(detections: list[Detection], overlap: float = 0.7) -> list[Detection]:
+    """Drop a detection that mostly holds a more confident one: a face holds no face.
+
+    The short-range detector, seeing a small face in a large image, sometimes
+    boxes the whole head and shoulders around it at low confidence; IoU-based
+    suppression keeps both, since the boxes differ so much in size.
+    """
+    kept: list[Detection] = []
+    for candidate in sorted(detections, key=lambda d: d.score, reverse=True):
+        area = (candidate.x2 - candidate.x1) * (candidate.y2 - candidate.y1)
+        swallows = False
+        for better in kept:
+            width = min(candidate.x2, better.x2) - max(candidate.x1, better.x1)
+            height = min(candidate.y2, better.y2) - max(candidate.y1, better.y1)
+            inner = (better.x2 - better.x1) * (better.y2 - better.y1)
+            if width > 0 and height > 0 and inner < area and width * height > overlap * inner:
+                swallows = True
+                break
+        if not swallows:
+            kept.append(candidate)
+    return kept
