@@ -41,6 +41,7 @@ from emotion.server import (
 )
 from emotion.service import DEFAULT_MAX_MESSAGE_SIZE, Limits
 from emotion.supervisor import Supervisor, WorkersFailed
+from emotion.transport import ConnectionAge
 
 DEFAULT_MODEL = "emotion.models.fer:FerModel"
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
@@ -269,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
         "comma-separated in EMOTION_AUTH_TOKENS)",
     )
     serve_cmd.add_argument(
+        "--max-connection-age",
+        type=_seconds,
+        default=_env("MAX_CONNECTION_AGE", "0"),
+        help="close client connections after this many seconds (0: never), once idle or "
+        "--grace later, so clients reconnect and spread over new replicas "
+        "(env EMOTION_MAX_CONNECTION_AGE; default %(default)s)",
+    )
+    serve_cmd.add_argument(
         "--metrics-port",
         type=_port,
         default=_env("METRICS_PORT", "") or None,
@@ -410,6 +419,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         tokens=tuple(tokens),
         tls=tls,
         metrics_port=args.metrics_port,
+        max_connection_age=ConnectionAge(args.max_connection_age, grace=args.grace)
+        if args.max_connection_age
+        else None,
     )
 
 

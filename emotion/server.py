@@ -29,7 +29,7 @@ from emotion.metrics import Metrics, serve_metrics
 from emotion.model import Model
 from emotion.security import ServerTls
 from emotion.service import Limits, PipelineService, State
-from emotion.transport import GrpcServer
+from emotion.transport import ConnectionAge, GrpcServer
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -66,6 +66,8 @@ class ServerConfig:
     metrics_port: int | None = None
     #: Record metrics without serving them: the supervisor serves the workers' sum.
     record_metrics: bool = False
+    #: Retire client connections after this long, to rebalance them (None: never).
+    max_connection_age: ConnectionAge | None = None
     #: Share the port with other processes (SO_REUSEPORT): the kernel spreads
     #: new connections across them. Set by the worker supervisor.
     reuse_port: bool = False
@@ -140,7 +142,7 @@ class Server:
             [self.service, Health({self.service: [self._health]})],
             pool=_reflection_pool(),
         )
-        self._grpc = GrpcServer(services)
+        self._grpc = GrpcServer(services, connection_age=self.config.max_connection_age)
         listener = _listen(self.config.host, self.config.port, reuse_port=self.config.reuse_port)
         self._port = int(listener.getsockname()[1])
         await self._grpc.start(sock=listener, ssl=tls)
@@ -241,6 +243,11 @@ class Server:
         if self._loaded is not None and not self._loaded.done():
             self._loaded.cancel()
         self._release_model()
+
+    @property
+    def connections_accepted(self) -> int:
+        """Client connections accepted since the start."""
+        return 0 if self._grpc is None else self._grpc.connections_accepted
 
     def accepted_sockets(self) -> list[socket.socket]:
         """The sockets of the open client connections (for inspection and tests)."""

@@ -15,12 +15,15 @@ every supported Python.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
+import random
 import socket
 import struct
 import time
 import weakref
 from asyncio import BaseTransport
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import betterproto2
@@ -66,7 +69,29 @@ class _H2Connection(H2Connection):
         self.max_inbound_frame_size = MAX_FRAME_SIZE
 
 
+@dataclass(frozen=True)
+class ConnectionAge:
+    """Retire connections after ``limit`` seconds (±10%), so clients spread over new servers.
+
+    HTTP/2 keeps a client on one connection, so behind a plain load balancer
+    it stays on one server however many are added. An aged connection is
+    closed as soon as it has no call in flight, and at most ``grace`` seconds
+    later regardless.
+    """
+
+    limit: float
+    grace: float = 30.0
+
+
+_IDLE_CHECK = 0.1
+
+
 class _Protocol(H2Protocol):
+    def __init__(self, *args: Any, age: ConnectionAge | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._age = age
+        self._retire_by = 0.0
+
     def connection_made(self, transport: BaseTransport) -> None:
         # grpclib builds its h2 connection from this module-level name; the
         # swap lasts one synchronous call, so no other connection sees it.
@@ -76,6 +101,25 @@ class _Protocol(H2Protocol):
             super().connection_made(transport)
         finally:
             names["H2Connection"] = H2Connection
+        if self._age is not None:
+            loop = asyncio.get_running_loop()
+            jitter = random.uniform(0.9, 1.1)  # noqa: S311 - spreading reconnects, not security
+            loop.call_later(self._age.limit * jitter, self._retire)
+
+    def _retire(self) -> None:
+        assert self._age is not None
+        loop = asyncio.get_running_loop()
+        if not self._retire_by:
+            self._retire_by = loop.time() + self._age.grace
+        connection = self.connection
+        if connection.is_closing():
+            return
+        if connection._connection.open_inbound_streams and loop.time() < self._retire_by:
+            loop.call_later(_IDLE_CHECK, self._retire)
+            return
+        connection._connection.close_connection()
+        connection.flush()
+        connection.close()
 
 
 def _short_hex(data: bytes | None) -> str:
@@ -160,17 +204,25 @@ async def receive_message(
 
 class GrpcServer(grpclib.server.Server):
     def __init__(
-        self, handlers: Collection[IServable], *, config: Configuration | None = None
+        self,
+        handlers: Collection[IServable],
+        *,
+        config: Configuration | None = None,
+        connection_age: ConnectionAge | None = None,
     ) -> None:
         super().__init__(handlers, config=config, codec=StrictCodec())
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+        self._connection_age = connection_age
+        #: Connections accepted since the start.
+        self.connections_accepted = 0
 
     def _protocol_factory(self) -> H2Protocol:
         self.__gc_step__()
         handler = Handler(self._mapping, self._codec, self._status_details_codec, self.__dispatch__)
         self._handlers.add(handler)
-        protocol = _Protocol(handler, self._config, self._h2_config)
+        protocol = _Protocol(handler, self._config, self._h2_config, age=self._connection_age)
         self._protocols.add(protocol)
+        self.connections_accepted += 1
         return protocol
 
     def stop_listening(self) -> None:

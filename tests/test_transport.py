@@ -13,7 +13,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from h2client import Outcome, RawConnection, framed, zeros
 
-from emotion import PipelineStub, Request, Server
+from emotion import Client, PipelineStub, Request, Response, Server
 from emotion.contract import RUN_PIPELINE_PATH
 
 MiB = 1024 * 1024
@@ -115,3 +115,53 @@ async def test_a_message_cut_short_by_the_end_of_the_call_is_invalid_argument(
     ]:
         assert outcome.status == str(Status.INVALID_ARGUMENT.value)
         assert outcome.message == f"request is not a valid emotion.v1.Request: {message}"
+
+
+@pytest.mark.parametrize("client", ["grpclib", "grpcio"])
+async def test_aged_connections_are_retired_and_clients_reconnect_without_failing(
+    start_server: StartServer, jpeg: bytes, client: str
+) -> None:
+    from emotion.transport import ConnectionAge
+
+    server = await start_server(max_connection_age=ConnectionAge(0.3, grace=5))
+    target = f"127.0.0.1:{server.port}"
+    answers = 0
+    if client == "grpcio":
+        import grpc
+
+        async with grpc.aio.insecure_channel(target) as channel:
+            method = channel.unary_unary(RUN_PIPELINE_PATH)
+            for _ in range(20):
+                Response.parse(await method(bytes(Request(image=jpeg)), timeout=10))
+                answers += 1
+                await asyncio.sleep(0.1)
+    else:
+        async with Client(target, timeout=10) as grpclib_client:
+            for _ in range(20):
+                await grpclib_client.predict(jpeg)
+                answers += 1
+                await asyncio.sleep(0.1)
+
+    assert answers == 20
+    assert server.connections_accepted >= 3
+
+
+async def test_a_busy_connection_is_retired_once_its_calls_end(
+    start_server: StartServer, jpeg: bytes
+) -> None:
+    from sample_models import GatedModel
+
+    from emotion.transport import ConnectionAge
+
+    model = GatedModel()
+    server = await start_server(model, max_connection_age=ConnectionAge(0.2, grace=30))
+    async with Client(f"127.0.0.1:{server.port}", timeout=30) as client:
+        call = asyncio.ensure_future(client.predict(jpeg))
+        await asyncio.to_thread(model.entered.wait, 10)
+        await asyncio.sleep(0.6)  # well past the age: the call keeps its connection
+        assert len(server.accepted_sockets()) == 1
+        model.gate.set()
+        assert len((await call).response) == 1
+        await asyncio.sleep(0.4)
+
+    assert server.accepted_sockets() == []
