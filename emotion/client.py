@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 
 from grpclib.client import Channel
+from grpclib.exceptions import StreamTerminatedError
+from h2.connection import ConnectionState
 
 from emotion.contract import PipelineStub, Request, Response
 from emotion.security import ClientTls
@@ -57,7 +60,25 @@ class Client:
     async def predict(self, image: bytes, *, timeout: float | None = None) -> Response:
         """Run the pipeline on the bytes of one image file."""
         self._check_size(image)
-        return await self.stub.run_pipeline(Request(image=image), timeout=timeout)
+        request = Request(image=image)
+        for _ in range(2):
+            try:
+                return await self.stub.run_pipeline(request, timeout=timeout)
+            except StreamTerminatedError:
+                # A server retiring its connection (GOAWAY, --max-connection-age)
+                # can cross a call on the wire; such a call did not run, and
+                # inference is safe to repeat. A connection that broke without
+                # a GOAWAY (a crashed server) is not retried.
+                if not self._told_to_go_away():
+                    raise
+                await asyncio.sleep(0.01)  # let the channel drop the old connection
+        return await self.stub.run_pipeline(request, timeout=timeout)
+
+    def _told_to_go_away(self) -> bool:
+        # grpclib keeps no flag for it; its h2 connection is closed by a GOAWAY.
+        protocol = getattr(self._channel, "_protocol", None)
+        h2 = getattr(getattr(protocol, "connection", None), "_connection", None)
+        return h2 is not None and h2.state_machine.state is ConnectionState.CLOSED
 
     async def stream(
         self,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import logging
 import random
 import socket
 import struct
@@ -38,6 +39,7 @@ from grpclib.server import Handler
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -84,6 +86,10 @@ class ConnectionAge:
 
 
 _IDLE_CHECK = 0.1
+_GOAWAY_LINGER = 1.0
+
+
+log = logging.getLogger(__name__)
 
 
 class _Protocol(H2Protocol):
@@ -91,8 +97,10 @@ class _Protocol(H2Protocol):
         super().__init__(*args, **kwargs)
         self._age = age
         self._retire_by = 0.0
+        self._gone_away = False
 
     def connection_made(self, transport: BaseTransport) -> None:
+        self._transport = transport
         # grpclib builds its h2 connection from this module-level name; the
         # swap lasts one synchronous call, so no other connection sees it.
         names = vars(grpclib.protocol)
@@ -107,19 +115,42 @@ class _Protocol(H2Protocol):
             loop.call_later(self._age.limit * jitter, self._retire)
 
     def _retire(self) -> None:
+        """Announce GOAWAY, let running calls finish (up to the grace), then close."""
         assert self._age is not None
         loop = asyncio.get_running_loop()
-        if not self._retire_by:
-            self._retire_by = loop.time() + self._age.grace
         connection = self.connection
         if connection.is_closing():
             return
-        if connection._connection.open_inbound_streams and loop.time() < self._retire_by:
+        h2 = connection._connection
+        if not self._retire_by:
+            self._retire_by = loop.time() + self._age.grace
+            # Written by hand: h2's close_connection() would also stop the
+            # calls below last_stream_id from finishing. Conforming clients
+            # open no more calls here and reconnect for new ones.
+            goaway = GoAwayFrame(0)
+            goaway.last_stream_id = h2.highest_inbound_stream_id
+            goaway.error_code = 0
+            self._transport.write(goaway.serialize())  # type: ignore[attr-defined]
+        if h2.open_inbound_streams and loop.time() < self._retire_by:
             loop.call_later(_IDLE_CHECK, self._retire)
             return
-        connection._connection.close_connection()
-        connection.flush()
-        connection.close()
+        if h2.open_inbound_streams:
+            log.info("closing a connection past its age and grace with calls still running")
+        # Closing at once could reset the connection (unread data makes the
+        # kernel send RST) and lose the GOAWAY: give the client a moment.
+        self._gone_away = True
+        loop.call_later(_GOAWAY_LINGER, self._transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._gone_away:
+            return  # calls sent across our GOAWAY: the client retries them elsewhere
+        try:
+            super().data_received(data)
+        except UnicodeDecodeError:
+            # h2 reads header bytes as ASCII, as gRPC requires; a peer that
+            # sends others is not speaking gRPC. Drop it without a traceback.
+            log.info("closing a connection that sent non-ASCII header bytes")
+            self._transport.close()
 
 
 def _short_hex(data: bytes | None) -> str:

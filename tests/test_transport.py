@@ -146,22 +146,25 @@ async def test_aged_connections_are_retired_and_clients_reconnect_without_failin
     assert server.connections_accepted >= 3
 
 
-async def test_a_busy_connection_is_retired_once_its_calls_end(
+async def test_a_busy_connection_lets_its_calls_finish_after_goaway_then_closes(
     start_server: StartServer, jpeg: bytes
 ) -> None:
+    import grpc
     from sample_models import GatedModel
 
     from emotion.transport import ConnectionAge
 
     model = GatedModel()
     server = await start_server(model, max_connection_age=ConnectionAge(0.2, grace=30))
-    async with Client(f"127.0.0.1:{server.port}", timeout=30) as client:
-        call = asyncio.ensure_future(client.predict(jpeg))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        method = channel.unary_unary(RUN_PIPELINE_PATH)
+        call = asyncio.ensure_future(method(bytes(Request(image=jpeg)), timeout=30))
         await asyncio.to_thread(model.entered.wait, 10)
-        await asyncio.sleep(0.6)  # well past the age: the call keeps its connection
+        await asyncio.sleep(0.6)  # past the age: GOAWAY sent, the call keeps running
         assert len(server.accepted_sockets()) == 1
         model.gate.set()
-        assert len((await call).response) == 1
-        await asyncio.sleep(0.4)
+        answer = Response.parse(await call)
+        await asyncio.sleep(1.5)  # the server closes the connection once the call is done
 
-    assert server.accepted_sockets() == []
+        assert len(answer.response) == 1
+        assert server.accepted_sockets() == []
