@@ -92,18 +92,28 @@ class Client:
         this wait while it catches up, so ``images`` may be an endless camera feed.
         """
 
+        failure: list[BaseException] = []
+
         async def requests() -> AsyncIterator[Request]:
-            if isinstance(images, AsyncIterable):
-                async for image in images:
-                    self._check_size(image)
-                    yield Request(image=image)
-            else:
-                for image in images:
-                    self._check_size(image)
-                    yield Request(image=image)
+            # The stub sends from a task of its own that would swallow an
+            # error here and leave the call hanging: end the stream instead,
+            # and raise the error once the answers so far are delivered.
+            try:
+                if isinstance(images, AsyncIterable):
+                    async for image in images:
+                        self._check_size(image)
+                        yield Request(image=image)
+                else:
+                    for image in images:
+                        self._check_size(image)
+                        yield Request(image=image)
+            except Exception as exc:
+                failure.append(exc)
 
         async for response in self.stub.stream_pipeline(requests(), timeout=timeout):
             yield response
+        if failure:
+            raise failure[0]
 
     def _check_size(self, image: bytes) -> None:
         # Refuse locally what the server would refuse after the upload.

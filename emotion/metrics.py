@@ -63,7 +63,7 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "emotion_inference_queue_depth",
-            "Calls admitted and waiting for, or in, decode and the model.",
+            "Images waiting for an inference thread or in one (decode and model).",
             multiprocess_mode="livesum",
             registry=registry,
         )
@@ -80,14 +80,14 @@ class Metrics:
             registry=registry,
         )
 
-    def call_started(self, method: str) -> None:
-        self.started.labels("unary", SERVICE, method).inc()
+    def call_started(self, method: str, kind: str) -> None:
+        self.started.labels(kind, SERVICE, method).inc()
         self.in_flight.inc()
 
-    def call_finished(self, method: str, code: str, seconds: float) -> None:
+    def call_finished(self, method: str, kind: str, code: str, seconds: float) -> None:
         self.in_flight.dec()
-        self.handled.labels("unary", SERVICE, method, code).inc()
-        self.handling.labels("unary", SERVICE, method).observe(seconds)
+        self.handled.labels(kind, SERVICE, method, code).inc()
+        self.handling.labels(kind, SERVICE, method).observe(seconds)
 
 
 def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 # those answers (grpclib's client fails a call whose trailers arrive in the same
 # read as the GOAWAY) and lets health Watch streams deliver NOT_SERVING.
 _CLOSE_LINGER = 0.1
+# After aborting, how long answered calls get to write their UNAVAILABLE.
+_ABORT_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,10 @@ class Server:
             if self.service.active_calls:
                 log.warning("aborting %d call(s) still running", self.service.active_calls)
                 self.service.abort_calls()
-                await self.service.wait_idle()
+                # Calls waiting on their client (a body that never comes) do
+                # not see the abort; closing the server below cancels them.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.service.wait_idle(), _ABORT_WAIT)
         await asyncio.sleep(_CLOSE_LINGER)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import enum
 import functools
 import hmac
 import logging
+import re
 import threading
 import time
 import uuid
@@ -109,6 +111,9 @@ class PipelineService(PipelineBase):
         self._tokens = [token.encode() for token in tokens]
         self._metrics = metrics
         self._pending = 0
+        # Inference jobs submitted and not finished (waiting or running).
+        self._jobs = 0
+        self._jobs_lock = threading.Lock()
         self._batcher = None
         if max_batch_size > 1:
             self._batcher = Batcher(
@@ -167,12 +172,8 @@ class PipelineService(PipelineBase):
         thread never reaches the model.
         """
         if self._batcher is None:
-            return await self._outcome(
-                self._executor.submit(self._counted, self._decode_and_run, message.image, deadline)
-            )
-        decoded = await self._outcome(
-            self._executor.submit(self._counted, self._decode, message.image, deadline)
-        )
+            return await self._outcome(self._submit(self._decode_and_run, message.image, deadline))
+        decoded = await self._outcome(self._submit(self._decode, message.image, deadline))
         response = await self._outcome(self._batcher.submit(decoded.image))
         _to_full_size_if_reduced(response, decoded)
         return response
@@ -224,11 +225,12 @@ class PipelineService(PipelineBase):
 
     def _authenticate(self, stream: Stream[Request, Response]) -> None:
         value = _metadata(stream, "authorization")
-        if not isinstance(value, str) or not value.startswith("Bearer "):
+        scheme, _, credentials = (value or "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():  # schemes ignore case
             raise GRPCError(
                 Status.UNAUTHENTICATED, "missing credentials: send 'authorization: Bearer <token>'"
             )
-        offered = value[len("Bearer ") :].strip().encode()
+        offered = credentials.strip().encode()
         # Compare with every token, always: the time taken says nothing about a match.
         matched = False
         for token in self._tokens:
@@ -250,8 +252,9 @@ class PipelineService(PipelineBase):
         self._active_calls += 1
         self._idle.clear()
         method = path.rsplit("/", 1)[1]
+        kind = "bidi_stream" if path == STREAM_PIPELINE_PATH else "unary"
         if self._metrics is not None:
-            self._metrics.call_started(method)
+            self._metrics.call_started(method, kind)
         request_id = _request_id(stream)
         reply_metadata = {"x-request-id": request_id}
         status, message = Status.OK, None
@@ -272,7 +275,11 @@ class PipelineService(PipelineBase):
                 return
             await stream.send_trailing_metadata(metadata=reply_metadata)
         except asyncio.CancelledError:
-            status, message = Status.CANCELLED, "the client cancelled or its deadline passed"
+            deadline = stream.deadline
+            if deadline is not None and deadline.time_remaining() <= 0:
+                status, message = Status.DEADLINE_EXCEEDED, "the deadline passed"
+            else:
+                status, message = Status.CANCELLED, "the client cancelled the call"
             raise
         finally:
             if admitted:
@@ -293,33 +300,48 @@ class PipelineService(PipelineBase):
         next is read only when the oldest has been answered, so HTTP/2 flow
         control holds back a client that sends faster than the model runs.
         """
-        in_order: asyncio.Queue[asyncio.Future[Response] | BaseException | None] = asyncio.Queue(
-            maxsize=self._stream_window
-        )
+        room = asyncio.Semaphore(self._stream_window)
+        in_order: collections.deque[asyncio.Task[Response]] = collections.deque()
+        arrived = asyncio.Event()
+        ended: list[BaseException | None] = []
 
         async def read() -> None:
             index = 0
             try:
-                while (request := await self._receive(stream)) is not None:
-                    await in_order.put(asyncio.ensure_future(self._frame(request, index, stream)))
+                while True:
+                    await room.acquire()  # wait for room before reading: flow control
+                    request = await self._receive(stream)
+                    if request is None:
+                        break
+                    in_order.append(asyncio.ensure_future(self._frame(request, index, stream)))
+                    arrived.set()
                     index += 1
-            except (GRPCError, Exception) as exc:
-                await in_order.put(exc)
+            except Exception as exc:  # GRPCError, or a broken stream
+                ended.append(exc)
             else:
-                await in_order.put(None)
+                ended.append(None)
+            arrived.set()
 
         reader = asyncio.ensure_future(read())
         try:
-            while (item := await in_order.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                await stream.send_message(await item)
+            while True:
+                if not in_order:
+                    if ended:
+                        if ended[0] is not None:
+                            raise ended[0]
+                        return
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                answer = await in_order.popleft()
+                room.release()
+                await stream.send_message(answer)
         finally:
             reader.cancel()
-            while not in_order.empty():
-                left = in_order.get_nowait()
-                if isinstance(left, asyncio.Future):
-                    left.cancel()
+            for task in in_order:
+                task.cancel()
+                # Retrieve how it ends, so asyncio does not report it as lost.
+                task.add_done_callback(_retrieve)
 
     async def _frame(
         self, request: Request, index: int, stream: Stream[Request, Response]
@@ -356,8 +378,30 @@ class PipelineService(PipelineBase):
 
     def _enqueue(self, change: int) -> None:
         self._pending += change
+
+    def _submit(
+        self, step: Callable[[U], T], argument: U, deadline: Deadline | None
+    ) -> concurrent.futures.Future[T]:
+        """Queue a job for an inference thread, or refuse it if the queue is full."""
+        with self._jobs_lock:
+            if self._jobs >= self._capacity:
+                raise GRPCError(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"server is busy: {self._jobs} images are waiting for the model; "
+                    "retry with backoff",
+                )
+            self._jobs += 1
         if self._metrics is not None:
-            self._metrics.queue_depth.inc(change)
+            self._metrics.queue_depth.inc()
+        job = self._executor.submit(self._counted, step, argument, deadline)
+        job.add_done_callback(self._job_done)  # also when withdrawn before it ran
+        return job
+
+    def _job_done(self, job: concurrent.futures.Future[Any]) -> None:
+        with self._jobs_lock:
+            self._jobs -= 1
+        if self._metrics is not None:
+            self._metrics.queue_depth.dec()
 
     def _record(
         self,
@@ -369,7 +413,8 @@ class PipelineService(PipelineBase):
         request_id: str,
     ) -> None:
         if self._metrics is not None:
-            self._metrics.call_finished(path.rsplit("/", 1)[1], status.name, seconds)
+            kind = "bidi_stream" if path == STREAM_PIPELINE_PATH else "unary"
+            self._metrics.call_finished(path.rsplit("/", 1)[1], kind, status.name, seconds)
         level = logging.DEBUG if status is Status.OK else logging.WARNING
         if status in {Status.INTERNAL, Status.UNKNOWN}:
             level = logging.ERROR
@@ -416,6 +461,7 @@ class PipelineService(PipelineBase):
             raise ModelFailure(
                 f"model {name} returned {type(response).__name__}, not emotion.v1.Response"
             )
+        _check_encodable(response, name)
         _to_full_size_if_reduced(response, decoded)
         return response
 
@@ -442,6 +488,7 @@ class PipelineService(PipelineBase):
                     f"model {name}.process_batch returned a {type(response).__name__} "
                     "in its list, not emotion.v1.Response"
                 )
+            _check_encodable(response, name)
         return responses
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -463,6 +510,9 @@ class PipelineService(PipelineBase):
         }
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/-]+")
+
+
 def _metadata(stream: Stream[Request, Response], key: str) -> str | None:
     value = stream.metadata.get(key) if stream.metadata is not None else None
     return value if isinstance(value, str) else None
@@ -471,7 +521,8 @@ def _metadata(stream: Stream[Request, Response], key: str) -> str | None:
 def _request_id(stream: Stream[Request, Response]) -> str:
     """The client's x-request-id if it sent a sensible one, else a new one."""
     offered = _metadata(stream, "x-request-id")
-    if isinstance(offered, str) and 0 < len(offered) <= 64 and offered.isprintable():
+    # Only characters that cannot pass for another field of the log line.
+    if offered and len(offered) <= 64 and _REQUEST_ID.fullmatch(offered):
         return offered
     return uuid.uuid4().hex[:16]
 
@@ -482,6 +533,11 @@ def _peer(stream: Stream[Request, Response]) -> str:
         return "-"
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _abandon(job: object, work: asyncio.Future[Any]) -> None:
@@ -498,6 +554,16 @@ def _log_unobserved_failure(work: asyncio.Future[Any] | concurrent.futures.Futur
     failure = work.exception()
     if isinstance(failure, ModelFailure):
         log.error("%s (its caller had already gone)", failure, exc_info=failure.__cause__)
+
+
+def _check_encodable(response: Response, name: str) -> None:
+    """Encode once in the worker: a field of the wrong type must fail here, as INTERNAL."""
+    try:
+        bytes(response)
+    except Exception as exc:
+        raise ModelFailure(
+            f"model {name} returned a Response that cannot be encoded: {type(exc).__name__}"
+        ) from exc
 
 
 def _describe(value: object) -> str:

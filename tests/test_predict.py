@@ -159,3 +159,26 @@ async def test_predict_annotate_writes_the_picture(
     drawn = Image.open(out)
     assert drawn.size == Image.open(photo).size
     assert ImageChops.difference(drawn.convert("RGB"), Image.open(photo).convert("RGB")).getbbox()
+
+
+async def test_client_stream_raises_what_the_images_raised_after_the_answers_so_far(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(SizeModel())
+
+    def frames_then_failure() -> object:
+        yield encode(gradient(10, 10), "PNG")
+        yield encode(gradient(20, 10), "PNG")
+        raise OSError("the camera went away")
+
+    answers: list[Response] = []
+
+    async def collect(client: Client) -> None:
+        async for answer in client.stream(frames_then_failure()):  # type: ignore[arg-type]
+            answers.append(answer)
+
+    async with Client(f"127.0.0.1:{server.port}", timeout=10) as client:
+        with pytest.raises(OSError, match="the camera went away"):
+            await collect(client)
+
+    assert len(answers) == 2

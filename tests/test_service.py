@@ -492,3 +492,23 @@ async def test_a_fast_sender_is_held_back_by_flow_control(
     assert held_at < 15
     assert all(answer is not None for answer in answers)
     assert model.calls == 40
+
+
+async def test_a_stream_of_bad_images_leaves_nothing_unretrieved_in_the_log(
+    server: Server, connect: Callable[[Server], Channel], caplog: pytest.LogCaptureFixture
+) -> None:
+    stub = PipelineStub(connect(server))
+
+    with pytest.raises(GRPCError):
+        await _drain(stub.stream_pipeline([Request(image=b"bad")] * 6, timeout=10))
+    await asyncio.sleep(0.2)
+    import gc
+
+    gc.collect()
+
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+
+
+async def _drain(answers: object) -> None:
+    async for _ in answers:  # type: ignore[attr-defined]
+        pass
