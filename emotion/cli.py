@@ -377,6 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecurityConfigError as exc:
         print(f"emotion predict: {exc}", file=sys.stderr)
         return 2
+    if args.stream and args.annotate is not None and args.annotate.suffix:
+        print(
+            "emotion predict: with --stream, --annotate names a folder for the frames, "
+            f"not a file like {args.annotate}",
+            file=sys.stderr,
+        )
+        return 2
     options = PredictOptions(
         images=args.images,
         target=args.target,

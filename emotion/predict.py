@@ -105,11 +105,13 @@ async def _predict_one(client: Client, path: Path, options: Options) -> bool:
     except GRPCError as exc:
         _report(path, exc)
         return False
+    except ValueError as exc:  # over the size a server accepts: refused before sending
+        _say(f"{path}: {exc}")
+        return False
     except BaseException as exc:
         _fail(options, exc, path)
         raise
-    _emit(Frame(path, None, data), response, options)
-    return True
+    return _emit(Frame(path, None, data), response, options)
 
 
 async def _stream_one(client: Client, path: Path, options: Options) -> bool:
@@ -124,16 +126,26 @@ async def _stream_one(client: Client, path: Path, options: Options) -> bool:
             unanswered.append(frame)
             yield frame.data
 
+    answered = 0
+    drawn = True
     try:
         async for response in client.stream(images()):
-            _emit(unanswered.popleft(), response, options)
+            drawn &= _emit(unanswered.popleft(), response, options)
+            answered += 1
     except GRPCError as exc:
         _report(path, exc)
+        return False
+    except (OSError, ValueError) as exc:  # an unreadable or oversized frame, after the others
+        where = getattr(exc, "filename", None) or (unanswered[0].source if unanswered else path)
+        _say(f"{where}: {getattr(exc, 'strerror', None) or exc}")
         return False
     except BaseException as exc:
         _fail(options, exc, path)
         raise
-    return True
+    if not answered:
+        _say(f"{path}: no images in it")
+        return False
+    return drawn
 
 
 def _report(path: Path, exc: GRPCError) -> None:
@@ -153,13 +165,13 @@ def _fail(options: Options, exc: BaseException, path: Path) -> None:
         raise Failed from None
 
 
-def _emit(frame: Frame, response: Response, options: Options) -> None:
+def _emit(frame: Frame, response: Response, options: Options) -> bool:
+    """Print the answer, and draw it if asked; False if the drawing failed."""
     print(json.dumps(response_to_dict(frame.source, response, frame.index)), flush=True)
-    if options.annotate is not None:
-        _draw(frame, response, options)
+    return options.annotate is None or _draw(frame, response, options)
 
 
-def _draw(frame: Frame, response: Response, options: Options) -> None:
+def _draw(frame: Frame, response: Response, options: Options) -> bool:
     assert options.annotate is not None
     one_file = not options.stream and len(options.images) == 1 and options.annotate.suffix != ""
     if one_file:
@@ -171,8 +183,10 @@ def _draw(frame: Frame, response: Response, options: Options) -> None:
         picture = annotate(decode_image(frame.data), response)
         target.parent.mkdir(parents=True, exist_ok=True)
         picture.save(target)
-    except (OSError, InvalidImage) as exc:
+    except (OSError, ValueError, InvalidImage) as exc:  # ValueError: an unknown extension
         _say(f"{frame.source}: cannot write {target}: {exc}")
+        return False
+    return True
 
 
 def response_to_dict(path: Path, response: Response, frame: int | None = None) -> dict[str, Any]:

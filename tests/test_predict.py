@@ -182,3 +182,46 @@ async def test_client_stream_raises_what_the_images_raised_after_the_answers_so_
             await collect(client)
 
     assert len(answers) == 2
+
+
+async def test_predict_edge_cases_are_one_line_each_and_the_run_goes_on(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(SizeModel())
+    target = ("--target", f"127.0.0.1:{server.port}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "0.png").write_bytes(encode(gradient(30, 10), "PNG"))
+    (folder / "1.jpg").mkdir()  # not a file
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(encode(gradient(40, 10), "PNG"))
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(bytes(17 * 1024 * 1024))
+
+    stream_code, stream_out, stream_err = await run(
+        "predict", "--stream", str(empty), str(folder), *target
+    )
+    plain_code, plain_out, plain_err = await run("predict", str(huge), str(photo), *target)
+    draw_code, _, draw_err = await run(
+        "predict", str(photo), "--annotate", str(tmp_path / "out.xyz"), *target
+    )
+    usage_code, _, usage_err = await run(
+        "predict", "--stream", str(photo), "--annotate", "s.png", *target
+    )
+
+    assert stream_code == 1
+    assert [json.loads(line)["frame"] for line in stream_out.splitlines()] == [0]
+    assert stream_err.splitlines() == [
+        f"emotion predict: {empty}: no images in it",
+        f"emotion predict: {folder / '1.jpg'}: Is a directory",
+    ]
+    assert plain_code == 1
+    assert [json.loads(line)["file"] for line in plain_out.splitlines()] == [str(photo)]
+    assert plain_err.startswith(f"emotion predict: {huge}: image is 17825792 bytes")
+    assert draw_err.startswith(f"emotion predict: {photo}: cannot write ")
+    assert draw_code == 1  # the answer was printed, the picture asked for was not
+    assert "Traceback" not in stream_err + plain_err + draw_err
+    assert usage_code == 2
+    assert "with --stream, --annotate names a folder" in usage_err
