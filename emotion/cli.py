@@ -34,6 +34,7 @@ from emotion.server import (
     LOOPS,
     ModelStartError,
     ServerConfig,
+    available_cpus,
     exit_code,
     format_address,
     run,
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--workers",
         type=_positive_int,
-        default=_env("WORKERS", str(os.cpu_count() or 1)),
+        default=_env("WORKERS", str(available_cpus())),
         help="server processes sharing the port, each with its own model "
         "(env EMOTION_WORKERS; default: one per CPU, here %(default)s)",
     )
@@ -401,7 +402,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 
     Raises SecurityConfigError for unusable certificate or token settings.
     """
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    threads = args.threads or max(1, available_cpus() // args.workers)
     tls = None
     if args.tls_cert is not None or args.tls_key is not None:
         if args.tls_cert is None or args.tls_key is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
@@ -90,7 +92,7 @@ class Server:
     def __init__(self, model: Model, config: ServerConfig | None = None) -> None:
         self.model = model
         self.config = config or ServerConfig()
-        threads = self.config.threads or os.cpu_count() or 1
+        threads = self.config.threads or available_cpus()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="emotion-infer")
         self._health = ServiceStatus()
         self._health.set(False)
@@ -350,6 +352,33 @@ def run(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
         uvloop.run(main)
     else:
         asyncio.run(main)
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a container's CPU quota.
+
+    os.cpu_count() is the host's count; in a container limited to 2 CPUs on a
+    64-CPU node it would start 64 workers that fight over 2 CPUs.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    for quota_file, period_file in (
+        (cgroup / "cpu.max", None),  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+        (cgroup / "cpu" / "cpu.cfs_quota_us", cgroup / "cpu" / "cpu.cfs_period_us"),  # v1
+    ):
+        try:
+            if period_file is None:
+                quota, period = quota_file.read_text().split()
+            else:
+                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if quota not in {"max", "-1"}:
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+        break
+    return max(1, count)
 
 
 def format_address(host: str, port: int) -> str:

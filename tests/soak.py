@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import random
 import signal
 import socket
+import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ sys.path.insert(0, str(HERE))
 from conftest import encode, gradient  # noqa: E402
 
 from emotion import PipelineStub, Request, Response  # noqa: E402
+from emotion.server import available_cpus  # noqa: E402
 
 GOOD = "OK"
 
@@ -94,6 +96,7 @@ async def run(args: argparse.Namespace) -> int:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     spec = {"mock": "emotion.models.mock:MockModel", "fer": "emotion.models.fer:FerModel"}
+    server_log = tempfile.TemporaryFile()  # noqa: SIM115 - read at the end, closed at exit
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -106,8 +109,8 @@ async def run(args: argparse.Namespace) -> int:
         "--model",
         spec[args.model],
         "--log-level",
-        "error",
-        stderr=asyncio.subprocess.DEVNULL,
+        "info",
+        stderr=server_log,
     )
     table = cases(args.model)
     rng = random.Random(args.seed)
@@ -138,10 +141,11 @@ async def run(args: argparse.Namespace) -> int:
                 outcomes[(name, got)] += 1
                 if got != expected:
                     wrong.append(f"{name}: expected {expected}, got {got}")
-                if done % 1000 == 0:
-                    rss.append((done, worker_rss(server.pid)))
+                finished += 1
+                if finished % 1000 == 0:
+                    rss.append((finished, worker_rss(server.pid)))
                     print(
-                        f"{done} calls, {time.monotonic() - started:.0f}s, "
+                        f"{finished} calls, {time.monotonic() - started:.0f}s, "
                         f"server RSS {rss[-1][1] / 2**20:.0f} MiB",
                         flush=True,
                     )
@@ -162,14 +166,26 @@ async def run(args: argparse.Namespace) -> int:
     )
     for (name, got), count in sorted(outcomes.items()):
         print(f"  {name:>15}: {got} x {count}")
-    warm = next((r for n, r in rss if n >= args.warmup), rss[0][1] if rss else 0)
-    final = rss[-1][1] if rss else 0
-    growth = (final - warm) / warm if warm else 0.0
+    # RSS saws up and down as large images come and go; compare the typical
+    # level early and late after the warm-up, not two single samples.
+    settled = [r for n, r in rss if n > args.warmup]
+    half = len(settled) // 2
+    early = statistics.median(settled[:half]) if half else 0
+    late = statistics.median(settled[half:]) if half else 0
+    growth = (late - early) / early if early else 0.0
     print(
-        f"server RSS after warm-up {warm / 2**20:.0f} MiB, at the end {final / 2**20:.0f} MiB "
-        f"({growth:+.1%}); server exit status {server.returncode}"
+        f"server RSS after warm-up: median {early / 2**20:.0f} MiB early, "
+        f"{late / 2**20:.0f} MiB late ({growth:+.1%}); server exit status {server.returncode}"
     )
-    failures = list(wrong)
+    server_log.seek(0)
+    log_lines = server_log.read().decode(errors="replace").splitlines()
+    # Bad calls log at WARNING; anything worse, or a worker restart, is a failure.
+    troubles = [
+        line
+        for line in log_lines
+        if " ERROR " in line or "Traceback" in line or "restarting" in line or " CRITICAL " in line
+    ]
+    failures = list(wrong) + [f"server log: {line}" for line in troubles]
     if crashed:
         failures.append("the server exited during the run")
     if server.returncode != 0:
@@ -205,7 +221,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--model", choices=["mock", "fer"], default="mock")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=available_cpus())
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3000, help="calls before the memory baseline")

@@ -231,7 +231,9 @@ def test_workers_default_to_the_cpu_count() -> None:
 
     args = build_parser().parse_args(["serve"])
 
-    assert args.workers == int(os.environ.get("EMOTION_WORKERS", os.cpu_count() or 1))
+    from emotion.server import available_cpus
+
+    assert args.workers == int(os.environ.get("EMOTION_WORKERS", available_cpus()))
 
 
 async def test_workers_drain_and_exit_when_the_supervisor_is_killed(

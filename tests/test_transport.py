@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 from conftest import StartServer
 from grpclib.client import Channel
@@ -168,3 +170,64 @@ async def test_a_busy_connection_lets_its_calls_finish_after_goaway_then_closes(
 
         assert len(answer.response) == 1
         assert server.accepted_sockets() == []
+
+
+@pytest.fixture(scope="module")
+def threaded_server() -> Iterator[int]:
+    """A server on its own event loop in a thread, for synchronous (hypothesis) tests."""
+    import threading
+
+    from emotion import ServerConfig
+    from emotion.models.mock import MockModel
+
+    ready: list[int] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            server = Server(MockModel(), ServerConfig(port=0, threads=1))
+            await server.start()
+            await server.wait_loaded()
+            ready.append(server.port)
+            await asyncio.to_thread(stop.wait)
+            await server.stop(grace=0)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    while not ready:
+        thread.join(0.05)
+    yield ready[0]
+    stop.set()
+    thread.join(10)
+
+
+@hypothesis.given(payload=st.binary(max_size=300))
+@hypothesis.settings(max_examples=150, deadline=None)
+def test_fuzz_request_messages_get_ok_or_invalid_argument_never_unknown(
+    threaded_server: int, payload: bytes
+) -> None:
+    outcome = _one_call(threaded_server, framed(payload))
+
+    assert outcome.status in {str(Status.OK.value), str(Status.INVALID_ARGUMENT.value)}
+
+
+@hypothesis.given(
+    flag=st.integers(0, 255), declared=st.integers(0, 2**32 - 1), body=st.binary(max_size=64)
+)
+@hypothesis.settings(max_examples=100, deadline=None)
+def test_fuzz_grpc_framing_gets_a_precise_status(
+    threaded_server: int, flag: int, declared: int, body: bytes
+) -> None:
+    outcome = _one_call(threaded_server, framed(body, declared=declared, flag=flag))
+
+    assert outcome.status in {
+        str(s.value)
+        for s in (
+            Status.OK,
+            Status.INVALID_ARGUMENT,
+            Status.RESOURCE_EXHAUSTED,
+            Status.UNIMPLEMENTED,
+        )
+    }
