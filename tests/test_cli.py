@@ -35,6 +35,12 @@ def photo(tmp_path: Path) -> Path:
     return path
 
 
+async def wait_serving(process: asyncio.subprocess.Process) -> None:
+    assert process.stderr is not None
+    while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 60)):
+        assert line, "server exited early"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -192,9 +198,7 @@ async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> Non
         ),
     )
     try:
-        assert process.stderr is not None
-        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 30)):
-            assert line, "server exited early"
+        await wait_serving(process)
         code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
     finally:
         process.terminate()
@@ -273,9 +277,7 @@ async def test_serve_with_no_model_flag_serves_the_fer_model(photo: Path) -> Non
         env=subprocess_env(),
     )
     try:
-        assert process.stderr is not None
-        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 60)):
-            assert line, "server exited early"
+        await wait_serving(process)
         code, out, _ = await run(
             "predict", str(TESTS / "fixtures" / "astronaut.jpg"), "--target", f"127.0.0.1:{port}"
         )
@@ -319,9 +321,7 @@ async def test_the_console_script_finds_models_in_the_working_directory(
         env=env,
     )
     try:
-        assert process.stderr is not None
-        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 30)):
-            assert line, "server exited early"
+        await wait_serving(process)
         code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
     finally:
         process.terminate()

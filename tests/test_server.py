@@ -182,6 +182,18 @@ async def test_calls_still_running_after_the_grace_period_end_unavailable(
     assert caught.value.message == "server shut down before the call finished; retry"
 
 
+async def _call_in_flight(channel: Channel, jpeg: bytes, marker: Path) -> asyncio.Future[Response]:
+    """Start a call to SlowModel and return once the model has it (it touches ``marker``)."""
+    call = asyncio.ensure_future(
+        PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=60)
+    )
+    for _ in range(200):
+        if await asyncio.to_thread(marker.exists):
+            break
+        await asyncio.sleep(0.05)
+    return call
+
+
 async def _read_until(stream: asyncio.StreamReader, text: str, seen: list[str]) -> str:
     while True:
         line = (await asyncio.wait_for(stream.readline(), 30)).decode()
@@ -233,13 +245,7 @@ async def test_in_flight_call_completes_across_a_signal_and_the_process_exits_0(
     )
     channel = Channel("127.0.0.1", port)
     try:
-        call = asyncio.ensure_future(
-            PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=30)
-        )
-        for _ in range(200):
-            if marker.exists():
-                break
-            await asyncio.sleep(0.05)
+        call = await _call_in_flight(channel, jpeg, marker)
         process.send_signal(signum)
 
         response = await call
@@ -271,13 +277,7 @@ async def test_a_second_signal_cancels_the_drain(tmp_path: Path, jpeg: bytes) ->
     )
     channel = Channel("127.0.0.1", port)
     try:
-        call = asyncio.ensure_future(
-            PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=30)
-        )
-        for _ in range(200):
-            if marker.exists():
-                break
-            await asyncio.sleep(0.05)
+        call = await _call_in_flight(channel, jpeg, marker)
         process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
         process.send_signal(signal.SIGTERM)
@@ -371,13 +371,7 @@ async def test_the_grace_period_bounds_the_exit_even_if_the_model_hangs(
     )
     channel = Channel("127.0.0.1", port)
     try:
-        call = asyncio.ensure_future(
-            PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=60)
-        )
-        for _ in range(200):
-            if marker.exists():
-                break
-            await asyncio.sleep(0.05)
+        call = await _call_in_flight(channel, jpeg, marker)
         process.send_signal(signal.SIGTERM)
         with pytest.raises(GRPCError) as caught:
             await asyncio.wait_for(call, 10)
