@@ -287,7 +287,9 @@ class PipelineService(PipelineBase):
             self._active_calls -= 1
             if not self._active_calls:
                 self._idle.set()
-            self._record(stream, path, status, message, time.perf_counter() - started, request_id)
+            self._record(
+                stream, path, kind, status, message, time.perf_counter() - started, request_id
+            )
 
     async def _answer_one(self, stream: Stream[Request, Response]) -> None:
         request = await self._receive_one(stream)
@@ -407,13 +409,13 @@ class PipelineService(PipelineBase):
         self,
         stream: Stream[Request, Response],
         path: str,
+        kind: str,
         status: Status,
         message: str | None,
         seconds: float,
         request_id: str,
     ) -> None:
         if self._metrics is not None:
-            kind = "bidi_stream" if path == STREAM_PIPELINE_PATH else "unary"
             self._metrics.call_finished(path.rsplit("/", 1)[1], kind, status.name, seconds)
         level = logging.DEBUG if status is Status.OK else logging.WARNING
         if status in {Status.INTERNAL, Status.UNKNOWN}:

@@ -191,3 +191,10 @@ class BatchModel(SizeModel):
         if self.broken == "short":
             return answers[:-1]
         return answers
+
+
+class UnencodableModel(Model):
+    """Returns a Response whose float field holds a string."""
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return Response(response=[Result(bbox=BBox(x1="wide"))])  # type: ignore[arg-type]

@@ -125,3 +125,25 @@ async def test_workers_metrics_are_summed_by_the_supervisor(jpeg: bytes) -> None
     assert len(pids) == 2
     assert handled(samples, "OK") == 12
     assert samples[("emotion_calls_in_flight", ())] == 0
+
+
+async def test_streams_are_counted_as_bidi_streams(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(metrics_port=0)
+    assert server.metrics_port is not None
+    answers = PipelineStub(connect(server)).stream_pipeline([Request(image=jpeg)] * 3, timeout=10)
+    assert len([a async for a in answers]) == 3
+
+    samples = await asyncio.to_thread(scrape, server.metrics_port)
+
+    key = (
+        "grpc_server_handled_total",
+        (
+            ("grpc_code", "OK"),
+            ("grpc_method", "StreamPipeline"),
+            ("grpc_service", "emotion.v1.Pipeline"),
+            ("grpc_type", "bidi_stream"),
+        ),
+    )
+    assert samples[key] == 1

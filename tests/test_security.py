@@ -271,3 +271,15 @@ async def test_serve_and_predict_over_mutual_tls_with_a_token(
     assert b'"x2": 320' in out
     assert bad.returncode == 1
     assert err.decode().strip().endswith("UNAUTHENTICATED: the bearer token is not valid")
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+async def test_the_bearer_scheme_is_case_insensitive(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes, scheme: str
+) -> None:
+    from emotion import PipelineStub, Request
+
+    server = await start_server(tokens=TOKENS)
+    stub = PipelineStub(connect(server), metadata={"authorization": f"{scheme} s3cret-one"})
+
+    assert len((await stub.run_pipeline(Request(image=jpeg), timeout=10)).response) == 1

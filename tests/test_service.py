@@ -512,3 +512,40 @@ async def test_a_stream_of_bad_images_leaves_nothing_unretrieved_in_the_log(
 async def _drain(answers: object) -> None:
     async for _ in answers:  # type: ignore[attr-defined]
         pass
+
+
+async def test_a_response_that_cannot_be_encoded_is_internal_not_unknown(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    from sample_models import UnencodableModel
+
+    stub = PipelineStub(connect(await start_server(UnencodableModel())))
+
+    with pytest.raises(GRPCError) as caught:
+        await stub.run_pipeline(Request(image=jpeg), timeout=5)
+
+    assert caught.value.status is Status.INTERNAL
+    assert caught.value.message is not None
+    assert caught.value.message.startswith("model UnencodableModel returned a Response that cannot")
+
+
+@pytest.mark.parametrize("offered", ["a b status=OK", "x" * 65, 'id"quoted'])
+async def test_a_request_id_that_could_forge_log_fields_is_replaced(
+    server: Server, connect: Callable[[Server], Channel], jpeg: bytes, offered: str
+) -> None:
+    async with connect(server).request(
+        RUN_PIPELINE_PATH,
+        Cardinality.UNARY_UNARY,
+        Request,
+        Response,
+        timeout=5,
+        metadata={"x-request-id": offered},
+    ) as stream:
+        await stream.send_message(Request(image=jpeg), end=True)
+        await stream.recv_message()
+        await stream.recv_trailing_metadata()
+
+    assert stream.trailing_metadata is not None
+    returned = stream.trailing_metadata["x-request-id"]
+    assert returned != offered
+    assert len(returned) == 16
