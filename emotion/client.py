@@ -10,6 +10,7 @@ from grpclib.client import Channel
 from grpclib.exceptions import StreamTerminatedError
 from h2.connection import ConnectionState
 
+from emotion.codec import ProtobufCodec
 from emotion.contract import PipelineStub, Request, Response
 from emotion.security import ClientTls
 
@@ -38,6 +39,8 @@ class Client:
     ``token`` is sent as ``authorization: Bearer <token>`` on every call;
     images over ``max_image_size`` are refused before they are sent.
     ``stub`` is the generated PipelineStub for anything the helpers do not cover.
+    Answers are read strictly: one that is not a valid Response (a broken or
+    hostile server) raises :class:`emotion.codec.InvalidMessage`.
     """
 
     def __init__(
@@ -53,7 +56,9 @@ class Client:
         self.target = target
         self.timeout = timeout
         self.max_image_size = max_image_size
-        self._channel = Channel(host, port, ssl=None if tls is None else tls.context())
+        self._channel = Channel(
+            host, port, ssl=None if tls is None else tls.context(), codec=ProtobufCodec()
+        )
         metadata = None if token is None else {"authorization": f"Bearer {token}"}
         self.stub = PipelineStub(self._channel, timeout=timeout, metadata=metadata)
 

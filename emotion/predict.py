@@ -18,6 +18,7 @@ from PIL import Image, ImageSequence
 
 from emotion.annotate import annotate
 from emotion.client import Client
+from emotion.codec import InvalidMessage
 from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
 from emotion.decode import InvalidImage, decode_image
 from emotion.security import ClientTls
@@ -156,6 +157,9 @@ def _report(path: Path, exc: GRPCError) -> None:
 
 def _fail(options: Options, exc: BaseException, path: Path) -> None:
     """Turn a transport failure into one line and Failed; let anything else through."""
+    if isinstance(exc, InvalidMessage):
+        _say(f"{options.target} sent an answer that is {exc}")
+        raise Failed from None
     if isinstance(exc, TimeoutError):
         _say(f"{path}: no answer from {options.target} within {options.timeout:g}s")
         raise Failed from None

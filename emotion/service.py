@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpclib.const
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from PIL import Image
 
 from emotion.batching import Batcher
+from emotion.codec import InvalidMessage
 from emotion.contract import (
     LEGACY_RUN_PIPELINE_PATH,
     RUN_PIPELINE_PATH,
@@ -36,6 +37,7 @@ from emotion.decode import DEFAULT_MAX_PIXELS, Decoded, InvalidImage, decode
 from emotion.model import Model
 from emotion.transport import (
     CompressedMessage,
+    MalformedMessage,
     MessageTooLarge,
     receive_message,
 )
@@ -141,6 +143,11 @@ class PipelineService(PipelineBase):
     @property
     def active_calls(self) -> int:
         return self._active_calls
+
+    @property
+    def queued(self) -> int:
+        """Inference jobs submitted and not yet finished: waiting for a thread, or running."""
+        return self._jobs
 
     @property
     def inferring(self) -> int:
@@ -364,19 +371,17 @@ class PipelineService(PipelineBase):
     async def _receive(self, stream: Stream[Request, Response]) -> Request | None:
         """The call's next request message (None at its end), or the status saying what is wrong."""
         try:
-            request = await receive_message(stream, Request, limit=self.limits.max_message_size)
+            return await receive_message(stream, Request, limit=self.limits.max_message_size)
         except MessageTooLarge as exc:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
         except CompressedMessage as exc:
             raise GRPCError(Status.UNIMPLEMENTED, str(exc)) from None
-        except (GRPCError, StreamTerminatedError, ProtocolError):
-            raise
-        except Exception as exc:  # MalformedMessage, and the protobuf parsers' errors
-            reason = str(exc) or type(exc).__name__
+        except MalformedMessage as exc:
             raise GRPCError(
-                Status.INVALID_ARGUMENT, f"request is not a valid emotion.v1.Request: {reason}"
+                Status.INVALID_ARGUMENT, f"request is not a valid emotion.v1.Request: {exc}"
             ) from None
-        return request
+        except InvalidMessage as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"request is {exc}") from None
 
     def _enqueue(self, change: int) -> None:
         self._pending += change

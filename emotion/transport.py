@@ -4,7 +4,7 @@
   in one step, and never closes client connections (since Python 3.12 its
   ``wait_closed()`` then waits for clients to hang up). GrpcServer separates
   the steps and ends connections with an HTTP/2 GOAWAY.
-- Strict decoding: betterproto parses malformed messages leniently.
+- Strict decoding: messages are read by protobuf's parser (emotion.codec).
 - Speed: a larger HTTP/2 frame size, and no hex dump of every frame.
 
 This leans on grpclib and h2 internals (``_server``, ``_protocol_factory``,
@@ -27,19 +27,18 @@ from asyncio import BaseTransport
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import betterproto2
 import grpclib.protocol
 import grpclib.server
 import hyperframe.frame
-from google.protobuf.message_factory import GetMessageClass
 from grpclib.config import Configuration
-from grpclib.encoding.proto import ProtoCodec
 from grpclib.protocol import H2Protocol
 from grpclib.server import Handler
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
+
+from emotion.codec import ProtobufCodec
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -168,20 +167,6 @@ original_raw_data_repr = hyperframe.frame._raw_data_repr
 hyperframe.frame._raw_data_repr = _short_hex
 
 
-class StrictCodec(ProtoCodec):
-    """Protobuf decoding that refuses malformed messages.
-
-    betterproto reads leniently: a length-delimited field that runs past the
-    end of the message is cut short, so a broken request would reach the
-    model as a shorter image. protobuf's C parser checks the encoding first.
-    """
-
-    def decode(self, data: bytes, message_type: type[Any]) -> Any:
-        if issubclass(message_type, betterproto2.Message):
-            GetMessageClass(getattr(message_type, "DESCRIPTOR")).FromString(data)  # noqa: B009
-        return super().decode(data, message_type)
-
-
 class MessageTooLarge(Exception):
     def __init__(self, length: int, limit: int) -> None:
         super().__init__(f"request message is {length} bytes; this server accepts at most {limit}")
@@ -241,7 +226,7 @@ class GrpcServer(grpclib.server.Server):
         config: Configuration | None = None,
         connection_age: ConnectionAge | None = None,
     ) -> None:
-        super().__init__(handlers, config=config, codec=StrictCodec())
+        super().__init__(handlers, config=config, codec=ProtobufCodec())
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
         self._connection_age = connection_age
         #: Connections accepted since the start.

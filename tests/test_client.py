@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpclib.const
+import grpclib.server
 import pytest
 from conftest import StartServer
-from grpclib.const import Status
+from grpclib.const import Cardinality, Status
+from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
 from sample_models import SizeModel
 
 from emotion import Client
 from emotion.client import parse_target
+from emotion.codec import InvalidMessage
+from emotion.contract import RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH
 
 
 @pytest.mark.parametrize(
@@ -46,3 +56,67 @@ async def test_predict_returns_the_response_and_raises_grpc_errors(
     assert response.response[0].bbox is not None
     assert (response.response[0].bbox.x2, response.response[0].bbox.y2) == (320, 240)
     assert caught.value.status is Status.INVALID_ARGUMENT
+
+
+class _AnyBytes(CodecBase):
+    """Lets a test server answer with bytes that no honest server would send."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return data
+
+
+class _HostileService:
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    async def _unary(self, stream: Stream[bytes, bytes]) -> None:
+        await stream.recv_message()
+        await stream.send_message(self.answer)
+
+    async def _stream(self, stream: Stream[bytes, bytes]) -> None:
+        async for _ in stream:
+            await stream.send_message(self.answer)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        unary, streaming = Cardinality.UNARY_UNARY, Cardinality.STREAM_STREAM
+        return {
+            RUN_PIPELINE_PATH: grpclib.const.Handler(self._unary, unary, bytes, bytes),
+            STREAM_PIPELINE_PATH: grpclib.const.Handler(self._stream, streaming, bytes, bytes),
+        }
+
+
+# response[0].bbox.x1 as four bytes instead of a float.
+_BBOX_OF_BYTES = b"\x0a\x08" + b"\x0a\x06" + b"\x0a\x04abcd"
+
+
+@pytest.fixture
+async def hostile_port() -> AsyncIterator[int]:
+    server = grpclib.server.Server([_HostileService(_BBOX_OF_BYTES)], codec=_AnyBytes())
+    listener = socket.create_server(("127.0.0.1", 0))
+    await server.start(sock=listener)
+    yield int(listener.getsockname()[1])
+    server.close()
+    await server.wait_closed()
+
+
+async def test_an_answer_that_is_not_a_valid_response_raises_instead_of_misleading(
+    hostile_port: int,
+) -> None:
+    expected = (
+        "not a valid emotion.v1.Response: response[0].bbox.x1 (field 1) has wire type "
+        "length-delimited, but it is a float (32-bit) field; "
+        "was the sender built from another .proto?"
+    )
+    async with Client(f"127.0.0.1:{hostile_port}", timeout=10) as client:
+        with pytest.raises(InvalidMessage) as unary:
+            await client.predict(b"image")
+        with pytest.raises(InvalidMessage) as streamed:
+            async for _ in client.stream([b"image"]):
+                pass
+
+    assert str(unary.value) == str(streamed.value) == expected

@@ -1,0 +1,204 @@
+"""Protobuf messages read by protobuf's own parser into the generated dataclasses.
+
+betterproto2 reads leniently: a field that runs past the end of its message is
+cut short, and a field sent with another wire type than its own is kept as
+whatever arrived (an int where bytes belong, bytes where a float belongs), so
+the server's code or a client's caller would get values of the wrong type.
+Messages from the network are therefore parsed once, by protobuf's C parser,
+which checks the encoding, and copied field by field into the dataclass.
+
+One rule differs from protobuf's: a known field that arrives with the wrong
+wire type is refused by name. protobuf would keep it as an unknown field and
+read the field as unset, which hides a peer built from another schema behind
+an empty value. Unknown field numbers are ignored, as protobuf ignores them,
+so that peers can add fields.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import betterproto2
+from betterproto2 import ProtoClassMetadata
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtobufMessage
+from google.protobuf.message_factory import GetMessageClass
+from google.protobuf.unknown_fields import UnknownFieldSet
+from grpclib.encoding.base import CodecBase
+
+M = TypeVar("M", bound=betterproto2.Message)
+
+_WIRE_TYPES = {
+    0: "varint",
+    1: "64-bit",
+    2: "length-delimited",
+    3: "start-group",
+    4: "end-group",
+    5: "32-bit",
+}
+_VARINT = "varint"
+_FIXED64 = "64-bit"
+_FIXED32 = "32-bit"
+_LENGTH = "length-delimited"
+_WIRE_TYPE_OF = {
+    FieldDescriptor.TYPE_INT32: _VARINT,
+    FieldDescriptor.TYPE_INT64: _VARINT,
+    FieldDescriptor.TYPE_UINT32: _VARINT,
+    FieldDescriptor.TYPE_UINT64: _VARINT,
+    FieldDescriptor.TYPE_SINT32: _VARINT,
+    FieldDescriptor.TYPE_SINT64: _VARINT,
+    FieldDescriptor.TYPE_BOOL: _VARINT,
+    FieldDescriptor.TYPE_ENUM: _VARINT,
+    FieldDescriptor.TYPE_FIXED64: _FIXED64,
+    FieldDescriptor.TYPE_SFIXED64: _FIXED64,
+    FieldDescriptor.TYPE_DOUBLE: _FIXED64,
+    FieldDescriptor.TYPE_FIXED32: _FIXED32,
+    FieldDescriptor.TYPE_SFIXED32: _FIXED32,
+    FieldDescriptor.TYPE_FLOAT: _FIXED32,
+    FieldDescriptor.TYPE_STRING: _LENGTH,
+    FieldDescriptor.TYPE_BYTES: _LENGTH,
+    FieldDescriptor.TYPE_MESSAGE: _LENGTH,
+}
+_TYPE_NAMES = {
+    value: name.removeprefix("TYPE_").lower()
+    for name, value in vars(FieldDescriptor).items()
+    if name.startswith("TYPE_") and isinstance(value, int)
+}
+
+
+class InvalidMessage(Exception):
+    """Bytes that are not a valid message of the expected type; the text says why.
+
+    The text names the message type and, where one is at fault, the field, so
+    that whoever sent it can act on it.
+    """
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        super().__init__(f"not a valid {type_name}: {reason}")
+        self.type_name = type_name
+        self.reason = reason
+
+
+def parse(message_type: type[M], data: bytes) -> M:
+    """``data`` as a ``message_type``, or InvalidMessage saying what is wrong with it."""
+    reader = _reader(message_type)
+    try:
+        parsed = reader.protobuf_class.FromString(data)
+    except DecodeError:
+        raise InvalidMessage(
+            reader.type_name,
+            "the protobuf encoding is broken "
+            "(a field runs past the end of the message, or a tag or length is malformed)",
+        ) from None
+    try:
+        return cast(M, reader.read(parsed, ""))
+    except _FieldError as exc:
+        raise InvalidMessage(reader.type_name, str(exc)) from None
+
+
+class ProtobufCodec(CodecBase):
+    """grpclib's codec for generated messages: written by betterproto2, read by :func:`parse`.
+
+    Messages of protobuf's own classes (grpclib's health and reflection
+    services) are written and read by protobuf, as grpclib's ProtoCodec does.
+    """
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if not isinstance(message, message_type):
+            raise TypeError(f"message must be of type {message_type!r}, not {type(message)!r}")
+        if isinstance(message, betterproto2.Message):
+            return bytes(message)
+        return message.SerializeToString()  # type: ignore[no-any-return]
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        if issubclass(message_type, betterproto2.Message):
+            return parse(message_type, data)
+        return message_type.FromString(data)
+
+
+class _FieldError(Exception):
+    """A field of a nested message is wrong; parse() names the outermost message."""
+
+
+class _Reader:
+    """Copies one parsed protobuf message into its generated dataclass."""
+
+    def __init__(self, message_type: type[betterproto2.Message]) -> None:
+        descriptor: Descriptor = getattr(message_type, "DESCRIPTOR")  # noqa: B009 - a static property
+        self.message_type = message_type
+        self.type_name = descriptor.full_name
+        self.protobuf_class: type[ProtobufMessage] = GetMessageClass(descriptor)
+        meta = _field_table(message_type)
+        self._fields: dict[int, tuple[str, str, Callable[[Any, str], Any]]] = {}
+        for field in descriptor.fields:
+            name = meta.field_name_by_number[field.number]
+            field_meta = meta.meta_by_field_name[name]
+            if field_meta.map_meta is not None or field_meta.unwrap is not None:
+                raise TypeError(
+                    f"{self.type_name}.{field.name}: map and well-known wrapper fields "
+                    "are not supported by emotion.codec"
+                )
+            read_one = self._value_reader(field, name)
+            if _is_repeated(field):
+                read_one = _each(read_one)
+            self._fields[field.number] = (name, _expected_wire_type(field), read_one)
+
+    def _value_reader(self, field: FieldDescriptor, name: str) -> Callable[[Any, str], Any]:
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            nested = _field_table(self.message_type).cls_by_field[name]
+            return lambda value, path: _reader(nested).read(value, path)
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            enum = _field_table(self.message_type).cls_by_field[name]
+            return lambda value, path: enum(value)
+        return lambda value, path: value
+
+    def read(self, parsed: ProtobufMessage, path: str) -> betterproto2.Message:
+        """The dataclass for ``parsed``; ``path`` names it inside the outermost message."""
+        prefix = f"{path}." if path else ""
+        unknown = UnknownFieldSet(parsed)
+        for index in range(len(unknown)):
+            item = unknown[index]
+            known = self._fields.get(item.field_number)
+            if known is not None:
+                name, expected, _ = known
+                raise _FieldError(
+                    f"{prefix}{name} (field {item.field_number}) has wire type "
+                    f"{_WIRE_TYPES.get(item.wire_type, item.wire_type)}, but it is a "
+                    f"{expected} field; was the sender built from another .proto?",
+                )
+        values = {}
+        for field, value in parsed.ListFields():
+            name, _, read_value = self._fields[field.number]
+            values[name] = read_value(value, f"{prefix}{name}")
+        return self.message_type(**values)
+
+
+def _field_table(message_type: Any) -> ProtoClassMetadata:
+    """betterproto2's table of a message's fields: names, numbers, nested classes."""
+    return message_type._betterproto  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _reader(message_type: type[betterproto2.Message]) -> _Reader:
+    return _Reader(message_type)
+
+
+def _each(read_one: Callable[[Any, str], Any]) -> Callable[[Any, str], list[Any]]:
+    return lambda values, path: [read_one(value, f"{path}[{i}]") for i, value in enumerate(values)]
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _expected_wire_type(field: FieldDescriptor) -> str:
+    wire_type = _WIRE_TYPE_OF[field.type]
+    type_name = _TYPE_NAMES[field.type]
+    if _is_repeated(field) and wire_type != _LENGTH:
+        return f"repeated {type_name} ({wire_type} or packed, length-delimited)"
+    return f"{type_name} ({wire_type})"

@@ -1,0 +1,151 @@
+"""Messages are read with protobuf's parser: valid ones exactly, broken ones refused by name."""
+
+from __future__ import annotations
+
+import struct
+
+import hypothesis
+import hypothesis.strategies as st
+import pytest
+from fuzzing import examples
+from grpclib.health.v1.health_pb2 import HealthCheckRequest
+
+from emotion.codec import InvalidMessage, ProtobufCodec, parse
+from emotion.contract import BBox, Expression, Request, Response, Result
+
+VARINT_ONE = b"\x08\x01"  # field 1, wire type varint, value 1
+FIXED64 = b"\x09" + bytes(8)  # field 1, wire type 64-bit
+FIXED32 = b"\x0d" + bytes(4)  # field 1, wire type 32-bit
+IMAGE = b"\x0a\x03abc"  # field 1, length-delimited: image=b"abc"
+
+
+@pytest.mark.parametrize(
+    ("data", "wire_type"),
+    [
+        (VARINT_ONE, "varint"),
+        (FIXED64, "64-bit"),
+        (FIXED32, "32-bit"),
+        (VARINT_ONE + IMAGE, "varint"),
+        (IMAGE + VARINT_ONE, "varint"),
+    ],
+)
+def test_a_known_field_with_another_wire_type_is_refused_by_name(
+    data: bytes, wire_type: str
+) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse(Request, data)
+
+    assert str(caught.value) == (
+        f"not a valid emotion.v1.Request: image (field 1) has wire type {wire_type}, "
+        "but it is a bytes (length-delimited) field; was the sender built from another .proto?"
+    )
+
+
+def test_a_wrong_wire_type_deep_in_a_response_names_the_path_to_the_field() -> None:
+    bad_result = b"\x0a\x05" + b"\x0a\x03" + b"\x0a\x01x"  # bbox.x1 sent as bytes
+    data = bytes(Response(response=[Result()])) + b"\x0a" + bytes([len(bad_result)]) + bad_result
+
+    with pytest.raises(InvalidMessage) as caught:
+        parse(Response, data)
+
+    assert caught.value.type_name == "emotion.v1.Response"
+    assert caught.value.reason.startswith(
+        "response[1].bbox.x1 (field 1) has wire type length-delimited, but it is a float (32-bit)"
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x0a\x05ab",  # a field longer than the message
+        b"\x0a",  # a tag without its length
+        b"\x0b",  # a group that never ends
+        b"\x07",  # wire type 7 does not exist
+        b"\xff" * 11,  # a varint tag past 10 bytes
+        b"\x00\x01",  # field number 0
+    ],
+)
+def test_a_broken_encoding_is_refused(data: bytes) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse(Request, data)
+
+    assert caught.value.reason.startswith("the protobuf encoding is broken")
+
+
+def test_unknown_field_numbers_are_skipped_so_peers_can_add_fields() -> None:
+    newer = b"\x10\x05" + b"\x1a\x02hi" + IMAGE + b"\x25" + struct.pack("<f", 1.5)
+
+    assert parse(Request, newer) == Request(image=b"abc")
+
+
+def test_an_empty_message_is_all_defaults() -> None:
+    assert parse(Response, b"") == Response()
+    assert parse(Request, b"").image == b""
+
+
+def test_repeated_fields_nested_messages_and_unset_submessages_survive() -> None:
+    response = Response(
+        response=[
+            Result(bbox=BBox(1.5, 2, 3, 4), expression=Expression(happiness=0.75, fear=0.25)),
+            Result(),
+            Result(expression=Expression()),
+        ]
+    )
+
+    parsed = parse(Response, bytes(response))
+
+    assert parsed == response
+    assert parsed.response[1].bbox is None
+    assert parsed.response[2].expression == Expression()
+    assert isinstance(parsed.response[0].bbox, BBox)
+
+
+float32 = st.floats(width=32, allow_nan=False)
+
+
+@hypothesis.given(
+    st.lists(
+        st.builds(
+            Result,
+            bbox=st.none() | st.builds(BBox, float32, float32, float32, float32),
+            expression=st.none() | st.builds(Expression, *[float32] * 7),
+        ),
+        max_size=8,
+    )
+)
+@hypothesis.settings(max_examples=examples(100))
+def test_fuzz_every_response_reads_back_as_written(results: list[Result]) -> None:
+    response = Response(response=results)
+
+    assert parse(Response, bytes(response)) == response
+
+
+@hypothesis.given(st.binary(max_size=64))
+@hypothesis.example(VARINT_ONE)
+@hypothesis.example(FIXED64)
+@hypothesis.example(FIXED32)
+@hypothesis.example(VARINT_ONE + IMAGE)
+@hypothesis.settings(max_examples=examples(300))
+def test_fuzz_any_bytes_give_a_request_with_bytes_or_invalid_message(data: bytes) -> None:
+    outcome: Request | InvalidMessage
+    try:
+        outcome = parse(Request, data)
+    except InvalidMessage as exc:
+        outcome = exc
+
+    if isinstance(outcome, InvalidMessage):
+        assert outcome.type_name == "emotion.v1.Request"
+    else:
+        assert isinstance(outcome.image, bytes)
+
+
+def test_the_codec_writes_generated_messages_and_leaves_protobuf_ones_to_protobuf() -> None:
+    codec = ProtobufCodec()
+    health = HealthCheckRequest(service="emotion.v1.Pipeline")
+
+    assert codec.decode(codec.encode(health, HealthCheckRequest), HealthCheckRequest) == health
+    assert codec.decode(codec.encode(Request(image=b"x"), Request), Request) == Request(b"x")
+    with pytest.raises(TypeError):
+        codec.encode(Response(), Request)
+    with pytest.raises(InvalidMessage):
+        codec.decode(VARINT_ONE, Request)
