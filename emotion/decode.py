@@ -131,15 +131,13 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 def _reduce_on_decode(image: Image.Image, min_size: int) -> None:
     width, height = image.size
     longest = max(width, height)
-    if longest <= min_size:
+    # libjpeg's scaled sizes round up: 1/s of L pixels is ceil(L / s).
+    scale = next((s for s in (8, 4, 2) if -(-longest // s) >= min_size), None)
+    if scale is None:
         return
-    # Pillow picks the scale from integer quotients of these, so round down:
-    # the longer side still comes out at least min_size long.
-    if width >= height:
-        request = (min_size, max(1, height * min_size // width))
-    else:
-        request = (max(1, width * min_size // height), min_size)
-    image.draft(None, request)
+    # Pillow picks the scale from floor(side / requested side) of both sides:
+    # asking for floor(side / scale) makes that quotient at least ``scale``.
+    image.draft(None, (max(1, width // scale), max(1, height // scale)))
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -8,6 +8,7 @@ import hypothesis
 import hypothesis.strategies as st
 import pytest
 from conftest import encode, gradient
+from fuzzing import examples
 from PIL import Image
 
 from emotion.decode import InvalidImage, decode, decode_image, sniff
@@ -187,7 +188,7 @@ FUZZ_SEEDS = {
 
 
 @hypothesis.given(st.binary(max_size=2048))
-@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.settings(max_examples=examples(300))
 def test_fuzz_random_bytes_are_refused_with_invalid_image_only(data: bytes) -> None:
     message = "decoded"
     try:
@@ -202,7 +203,7 @@ def test_fuzz_random_bytes_are_refused_with_invalid_image_only(data: bytes) -> N
     st.sampled_from(sorted(FUZZ_SEEDS)),
     st.data(),
 )
-@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.settings(max_examples=examples(300))
 def test_fuzz_damaged_images_decode_or_are_refused_never_crash(
     name: str, data: st.DataObject
 ) -> None:
@@ -225,7 +226,7 @@ def test_fuzz_damaged_images_decode_or_are_refused_never_crash(
     st.integers(1, 65535),
     st.integers(1, 65535),
 )
-@hypothesis.settings(max_examples=100, deadline=None)
+@hypothesis.settings(max_examples=examples(100))
 def test_fuzz_headers_declaring_absurd_sizes_are_refused_quickly(
     name: str, width: int, height: int
 ) -> None:
@@ -267,3 +268,31 @@ def _declare_size(data: bytes, name: str, width: int, height: int) -> bytes:
     elif name == "TIFF":
         return bytes(out)  # its tags sit at file-specific offsets; the random bytes cover it
     return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("longest", "decoded"),
+    [
+        (100, 100),  # at min_size: nothing to spare
+        (150, 150),  # half would be 75
+        (198, 198),  # half would be 99
+        (199, 100),  # half is 100 (libjpeg rounds up): enough
+        (200, 100),
+        (396, 198),  # a quarter would be 99
+        (397, 100),  # a quarter is 99.25, rounded up to 100: enough
+        (401, 101),
+        (799, 100),
+        (1000, 125),  # 1/8 is the smallest scale
+    ],
+)
+@pytest.mark.parametrize("portrait", [False, True])
+def test_a_jpeg_is_decoded_at_the_smallest_scale_whose_longer_side_reaches_min_size(
+    longest: int, decoded: int, portrait: bool
+) -> None:
+    size = (60, longest) if portrait else (longest, 60)
+    result = decode(encode(gradient(*size), "JPEG"), min_size=100)
+
+    assert max(result.image.size) == decoded
+    assert result.size == size
+    assert result.scale_x * result.image.width == pytest.approx(size[0])
+    assert result.scale_y * result.image.height == pytest.approx(size[1])
