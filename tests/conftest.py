@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import fuzzing  # noqa: F401 - loads the hypothesis profile before any test module
 import pytest
 from grpclib.client import Channel
 from PIL import Image

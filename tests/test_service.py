@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable
 
 import pytest
@@ -14,11 +15,12 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from h2client import Outcome, RawConnection, framed
 from PIL import Image
 from sample_models import GatedModel, RaisingModel, SizeModel, WrongTypeModel
 
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
-from emotion.contract import RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH
+from emotion.contract import LEGACY_RUN_PIPELINE_PATH, RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH
 
 
 def float32(value: float) -> float:
@@ -336,13 +338,18 @@ async def test_a_call_whose_deadline_passes_in_the_queue_never_reaches_the_model
     stub = PipelineStub(connect(server))
     running = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
     await asyncio.to_thread(model.entered.wait, 10)
+    late = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=0.3))
+    while server.service.queued < 2:  # noqa: ASYNC110 - a count to watch, not an event
+        await asyncio.sleep(0.01)
 
-    with pytest.raises((GRPCError, asyncio.TimeoutError)):
-        await stub.run_pipeline(Request(image=jpeg), timeout=0.3)
-    await asyncio.sleep(0.2)
+    # Hold the event loop, so the call is not withdrawn when its deadline
+    # passes: the inference thread itself must see that it has.
+    time.sleep(0.5)  # noqa: ASYNC251 - blocking the loop is the point
     model.gate.set()
+    time.sleep(0.5)  # noqa: ASYNC251 - the thread takes the late call meanwhile
+    with pytest.raises((GRPCError, asyncio.TimeoutError)):
+        await late
     await running
-    await asyncio.sleep(0.2)
 
     assert model.calls == 1
 
@@ -549,3 +556,47 @@ async def test_a_request_id_that_could_forge_log_fields_is_replaced(
     returned = stream.trailing_metadata["x-request-id"]
     assert returned != offered
     assert len(returned) == 16
+
+
+WRONG_WIRE_TYPES = {
+    "varint": b"\x08\x01",
+    "64-bit": b"\x09" + bytes(8),
+    "32-bit": b"\x0d" + bytes(4),
+}
+
+
+@pytest.mark.parametrize(
+    "path", [RUN_PIPELINE_PATH, LEGACY_RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH]
+)
+@pytest.mark.parametrize(
+    ("wire_type", "payload"),
+    [
+        *WRONG_WIRE_TYPES.items(),
+        ("varint", b"\x08\x01" + bytes(Request(image=encode(gradient(), "PNG")))),
+    ],
+)
+async def test_an_image_field_of_another_wire_type_is_invalid_argument_on_every_method(
+    start_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    wire_type: str,
+    payload: bytes,
+) -> None:
+    server = await start_server()
+
+    outcome = await asyncio.to_thread(_raw_call, server.port, path, framed(payload))
+
+    assert outcome.status == str(Status.INVALID_ARGUMENT.value)
+    assert outcome.message == (
+        f"request is not a valid emotion.v1.Request: image (field 1) has wire type {wire_type}, "
+        "but it is a bytes (length-delimited) field; was the sender built from another .proto?"
+    )
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
+def _raw_call(port: int, path: str, body: bytes) -> Outcome:
+    connection = RawConnection(port)
+    try:
+        return connection.call(path, iter([body]))
+    finally:
+        connection.close()

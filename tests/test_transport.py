@@ -11,6 +11,7 @@ import hypothesis
 import hypothesis.strategies as st
 import pytest
 from conftest import StartServer
+from fuzzing import examples
 from grpclib.client import Channel
 from grpclib.const import Status
 from h2client import Outcome, RawConnection, framed, zeros
@@ -204,7 +205,12 @@ def threaded_server() -> Iterator[int]:
 
 
 @hypothesis.given(payload=st.binary(max_size=300))
-@hypothesis.settings(max_examples=150, deadline=None)
+# Found by earlier runs: image as a varint, a 64-bit and a 32-bit value, a varint before the image.
+@hypothesis.example(payload=b"\x08\x01")
+@hypothesis.example(payload=b"\x09" + bytes(8))
+@hypothesis.example(payload=b"\x0d" + bytes(4))
+@hypothesis.example(payload=b"\x08\x01\x0a\x03abc")
+@hypothesis.settings(max_examples=examples(150))
 def test_fuzz_request_messages_get_ok_or_invalid_argument_never_unknown(
     threaded_server: int, payload: bytes
 ) -> None:
@@ -216,7 +222,7 @@ def test_fuzz_request_messages_get_ok_or_invalid_argument_never_unknown(
 @hypothesis.given(
     flag=st.integers(0, 255), declared=st.integers(0, 2**32 - 1), body=st.binary(max_size=64)
 )
-@hypothesis.settings(max_examples=100, deadline=None)
+@hypothesis.settings(max_examples=examples(100))
 def test_fuzz_grpc_framing_gets_a_precise_status(
     threaded_server: int, flag: int, declared: int, body: bytes
 ) -> None:
