@@ -62,3 +62,23 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def noisy(image: Image.Image, amount: int) -> Image.Image:
+    """Add fine noise, which JPEG cannot compress away: makes files realistically large."""
+    noise = Image.effect_noise(image.size, amount).convert("RGB")
+    return Image.blend(image, noise, 0.12)
+
+
+def make_images(quick: bool) -> dict[str, bytes]:
+    """The serving benchmark's images for the mock model, by the name its report uses."""
+    cases = {
+        "small JPEG 320x240": jpeg(noisy(scene(320, 240), 40), 85),
+        "medium JPEG 1280x720": jpeg(noisy(scene(1280, 720), 40), 80),
+        "large JPEG 4000x3000": jpeg(noisy(scene(4000, 3000), 30), 80),
+        "huge JPEG 4000x3000": jpeg(noisy(scene(4000, 3000), 90), 97),
+        "PNG 1280x720": png(scene(1280, 720)),
+    }
+    if quick:
+        del cases["PNG 1280x720"]
+    return cases

@@ -29,22 +29,30 @@ PROTOS = Path(__file__).resolve().parent.parent / "protos"
 
 
 def generated_modules() -> tuple[Any, Any]:
+    """emotion_pb2 and emotion_pb2_grpc, as top-level modules.
+
+    Generated from inside protos/emotion/v1 so that they are not modules of an
+    ``emotion`` namespace package: the installed emotion package, a regular
+    one, would shadow that namespace. The method paths come from the proto's
+    package line, so they are the same.
+    """
     out = tempfile.mkdtemp(prefix="emotion-grpcio-")
+    contract = PROTOS / "emotion" / "v1"
     status = protoc.main(
         [
             "protoc",
-            f"-I{PROTOS}",
+            f"-I{contract}",
             f"--python_out={out}",
             f"--grpc_python_out={out}",
-            str(PROTOS / "emotion" / "v1" / "emotion.proto"),
+            str(contract / "emotion.proto"),
         ]
     )
     if status != 0:
         raise SystemExit("protoc failed")
     sys.path.insert(0, out)
     return (
-        importlib.import_module("emotion.v1.emotion_pb2"),
-        importlib.import_module("emotion.v1.emotion_pb2_grpc"),
+        importlib.import_module("emotion_pb2"),
+        importlib.import_module("emotion_pb2_grpc"),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import StartServer, encode, gradient
@@ -13,6 +14,7 @@ from grpclib.exceptions import GRPCError
 from sample_models import BatchModel
 
 from emotion import BBox, PipelineStub, Request, Server
+from emotion.batching import Batcher
 
 
 def images(count: int) -> list[bytes]:
@@ -116,9 +118,5 @@ async def test_a_failing_batch_fails_each_of_its_calls_with_internal(
 
 
 def test_a_batch_needs_room_for_two() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from emotion.batching import Batcher
-
     with pytest.raises(ValueError, match="at least two"):
         Batcher(lambda images: [], ThreadPoolExecutor(1), max_size=1, max_delay=0.0)

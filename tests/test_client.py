@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpclib.const
 import grpclib.server
 import pytest
-from conftest import StartServer
+from conftest import StartServer, encode, gradient
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from sample_models import SizeModel
 
-from emotion import Client
+from emotion import Client, Response
 from emotion.client import parse_target
 from emotion.codec import InvalidMessage
 from emotion.contract import RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH
@@ -120,3 +121,50 @@ async def test_an_answer_that_is_not_a_valid_response_raises_instead_of_misleadi
                 pass
 
     assert str(unary.value) == str(streamed.value) == expected
+
+
+async def test_client_stream_takes_an_async_feed(start_server: StartServer) -> None:
+    server = await start_server(SizeModel())
+
+    async def camera() -> AsyncIterator[bytes]:
+        for width in (10, 20, 30):
+            await asyncio.sleep(0.01)
+            yield encode(gradient(width, 10), "PNG")
+
+    async with Client(f"127.0.0.1:{server.port}", timeout=30) as client:
+        answers = [a async for a in client.stream(camera())]
+
+    assert [a.response[0].bbox.x2 for a in answers if a.response[0].bbox] == [10, 20, 30]
+
+
+async def test_the_client_refuses_an_oversized_image_before_sending_it(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+
+    async with Client(f"127.0.0.1:{server.port}", max_image_size=1000) as client:
+        with pytest.raises(ValueError, match="image is 2000 bytes; the limit is 1000"):
+            await client.predict(bytes(2000))
+
+
+async def test_client_stream_raises_what_the_images_raised_after_the_answers_so_far(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(SizeModel())
+
+    def frames_then_failure() -> Iterator[bytes]:
+        yield encode(gradient(10, 10), "PNG")
+        yield encode(gradient(20, 10), "PNG")
+        raise OSError("the camera went away")
+
+    answers: list[Response] = []
+
+    async def collect(client: Client) -> None:
+        async for answer in client.stream(frames_then_failure()):
+            answers.append(answer)
+
+    async with Client(f"127.0.0.1:{server.port}", timeout=10) as client:
+        with pytest.raises(OSError, match="the camera went away"):
+            await collect(client)
+
+    assert len(answers) == 2

@@ -12,6 +12,7 @@ from conftest import EMOTION, StartServer, subprocess_env
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 from prometheus_client.parser import text_string_to_metric_families
+from sample_models import BatchModel
 
 from emotion import PipelineStub, Request, Server
 
@@ -70,8 +71,6 @@ async def test_a_scrape_counts_calls_by_status_and_times_them(
 async def test_batch_sizes_are_observed(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
-    from sample_models import BatchModel
-
     server = await start_server(BatchModel(), metrics_port=0, max_batch_size=4, max_batch_delay=0.3)
     assert server.metrics_port is not None
     stub = PipelineStub(connect(server))

@@ -17,6 +17,7 @@ from emotion import BBox, PipelineStub, Request, Response, Result, Server
 from emotion.contract import EXPRESSION_FIELDS
 from emotion.decode import decode, decode_image
 from emotion.models.fer import FerModel, WeightsError, runtime
+from emotion.models.fer.detector import Detection, drop_enclosing
 from emotion.service import to_full_size
 
 FIXTURES = TESTS / "fixtures"
@@ -308,8 +309,6 @@ def test_boxes_from_a_reduced_jpeg_decode_match_a_full_decode(model: FerModel) -
 
 
 def test_a_low_confidence_box_around_a_face_is_dropped_not_reported_as_a_second_face() -> None:
-    from emotion.models.fer.detector import Detection, drop_enclosing
-
     face = Detection(930, 60, 1025, 158, 0.82)
     head_and_shoulders = Detection(877, 67, 1056, 246, 0.51)
     neighbour = Detection(1060, 60, 1150, 150, 0.40)

@@ -12,9 +12,6 @@ from conftest import EMOTION, TESTS, StartServer, encode, gradient, subprocess_e
 from PIL import Image, ImageChops
 from sample_models import SizeModel
 
-from emotion import Client
-from emotion.annotate import annotate
-from emotion.contract import BBox, Expression, Response, Result
 from emotion.predict import frames
 
 
@@ -76,74 +73,6 @@ async def test_predict_stream_prints_one_line_per_frame_in_order(
     assert [line["faces"][0]["bbox"]["x2"] for line in lines] == widths
 
 
-async def test_client_stream_takes_an_async_feed(start_server: StartServer) -> None:
-    server = await start_server(SizeModel())
-
-    async def camera() -> object:
-        for width in (10, 20, 30):
-            await asyncio.sleep(0.01)
-            yield encode(gradient(width, 10), "PNG")
-
-    async with Client(f"127.0.0.1:{server.port}", timeout=30) as client:
-        answers = [a async for a in client.stream(camera())]  # type: ignore[arg-type]
-
-    assert [a.response[0].bbox.x2 for a in answers if a.response[0].bbox] == [10, 20, 30]
-
-
-async def test_the_client_refuses_an_oversized_image_before_sending_it(
-    start_server: StartServer,
-) -> None:
-    server = await start_server()
-
-    async with Client(f"127.0.0.1:{server.port}", max_image_size=1000) as client:
-        with pytest.raises(ValueError, match="image is 2000 bytes; the limit is 1000"):
-            await client.predict(bytes(2000))
-
-
-def test_annotation_boxes_each_face_and_labels_its_top_expression() -> None:
-    photo = Image.open(TESTS / "fixtures" / "astronaut.jpg").convert("RGB")
-    face = Result(
-        bbox=BBox(x1=175, y1=75, x2=275, y2=175),
-        expression=Expression(happiness=0.93, neutral=0.07),
-    )
-
-    drawn = annotate(photo, Response(response=[face]))
-
-    assert drawn.size == photo.size
-    changed = ImageChops.difference(drawn, photo).getbbox()
-    assert changed is not None
-    left, top, right, bottom = changed
-    assert left <= 175
-    assert right >= 275
-    assert bottom >= 175
-    assert top < 75  # the label sits above the box
-    # Outside the face and its label, nothing was touched.
-    assert (
-        ImageChops.difference(
-            drawn.crop((300, 300, 512, 512)), photo.crop((300, 300, 512, 512))
-        ).getbbox()
-        is None
-    )
-
-
-@pytest.mark.parametrize("size", [(96, 96), (4000, 3000)])
-def test_labels_grow_with_the_image_but_stay_readable_on_small_ones(size: tuple[int, int]) -> None:
-    photo = Image.new("RGB", size, "white")
-    w, h = size
-    face = Result(
-        bbox=BBox(x1=w * 0.3, y1=h * 0.4, x2=w * 0.7, y2=h * 0.9),
-        expression=Expression(surprise=1.0),
-    )
-
-    drawn = annotate(photo, Response(response=[face]))
-
-    label = ImageChops.difference(drawn, photo).crop((0, 0, w, int(h * 0.4))).getbbox()
-    assert label is not None
-    height = label[3] - label[1]
-    assert height >= 12  # legible on a thumbnail
-    assert height >= h / 50  # and not lost on a large photo
-
-
 async def test_predict_annotate_writes_the_picture(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -159,29 +88,6 @@ async def test_predict_annotate_writes_the_picture(
     drawn = Image.open(out)
     assert drawn.size == Image.open(photo).size
     assert ImageChops.difference(drawn.convert("RGB"), Image.open(photo).convert("RGB")).getbbox()
-
-
-async def test_client_stream_raises_what_the_images_raised_after_the_answers_so_far(
-    start_server: StartServer,
-) -> None:
-    server = await start_server(SizeModel())
-
-    def frames_then_failure() -> object:
-        yield encode(gradient(10, 10), "PNG")
-        yield encode(gradient(20, 10), "PNG")
-        raise OSError("the camera went away")
-
-    answers: list[Response] = []
-
-    async def collect(client: Client) -> None:
-        async for answer in client.stream(frames_then_failure()):  # type: ignore[arg-type]
-            answers.append(answer)
-
-    async with Client(f"127.0.0.1:{server.port}", timeout=10) as client:
-        with pytest.raises(OSError, match="the camera went away"):
-            await collect(client)
-
-    assert len(answers) == 2
 
 
 async def test_predict_edge_cases_are_one_line_each_and_the_run_goes_on(

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 from certs import Authority, Pair
-from conftest import EMOTION, StartServer, subprocess_env
+from conftest import EMOTION, StartServer, encode, gradient, subprocess_env
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from emotion import Client, Server
+from emotion import Client, PipelineStub, Request, Server
 from emotion.security import ClientTls, SecurityConfigError, ServerTls, load_tokens, read_token
 
 
@@ -140,8 +140,6 @@ async def test_pipeline_calls_need_a_valid_bearer_token(
 async def test_a_token_sent_without_the_bearer_scheme_is_refused(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
-    from emotion import PipelineStub, Request
-
     server = await start_server(tokens=TOKENS)
     stub = PipelineStub(connect(server), metadata={"authorization": "s3cret-one"})
 
@@ -202,8 +200,6 @@ def test_a_certificate_without_its_key_is_a_one_line_error(
 async def test_serve_and_predict_over_mutual_tls_with_a_token(
     pki: dict[str, Pair | Path], tmp_path: Path
 ) -> None:
-    from conftest import encode, gradient
-
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(encode(gradient(), "JPEG"))
     tokens = tmp_path / "tokens"
@@ -277,8 +273,6 @@ async def test_serve_and_predict_over_mutual_tls_with_a_token(
 async def test_the_bearer_scheme_is_case_insensitive(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes, scheme: str
 ) -> None:
-    from emotion import PipelineStub, Request
-
     server = await start_server(tokens=TOKENS)
     stub = PipelineStub(connect(server), metadata={"authorization": f"{scheme} s3cret-one"})
 

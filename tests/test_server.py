@@ -267,7 +267,7 @@ async def test_in_flight_call_completes_across_a_signal_and_the_process_exits_0(
 
 async def test_a_second_signal_cancels_the_drain(tmp_path: Path, jpeg: bytes) -> None:
     marker = tmp_path / "started"
-    process, port, _ = await _start_subprocess(
+    process, port, log = await _start_subprocess(
         "--model",
         "sample_models:SlowModel",
         "--grace",
@@ -276,21 +276,31 @@ async def test_a_second_signal_cancels_the_drain(tmp_path: Path, jpeg: bytes) ->
         EMOTION_TEST_SECONDS="5",
     )
     channel = Channel("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
     try:
         call = await _call_in_flight(channel, jpeg, marker)
         process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
         process.send_signal(signal.SIGTERM)
+        second_signal = loop.time()
+        with pytest.raises(GRPCError) as caught:
+            await asyncio.wait_for(call, 30)
+        call_ended = loop.time() - second_signal
+        assert process.stderr is not None
+        rest = (await asyncio.wait_for(process.stderr.read(), 30)).decode()
         code = await asyncio.wait_for(process.wait(), 30)
-        with pytest.raises((GRPCError, ConnectionError, Exception)):
-            await call
     finally:
         channel.close()
         if process.returncode is None:
             process.kill()
             await process.wait()
 
-    assert code == 0
+    assert caught.value.status is Status.UNAVAILABLE
+    # The model takes 5 s and the grace period is 60 s: only the second signal ends it this soon.
+    assert call_ended < 3, f"the call ended {call_ended:.1f}s after the second signal"
+    assert "received SIGTERM again; cancelling in-flight calls" in rest
+    assert "aborting 1 call(s) still running" in rest
+    assert code == 0, "".join(log) + rest
 
 
 async def test_accepted_connections_have_nagle_switched_off(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import struct
 import time
@@ -17,10 +18,18 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from h2client import Outcome, RawConnection, framed
 from PIL import Image
-from sample_models import GatedModel, RaisingModel, SizeModel, WrongTypeModel
+from sample_models import (
+    GatedLoadModel,
+    GatedModel,
+    RaisingModel,
+    SizeModel,
+    UnencodableModel,
+    WrongTypeModel,
+)
 
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
 from emotion.contract import LEGACY_RUN_PIPELINE_PATH, RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH
+from emotion.service import Limits
 
 
 def float32(value: float) -> float:
@@ -162,8 +171,6 @@ async def test_slow_inference_does_not_block_health_or_other_calls(
 async def test_calls_before_the_model_loaded_are_unavailable(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
-    from sample_models import GatedLoadModel
-
     model = GatedLoadModel()
     server = await start_server(model, wait=False)
     stub = PipelineStub(connect(server))
@@ -309,8 +316,6 @@ class CountingGatedModel(GatedModel):
 async def test_a_full_queue_answers_resource_exhausted_at_once(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
-    from emotion.service import Limits
-
     model = CountingGatedModel()
     server = await start_server(model, threads=1, limits=Limits(max_queue=1))
     stub = PipelineStub(connect(server))
@@ -357,8 +362,6 @@ async def test_a_call_whose_deadline_passes_in_the_queue_never_reaches_the_model
 async def test_a_cancelled_call_frees_its_place_in_the_queue(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
-    from emotion.service import Limits
-
     model = CountingGatedModel()
     server = await start_server(model, threads=1, limits=Limits(max_queue=1))
     stub = PipelineStub(connect(server))
@@ -509,8 +512,6 @@ async def test_a_stream_of_bad_images_leaves_nothing_unretrieved_in_the_log(
     with pytest.raises(GRPCError):
         await _drain(stub.stream_pipeline([Request(image=b"bad")] * 6, timeout=10))
     await asyncio.sleep(0.2)
-    import gc
-
     gc.collect()
 
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
@@ -524,8 +525,6 @@ async def _drain(answers: object) -> None:
 async def test_a_response_that_cannot_be_encoded_is_internal_not_unknown(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
-    from sample_models import UnencodableModel
-
     stub = PipelineStub(connect(await start_server(UnencodableModel())))
 
     with pytest.raises(GRPCError) as caught:

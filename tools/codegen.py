@@ -5,6 +5,8 @@
 
 The generated tree is committed so that installing the package needs neither
 protoc nor the compiler plugin; this script is the only thing that writes it.
+Its README records a sha256 of the files beside it, so a test without the
+compiler can still tell a hand edit (tests/test_contract.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import filecmp
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -46,7 +49,25 @@ def generate(into: Path) -> None:
         # of its working directory; outside the project, ours cannot change it.
         cwd=into,
     )
-    (into / "README").write_text(MARKER)
+    (into / "README").write_text(readme(into))
+
+
+def readme(tree: Path) -> str:
+    """The README of a generated tree: the marker, then the digest of the tree's other files."""
+    return f"{MARKER}sha256 of the other files: {digest(tree)}\n"
+
+
+def digest(tree: Path) -> str:
+    """sha256 over each file under ``tree`` but the README and bytecode: its path, size, bytes."""
+    sha = hashlib.sha256()
+    for path in sorted(tree.rglob("*")):
+        name = path.relative_to(tree).as_posix()
+        if not path.is_file() or name == "README" or "__pycache__" in path.parts:
+            continue
+        data = path.read_bytes()
+        sha.update(f"{name}\0{len(data)}\0".encode())
+        sha.update(data)
+    return sha.hexdigest()
 
 
 def differences(expected: Path, actual: Path) -> list[str]:

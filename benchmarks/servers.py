@@ -1,0 +1,108 @@
+"""The servers under test: started as subprocesses on free ports, their CPU time read from /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MOCK = "emotion.models.mock:MockModel"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Target:
+    name: str
+    kind: str  # "grpc" or "rest"
+    command: list[str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [part.replace("{port}", str(self.port)) for part in self.command]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and all its descendants so far."""
+        assert self.process is not None
+        return sum(_cpu_of(pid) for pid in _tree(self.process.pid))
+
+
+def _tree(root: int) -> Iterator[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents.setdefault(int(stat[1]), []).append(int(entry.name))
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        yield pid
+        pending.extend(parents.get(pid, []))
+
+
+def _cpu_of(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
+
+
+def targets(model: str, workers: int, extra: list[str]) -> list[Target]:
+    """emotion serving ``model``; with the mock model, the two references beside it."""
+    python = sys.executable
+    ours = Target(
+        "emotion",
+        "grpc",
+        [
+            python,
+            "-m",
+            "emotion",
+            "serve",
+            "--port",
+            "{port}",
+            "--model",
+            model,
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+    )
+    if model != MOCK:
+        return [ours]
+    return [
+        ours,
+        Target("grpcio", "grpc", [python, str(HERE / "reference_grpcio.py"), "--port", "{port}"]),
+        Target("REST", "rest", [python, str(HERE / "reference_rest.py"), "--port", "{port}"]),
+    ]
