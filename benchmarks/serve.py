@@ -34,7 +34,7 @@ from loadgen import Result, check_answer, drive, wait_ready
 from model_alone import model_cpu_per_image
 from servers import MOCK, targets
 
-from emotion.server import available_cpus
+from emotion.process import available_cpus
 
 MODELS = {"mock": MOCK, "fer": "emotion.models.fer:FerModel"}
 

@@ -3,23 +3,22 @@
 A model that is faster per image in batches (a GPU, a vectorised network)
 implements ``Model.process_batch``; the server then queues decoded images for
 up to ``max_delay`` seconds or until ``max_size`` are waiting, and runs them
-together in the inference pool. Off (size 1) by default: on the CPU models
-here it measured slower (benchmarks/README.md).
+together as one job of the inference queue, so the queue's capacity and each
+call's deadline hold for batches too. Off (size 1) by default: on the CPU
+models here it measured slower (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from PIL import Image
 
 from emotion.contract import Response
-
-log = logging.getLogger(__name__)
+from emotion.inference import DeadlinePassed, Inference
 
 RunBatch = Callable[[Sequence[Image.Image]], list[Response]]
 
@@ -27,6 +26,7 @@ RunBatch = Callable[[Sequence[Image.Image]], list[Response]]
 @dataclass
 class _Waiting:
     image: Image.Image
+    deadline: float | None
     answer: asyncio.Future[Response]
 
 
@@ -36,7 +36,7 @@ class Batcher:
     def __init__(
         self,
         run_batch: RunBatch,
-        executor: Executor,
+        inference: Inference,
         *,
         max_size: int,
         max_delay: float,
@@ -45,7 +45,7 @@ class Batcher:
         if max_size < 2:
             raise ValueError("a batch needs room for at least two images")
         self._run_batch = run_batch
-        self._executor = executor
+        self._inference = inference
         self._on_batch = on_batch
         self.max_size = max_size
         self.max_delay = max_delay
@@ -53,10 +53,14 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
 
-    async def submit(self, image: Image.Image) -> Response:
-        """The model's answer for ``image``, run in a batch with whatever else is waiting."""
+    async def submit(self, image: Image.Image, *, deadline: float | None = None) -> Response:
+        """The model's answer for ``image``, run in a batch with whatever else is waiting.
+
+        ``deadline`` is a :func:`time.monotonic` instant: an image whose
+        deadline passes before its batch starts is left out of it.
+        """
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(image, loop.create_future())
+        waiting = _Waiting(image, deadline, loop.create_future())
         self._waiting.append(waiting)
         if len(self._waiting) >= self.max_size:
             self._dispatch()
@@ -78,17 +82,40 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[_Waiting]) -> None:
-        loop = asyncio.get_running_loop()
-        images = [w.image for w in batch]
-        if self._on_batch is not None:
-            self._on_batch(len(images))
+        deadlines = [w.deadline for w in batch]
+        # The job waits as long as its latest image may; earlier ones are dropped inside it.
+        latest = None if None in deadlines else max(d for d in deadlines if d is not None)
         try:
-            responses = await loop.run_in_executor(self._executor, self._run_batch, images)
+            ran, responses = await self._inference.run(
+                self._live_only, batch, deadline=latest, weight=len(batch)
+            )
         except Exception as exc:
             for waiting in batch:
-                if not waiting.answer.done():
-                    waiting.answer.set_exception(exc)
+                _settle(waiting, exc)
             return
-        for waiting, response in zip(batch, responses, strict=True):
-            if not waiting.answer.done():
-                waiting.answer.set_result(response)
+        for waiting, response in zip(ran, responses, strict=True):
+            _settle(waiting, response)
+        for waiting in batch:
+            _settle(waiting, DeadlinePassed())
+
+    def _live_only(self, batch: list[_Waiting]) -> tuple[list[_Waiting], list[Response]]:
+        """Run the images whose deadline has not passed, in an inference thread."""
+        now = time.monotonic()
+        live = [w for w in batch if w.deadline is None or now < w.deadline]
+        if not live:
+            return [], []
+        self._on_batch_size(len(live))
+        return live, self._run_batch([w.image for w in live])
+
+    def _on_batch_size(self, size: int) -> None:
+        if self._on_batch is not None:
+            self._on_batch(size)
+
+
+def _settle(waiting: _Waiting, outcome: Response | Exception) -> None:
+    if waiting.answer.done():
+        return
+    if isinstance(outcome, Exception):
+        waiting.answer.set_exception(outcome)
+    else:
+        waiting.answer.set_result(outcome)

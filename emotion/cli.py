@@ -16,13 +16,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpclib.const import Status
-
 from emotion.client import DEFAULT_TARGET, parse_target
 from emotion.decode import DEFAULT_MAX_PIXELS
 from emotion.model import ModelLoadError, load_model
+from emotion.net import format_address
 from emotion.predict import Options as PredictOptions
 from emotion.predict import run as run_predict
+from emotion.process import LOOPS, available_cpus, exit_code, run
 from emotion.security import (
     ClientTls,
     SecurityConfigError,
@@ -30,25 +30,13 @@ from emotion.security import (
     load_tokens,
     read_token,
 )
-from emotion.server import (
-    LOOPS,
-    ModelStartError,
-    ServerConfig,
-    available_cpus,
-    exit_code,
-    format_address,
-    run,
-    serve,
-)
+from emotion.server import ModelStartError, ServerConfig, serve
 from emotion.service import DEFAULT_MAX_MESSAGE_SIZE, Limits
 from emotion.supervisor import Supervisor, WorkersFailed
 from emotion.transport import ConnectionAge
 
 DEFAULT_MODEL = "emotion.models.fer:FerModel"
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-
-# Errors that concern one image only: `predict` reports them and goes on.
-_PER_IMAGE_STATUSES = {Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED}
 
 
 def _env(name: str, default: str) -> str:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from emotion.contract import Response
+
 #: Pillow format names the server decodes. MPO is how Pillow names the JPEGs
 #: many phone cameras write (a JPEG with extra preview frames).
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
@@ -66,6 +68,21 @@ class Decoded:
     size: tuple[int, int]
     scale_x: float = 1.0
     scale_y: float = 1.0
+
+
+def to_full_size(response: Response, decoded: Decoded) -> None:
+    """Scale the boxes a model found in a reduced decode to the full image, in place."""
+    if decoded.scale_x == 1.0 and decoded.scale_y == 1.0:
+        return
+    width, height = decoded.size
+    for result in response.response:
+        box = result.bbox
+        if box is None:
+            continue
+        box.x1 = min(box.x1 * decoded.scale_x, width)
+        box.x2 = min(box.x2 * decoded.scale_x, width)
+        box.y1 = min(box.y1 * decoded.scale_y, height)
+        box.y2 = min(box.y2 * decoded.scale_y, height)
 
 
 def decode(

@@ -90,6 +90,39 @@ class Metrics:
         self.handling.labels(kind, SERVICE, method).observe(seconds)
 
 
+class _Unrecorded:
+    """An instrument that records nothing."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+class NoMetrics:
+    """Stands in for :class:`Metrics` when nothing is recorded, so callers need no branch."""
+
+    def __init__(self) -> None:
+        self.queue_depth = self.batch_size = self.model_load_seconds = _Unrecorded()
+
+    def call_started(self, method: str, kind: str) -> None:
+        pass
+
+    def call_finished(self, method: str, kind: str, code: str, seconds: float) -> None:
+        pass
+
+
+#: What the server records into: real instruments, or none.
+Recorder = Metrics | NoMetrics
+
+
 def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:
     """Serve ``registry`` over HTTP on a daemon thread; returns the server (for its port)."""
     server, _thread = start_http_server(port, addr=host, registry=registry)

@@ -67,6 +67,60 @@ class Model(abc.ABC):
         """Release what :meth:`load` acquired. Runs once, at shutdown."""
 
 
+class ModelFailure(Exception):
+    """The model raised, or broke its contract; the message names the model and is safe to send."""
+
+
+def run_sample(model: Model, image: Image.Image) -> Response:
+    """``model.process_sample(image)``, its answer checked against the contract."""
+    try:
+        response = model.process_sample(image)
+    except Exception as exc:
+        raise ModelFailure(f"model {model.name} failed: {type(exc).__name__}") from exc
+    if not isinstance(response, Response):
+        raise ModelFailure(
+            f"model {model.name} returned {type(response).__name__}, not emotion.v1.Response"
+        )
+    _check_encodable(response, model.name)
+    return response
+
+
+def run_batch(model: Model, images: Sequence[Image.Image]) -> list[Response]:
+    """``model.process_batch(images)``, its answer checked against the contract."""
+    try:
+        responses = model.process_batch(images)
+    except Exception as exc:
+        raise ModelFailure(f"model {model.name} failed: {type(exc).__name__}") from exc
+    if not isinstance(responses, list) or len(responses) != len(images):
+        got = f"a list of {len(responses)}" if isinstance(responses, list) else _a(responses)
+        raise ModelFailure(
+            f"model {model.name}.process_batch returned {got} for {len(images)} images, "
+            "not a list of as many emotion.v1.Response"
+        )
+    for response in responses:
+        if not isinstance(response, Response):
+            raise ModelFailure(
+                f"model {model.name}.process_batch returned {_a(response)} in its list, "
+                "not emotion.v1.Response"
+            )
+        _check_encodable(response, model.name)
+    return responses
+
+
+def _check_encodable(response: Response, name: str) -> None:
+    """Encode once in the worker thread: a field of the wrong type fails here, as INTERNAL."""
+    try:
+        bytes(response)
+    except Exception as exc:
+        raise ModelFailure(
+            f"model {name} returned a Response that cannot be encoded: {type(exc).__name__}"
+        ) from exc
+
+
+def _a(value: object) -> str:
+    return f"a {type(value).__name__}"
+
+
 class ModelLoadError(Exception):
     """The model named on the command line cannot be imported or created."""
 

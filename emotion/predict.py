@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from PIL import Image, ImageSequence
 
@@ -21,10 +20,9 @@ from emotion.client import Client
 from emotion.codec import InvalidMessage
 from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
 from emotion.decode import InvalidImage, decode_image
+from emotion.errors import ABOUT_THE_REQUEST
 from emotion.security import ClientTls
 
-# Errors that concern one image only: `predict` reports them and goes on.
-_PER_IMAGE_STATUSES = {Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -151,7 +149,7 @@ async def _stream_one(client: Client, path: Path, options: Options) -> bool:
 
 def _report(path: Path, exc: GRPCError) -> None:
     _say(f"{path}: {exc.status.name}: {exc.message}")
-    if exc.status not in _PER_IMAGE_STATUSES:
+    if exc.status not in ABOUT_THE_REQUEST:
         raise Failed
 
 

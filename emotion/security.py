@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,32 @@ class ClientTls:
             _load_chain(context, self.cert, self.key)
         context.set_alpn_protocols(["h2"])
         return context
+
+
+class Unauthenticated(Exception):
+    """A call without an accepted bearer token; the message says what to send."""
+
+
+class BearerTokens:
+    """The tokens a server accepts in ``authorization: Bearer <token>``."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if not tokens:
+            raise ValueError("BearerTokens needs at least one token")
+        self._tokens = [token.encode() for token in tokens]
+
+    def check(self, authorization: str | None) -> None:
+        """Raise Unauthenticated unless ``authorization`` carries an accepted token."""
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():  # schemes ignore case
+            raise Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
+        offered = credentials.strip().encode()
+        # Compare with every token, always: the time taken says nothing about a match.
+        matched = False
+        for token in self._tokens:
+            matched |= hmac.compare_digest(offered, token)
+        if not matched:
+            raise Unauthenticated("the bearer token is not valid")
 
 
 def load_tokens(path: Path | None = None, environment: str | None = None) -> list[str]:

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import math
-import os
 import signal
 import socket
-import sys
-import threading
 import time
-import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -25,13 +20,18 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.health.v1 import health_pb2
 from grpclib.reflection.service import ServerReflection
-from PIL import Image
 
+from emotion.admission import Admission, State
+from emotion.batching import Batcher
+from emotion.calls import Calls
 from emotion.contract import FILE_DESCRIPTOR
-from emotion.metrics import Metrics, serve_metrics
-from emotion.model import Model
-from emotion.security import ServerTls
-from emotion.service import Limits, PipelineService, State
+from emotion.inference import Inference
+from emotion.metrics import Metrics, NoMetrics, serve_metrics
+from emotion.model import Model, run_batch
+from emotion.net import bound_socket, format_address
+from emotion.process import apply_process_settings, available_cpus
+from emotion.security import BearerTokens, ServerTls
+from emotion.service import Limits, PipelineService
 from emotion.transport import ConnectionAge, GrpcServer
 
 if TYPE_CHECKING:
@@ -99,16 +99,32 @@ class Server:
         self.metrics: Metrics | None = None
         if self.config.metrics_port is not None or self.config.record_metrics:
             self.metrics = Metrics()
+        recorder = self.metrics or NoMetrics()
         self._metrics_server: WSGIServer | None = None
+        # Calls in progress and images in the queue share one bound: the
+        # threads, and as many again as the queue may hold.
+        capacity = threads + self.config.limits.max_queue
+        tokens = BearerTokens(self.config.tokens) if self.config.tokens else None
+        self.admission = Admission(capacity=capacity, tokens=tokens)
+        self.inference = Inference(self._executor, capacity=capacity, metrics=recorder)
+        self.calls = Calls(recorder)
+        batcher = None
+        if self.config.max_batch_size > 1:
+            batcher = Batcher(
+                functools.partial(run_batch, model),
+                self.inference,
+                max_size=self.config.max_batch_size,
+                max_delay=self.config.max_batch_delay,
+                on_batch=recorder.batch_size.observe,
+            )
         self.service = PipelineService(
             model,
-            self._executor,
-            threads=threads,
+            admission=self.admission,
+            inference=self.inference,
+            calls=self.calls,
             limits=self.config.limits,
-            tokens=self.config.tokens,
-            metrics=self.metrics,
-            max_batch_size=self.config.max_batch_size,
-            max_batch_delay=self.config.max_batch_delay,
+            window=max(2, threads),
+            batcher=batcher,
         )
         self._grpc: GrpcServer | None = None
         self._port: int | None = None
@@ -135,20 +151,17 @@ class Server:
 
     async def start(self) -> None:
         """Listen, then load the model in the background (see :meth:`wait_loaded`)."""
-        # Pillow warns on odd metadata and on large images in client files; the
-        # first is not an operator's concern, the second decode() rules on itself.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        # decode() enforces the configured pixel limit itself; Pillow's own,
-        # lower guard would refuse some images the configuration allows.
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.config.limits.max_pixels)
+        apply_process_settings(max_pixels=self.config.limits.max_pixels)
         tls = self.config.tls.context() if self.config.tls is not None else None
         services = ServerReflection.extend(
             [self.service, Health({self.service: [self._health]})],
             pool=_reflection_pool(),
         )
         self._grpc = GrpcServer(services, connection_age=self.config.max_connection_age)
-        listener = _listen(self.config.host, self.config.port, reuse_port=self.config.reuse_port)
+        listener = bound_socket(
+            self.config.host, self.config.port, reuse_port=self.config.reuse_port
+        )
+        listener.listen(1024)
         self._port = int(listener.getsockname()[1])
         await self._grpc.start(sock=listener, ssl=tls)
         if self.metrics is not None and self.config.metrics_port is not None:
@@ -176,8 +189,8 @@ class Server:
             raise ModelStartError(
                 f"model {self.model.name} failed to load: {type(exc).__name__}: {exc}"
             ) from exc
-        if self.service.state is State.LOADING:
-            self.service.start_serving()
+        if self.admission.state is State.LOADING:
+            self.admission.start_serving()
             self._health.set(True)
         log.info(
             "model %s loaded in %.2fs; serving",
@@ -216,29 +229,29 @@ class Server:
         if self._grpc is None:
             return
         grace = self.config.grace if grace is None else grace
-        self.service.start_draining()
+        self.admission.start_draining()
         self._health.set(False)
         self._grpc.stop_listening()
-        if self.service.active_calls:
+        if self.calls.active:
             log.info(
                 "draining %d in-flight call(s), up to %.1fs",
-                self.service.active_calls,
+                self.calls.active,
                 grace,
             )
-            idle = asyncio.ensure_future(self.service.wait_idle())
+            idle = asyncio.ensure_future(self.calls.wait_idle())
             cut_short = asyncio.ensure_future(self._grace_over.wait())
             await asyncio.wait(
                 {idle, cut_short}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
             )
             idle.cancel()
             cut_short.cancel()
-            if self.service.active_calls:
-                log.warning("aborting %d call(s) still running", self.service.active_calls)
-                self.service.abort_calls()
+            if self.calls.active:
+                log.warning("aborting %d call(s) still running", self.calls.active)
+                self.inference.abort()
                 # Calls waiting on their client (a body that never comes) do
                 # not see the abort; closing the server below cancels them.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.service.wait_idle(), _ABORT_WAIT)
+                    await asyncio.wait_for(self.calls.wait_idle(), _ABORT_WAIT)
         await asyncio.sleep(_CLOSE_LINGER)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -268,7 +281,7 @@ class Server:
     def _release_model(self) -> None:
         """Close the model, unless a thread still uses it: then leave it be."""
         loading = self._loading
-        busy = self.service.inferring
+        busy = self.inference.inferring
         self._executor.shutdown(wait=False, cancel_futures=True)
         if loading or busy:
             self._abandoned_threads = True
@@ -332,103 +345,6 @@ async def serve(
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
-
-
-LOOPS = ("asyncio", "uvloop")
-
-
-def run(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
-    """Run ``main`` on asyncio's own loop, or on uvloop.
-
-    uvloop (``pip install 'emotion[uvloop]'``) runs the loop in C, but here
-    the time goes to h2 and grpclib in Python: it measured no faster
-    (benchmarks/README.md), so it is not the default.
-    """
-    if loop not in LOOPS:
-        raise ValueError(f"loop must be one of {', '.join(LOOPS)}")
-    if loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
-
-
-def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its CPU affinity, capped by a container's CPU quota.
-
-    os.cpu_count() is the host's count; in a container limited to 2 CPUs on a
-    64-CPU node it would start 64 workers that fight over 2 CPUs.
-    """
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        count = os.cpu_count() or 1
-    for quota_file, period_file in (
-        (cgroup / "cpu.max", None),  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
-        (cgroup / "cpu" / "cpu.cfs_quota_us", cgroup / "cpu" / "cpu.cfs_period_us"),  # v1
-    ):
-        try:
-            if period_file is None:
-                quota, period = quota_file.read_text().split()
-            else:
-                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
-        except (OSError, ValueError):
-            continue
-        if quota not in {"max", "-1"}:
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-        break
-    return max(1, count)
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with IPv6 addresses in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def exit_code(code: int) -> int:
-    """Return ``code``, or exit at once if threads would keep the process alive.
-
-    After a drain, a model call or load() that outlived the grace period still
-    runs in a thread that Python waits for at exit; a server told to stop must
-    not wait for it.
-    """
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    # Idle pool threads end within moments of their pool's shutdown; busy ones do not.
-    deadline = time.monotonic() + 1.0
-    for thread in others:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    lingering = [t for t in others if t.is_alive()]
-    if lingering:
-        log.warning("exiting without waiting for %d busy thread(s)", len(lingering))
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-
-def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP socket; ``::`` accepts IPv4 clients too.
-
-    Made with an explicit IPPROTO_TCP: asyncio and grpclib switch Nagle's
-    algorithm off only on sockets that say so, and with Nagle on, every
-    answer waits ~40 ms for the client's delayed ACK.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6 and host == "::":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _reflection_pool() -> DescriptorPool:

@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -33,7 +32,9 @@ from typing import TYPE_CHECKING
 
 from emotion.metrics import MULTIPROCESS_DIR, forget_process, multiprocess_registry, serve_metrics
 from emotion.model import Model, load_model
-from emotion.server import ServerConfig, exit_code, format_address, run, serve
+from emotion.net import bound_socket, format_address, free_port
+from emotion.process import exit_code, run
+from emotion.server import ServerConfig, serve
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -141,7 +142,10 @@ class Supervisor:
 
         Raises WorkersFailed when the workers cannot start or keep dying.
         """
-        reservation = _reserve(self.config.host, self.config.port)
+        # Bound, not listening: the port is ours and known before the workers start.
+        reservation = bound_socket(
+            self.config.host, free_port(self.config.host, self.config.port), reuse_port=True
+        )
         port = reservation.getsockname()[1]
         metrics_port = self.config.metrics_port
         self.config = replace(
@@ -312,31 +316,6 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.join()
             worker.messages.close()
-
-
-def _reserve(host: str, port: int) -> socket.socket:
-    """Bind (without listening) so the port is ours and known before workers start.
-
-    A first, exclusive bind fails if anything holds the port, even another
-    server that would share it (SO_REUSEPORT), and picks the port for port 0.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        if family == socket.AF_INET6 and host == "::":
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        probe.bind((host, port))
-        port = probe.getsockname()[1]
-    reservation = socket.socket(family, socket.SOCK_STREAM)
-    if family == socket.AF_INET6 and host == "::":
-        reservation.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        reservation.bind((host, port))
-    except OSError:
-        reservation.close()
-        raise
-    return reservation
 
 
 def _exit_reason(process: BaseProcess) -> str:

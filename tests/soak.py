@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 from conftest import encode, gradient  # noqa: E402
 
 from emotion import PipelineStub, Request, Response  # noqa: E402
-from emotion.server import available_cpus  # noqa: E402
+from emotion.process import available_cpus  # noqa: E402
 
 GOOD = "OK"
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,10 +13,12 @@ from conftest import StartServer, encode, gradient
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from PIL import Image
 from sample_models import BatchModel
 
-from emotion import BBox, PipelineStub, Request, Server
+from emotion import BBox, PipelineStub, Request, Response, Server
 from emotion.batching import Batcher
+from emotion.inference import DeadlinePassed, Inference, QueueFull
 
 
 def images(count: int) -> list[bytes]:
@@ -119,4 +123,52 @@ async def test_a_failing_batch_fails_each_of_its_calls_with_internal(
 
 def test_a_batch_needs_room_for_two() -> None:
     with pytest.raises(ValueError, match="at least two"):
-        Batcher(lambda images: [], ThreadPoolExecutor(1), max_size=1, max_delay=0.0)
+        Batcher(
+            lambda images: [],
+            Inference(ThreadPoolExecutor(1), capacity=1),
+            max_size=1,
+            max_delay=0.0,
+        )
+
+
+async def test_a_batch_is_a_job_of_the_queue_whose_late_images_are_left_out() -> None:
+    executor = ThreadPoolExecutor(1)
+    inference = Inference(executor, capacity=3)
+    seen: list[list[int]] = []
+    busy = threading.Event()
+    executor.submit(busy.wait, 10)  # the only thread is taken until the test says
+
+    def run(batch: Sequence[Image.Image]) -> list[Response]:
+        seen.append([image.width for image in batch])
+        return [Response() for _ in batch]
+
+    batcher = Batcher(run, inference, max_size=2, max_delay=10)
+    late = asyncio.ensure_future(
+        batcher.submit(Image.new("L", (1, 1)), deadline=time.monotonic() + 0.05)
+    )
+    patient = asyncio.ensure_future(batcher.submit(Image.new("L", (2, 1)), deadline=None))
+    await asyncio.sleep(0.1)
+    busy.set()
+
+    with pytest.raises(DeadlinePassed):
+        await late
+    assert await patient == Response()
+    assert seen == [[2]]
+    executor.shutdown()
+
+
+async def test_a_batch_counts_each_of_its_images_against_the_queue() -> None:
+    executor = ThreadPoolExecutor(1)
+    batcher = Batcher(
+        lambda batch: [Response() for _ in batch],
+        Inference(executor, capacity=1),
+        max_size=2,
+        max_delay=10,
+    )
+
+    outcomes = await asyncio.gather(
+        *(batcher.submit(Image.new("L", (1, 1))) for _ in range(2)), return_exceptions=True
+    )
+
+    assert [type(outcome) for outcome in outcomes] == [QueueFull, QueueFull]
+    executor.shutdown()

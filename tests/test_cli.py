@@ -402,7 +402,7 @@ def test_threads_flag_sets_the_inference_pool_size_and_0_shares_the_cpus() -> No
     def threads(*args: str) -> int | None:
         return server_config(build_parser().parse_args(["serve", *args])).threads
 
-    from emotion.server import available_cpus
+    from emotion.process import available_cpus
 
     cpus = available_cpus()
     assert threads("--threads", "3") == 3

@@ -15,10 +15,9 @@ from PIL import Image
 
 from emotion import BBox, PipelineStub, Request, Response, Result, Server
 from emotion.contract import EXPRESSION_FIELDS
-from emotion.decode import decode, decode_image
+from emotion.decode import decode, decode_image, to_full_size
 from emotion.models.fer import FerModel, WeightsError, runtime
 from emotion.models.fer.detector import Detection, drop_enclosing
-from emotion.service import to_full_size
 
 FIXTURES = TESTS / "fixtures"
 # Where the faces are, by eye, in pixels of each fixture.

@@ -528,37 +528,3 @@ def _raw_h2_call(port: int, image: bytes) -> tuple[dict[int, int], int, str | No
                     status = {str(k): str(v) for k, v in event.headers}.get("grpc-status")
             sock.sendall(connection.data_to_send())
     return settings, frames, status
-
-
-@pytest.mark.parametrize(
-    ("files", "expected"),
-    [
-        ({"cpu.max": "200000 100000\n"}, 2),
-        ({"cpu.max": "150000 100000\n"}, 2),
-        ({"cpu.max": "50000 100000\n"}, 1),
-        ({"cpu.max": "max 100000\n"}, None),
-        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
-        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
-        ({}, None),
-    ],
-    ids=[
-        "v2 2 CPUs",
-        "v2 1.5 CPUs",
-        "v2 half a CPU",
-        "v2 no limit",
-        "v1 3 CPUs",
-        "v1 no limit",
-        "no cgroup",
-    ],
-)
-def test_available_cpus_follows_a_containers_cpu_quota(
-    tmp_path: Path, files: dict[str, str], expected: int | None
-) -> None:
-    from emotion.server import available_cpus
-
-    for name, content in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(content)
-    allowed = len(os.sched_getaffinity(0))
-
-    assert available_cpus(tmp_path) == (allowed if expected is None else min(allowed, expected))

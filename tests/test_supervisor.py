@@ -231,7 +231,7 @@ def test_workers_default_to_the_cpu_count() -> None:
 
     args = build_parser().parse_args(["serve"])
 
-    from emotion.server import available_cpus
+    from emotion.process import available_cpus
 
     assert args.workers == int(os.environ.get("EMOTION_WORKERS", available_cpus()))
 

@@ -1,0 +1,101 @@
+"""The server process: its event loop, its CPUs, its exit, and its process-wide settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+def apply_process_settings(*, max_pixels: int) -> None:
+    """Settings that hold for the whole process, applied where serving starts.
+
+    Pillow warns on odd metadata and on large images in client files: the
+    first is not an operator's concern, and decode() rules on the second
+    itself. decode() enforces ``max_pixels``; Pillow's own, lower guard would
+    refuse some images the configuration allows.
+    """
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
+
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def run(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
+    """Run ``main`` on asyncio's own loop, or on uvloop.
+
+    uvloop (``pip install 'emotion[uvloop]'``) runs the loop in C, but here
+    the time goes to h2 and grpclib in Python: it measured no faster
+    (benchmarks/README.md), so it is not the default.
+    """
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {', '.join(LOOPS)}")
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a container's CPU quota.
+
+    os.cpu_count() is the host's count; in a container limited to 2 CPUs on a
+    64-CPU node it would start 64 workers that fight over 2 CPUs.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    for quota_file, period_file in (
+        (cgroup / "cpu.max", None),  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+        (cgroup / "cpu" / "cpu.cfs_quota_us", cgroup / "cpu" / "cpu.cfs_period_us"),  # v1
+    ):
+        try:
+            if period_file is None:
+                quota, period = quota_file.read_text().split()
+            else:
+                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if quota not in {"max", "-1"}:
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+        break
+    return max(1, count)
+
+
+def exit_code(code: int) -> int:
+    """Return ``code``, or exit at once if threads would keep the process alive.
+
+    After a drain, a model call or load() that outlived the grace period still
+    runs in a thread that Python waits for at exit; a server told to stop must
+    not wait for it.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    # Idle pool threads end within moments of their pool's shutdown; busy ones do not.
+    deadline = time.monotonic() + 1.0
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t for t in others if t.is_alive()]
+    if lingering:
+        log.warning("exiting without waiting for %d busy thread(s)", len(lingering))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
