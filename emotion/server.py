@@ -27,12 +27,13 @@ from grpclib.health.v1 import health_pb2
 from grpclib.reflection.service import ServerReflection
 from PIL import Image
 
+from emotion._grpclib import GrpcServer
 from emotion.contract import FILE_DESCRIPTOR
 from emotion.metrics import Metrics, serve_metrics
 from emotion.model import Model
 from emotion.security import ServerTls
 from emotion.service import Limits, PipelineService, State
-from emotion.transport import ConnectionAge, GrpcServer
+from emotion.transport import ConnectionAge
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

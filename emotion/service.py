@@ -23,6 +23,12 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from PIL import Image
 
+from emotion._grpclib import (
+    CompressedMessage,
+    MalformedMessage,
+    MessageTooLarge,
+    receive_message,
+)
 from emotion.batching import Batcher
 from emotion.codec import InvalidMessage
 from emotion.contract import (
@@ -35,12 +41,6 @@ from emotion.contract import (
 )
 from emotion.decode import DEFAULT_MAX_PIXELS, Decoded, InvalidImage, decode
 from emotion.model import Model
-from emotion.transport import (
-    CompressedMessage,
-    MalformedMessage,
-    MessageTooLarge,
-    receive_message,
-)
 
 if TYPE_CHECKING:
     from grpclib.metadata import Deadline
