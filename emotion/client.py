@@ -8,8 +8,8 @@ from types import TracebackType
 
 from grpclib.client import Channel
 from grpclib.exceptions import StreamTerminatedError
-from h2.connection import ConnectionState
 
+from emotion._grpclib import told_to_go_away
 from emotion.codec import ProtobufCodec
 from emotion.contract import PipelineStub, Request, Response
 from emotion.security import ClientTls
@@ -74,16 +74,10 @@ class Client:
                 # can cross a call on the wire; such a call did not run, and
                 # inference is safe to repeat. A connection that broke without
                 # a GOAWAY (a crashed server) is not retried.
-                if not self._told_to_go_away():
+                if not told_to_go_away(self._channel):
                     raise
                 await asyncio.sleep(0.01)  # let the channel drop the old connection
         return await self.stub.run_pipeline(request, timeout=timeout)
-
-    def _told_to_go_away(self) -> bool:
-        # grpclib keeps no flag for it; its h2 connection is closed by a GOAWAY.
-        protocol = getattr(self._channel, "_protocol", None)
-        h2 = getattr(getattr(protocol, "connection", None), "_connection", None)
-        return h2 is not None and h2.state_machine.state is ConnectionState.CLOSED
 
     async def stream(
         self,

@@ -9,13 +9,13 @@ from __future__ import annotations
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from emotion._grpclib import CompressedMessage, MalformedMessage, MessageTooLarge
 from emotion.admission import Busy, NotServing
 from emotion.codec import InvalidMessage
 from emotion.decode import InvalidImage
 from emotion.inference import Aborted, DeadlinePassed, QueueFull
 from emotion.model import ModelFailure
 from emotion.security import Unauthenticated
-from emotion.transport import CompressedMessage, MalformedMessage, MessageTooLarge
 
 _REQUEST = "request is not a valid emotion.v1.Request: {}"
 

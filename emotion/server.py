@@ -21,6 +21,7 @@ from grpclib.health.service import Health
 from grpclib.health.v1 import health_pb2
 from grpclib.reflection.service import ServerReflection
 
+from emotion._grpclib import GrpcServer
 from emotion.admission import Admission, State
 from emotion.batching import Batcher
 from emotion.calls import Calls
@@ -32,7 +33,7 @@ from emotion.net import bound_socket, format_address
 from emotion.process import apply_process_settings, available_cpus
 from emotion.security import BearerTokens, ServerTls
 from emotion.service import Limits, PipelineService
-from emotion.transport import ConnectionAge, GrpcServer
+from emotion.transport import ConnectionAge
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -15,6 +15,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
+from emotion._grpclib import receive_message
 from emotion.admission import Admission
 from emotion.batching import Batcher
 from emotion.calls import Calls, metadata
@@ -29,7 +30,6 @@ from emotion.contract import (
 from emotion.decode import DEFAULT_MAX_PIXELS, Decoded, InvalidImage, decode, to_full_size
 from emotion.inference import Inference
 from emotion.model import Model, run_sample
-from emotion.transport import receive_message
 
 if TYPE_CHECKING:
     from grpclib.metadata import Deadline

@@ -6,6 +6,7 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from emotion._grpclib import CompressedMessage, MalformedMessage, MessageTooLarge
 from emotion.admission import Busy, NotServing
 from emotion.codec import InvalidMessage
 from emotion.decode import InvalidImage
@@ -13,7 +14,6 @@ from emotion.errors import STATUSES, to_grpc_error
 from emotion.inference import Aborted, DeadlinePassed, QueueFull
 from emotion.model import ModelFailure
 from emotion.security import Unauthenticated
-from emotion.transport import CompressedMessage, MalformedMessage, MessageTooLarge
 
 
 @pytest.mark.parametrize(

@@ -18,15 +18,9 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.events import RemoteSettingsChanged, TrailersReceived
-from h2.settings import SettingCodes
-from PIL import Image
 from sample_models import ClosingModel, FailingLoadModel, GatedLoadModel, GatedModel
 
 from emotion import PipelineStub, Request, Response, Server
-from emotion.contract import RUN_PIPELINE_PATH
 from emotion.server import ModelStartError
 
 SERVING = HealthCheckResponse.SERVING
@@ -303,18 +297,6 @@ async def test_a_second_signal_cancels_the_drain(tmp_path: Path, jpeg: bytes) ->
     assert code == 0, "".join(log) + rest
 
 
-async def test_accepted_connections_have_nagle_switched_off(
-    server: Server, connect: Callable[[Server], Channel], jpeg: bytes
-) -> None:
-    # With Nagle on, each answer's last frames wait ~40 ms for the client's delayed ACK.
-    await PipelineStub(connect(server)).run_pipeline(Request(image=jpeg), timeout=5)
-
-    sockets = server.accepted_sockets()
-
-    assert len(sockets) == 1
-    assert sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-
-
 async def _serve_and_wait_for(
     text: str, *args: str, **env: str
 ) -> tuple[asyncio.subprocess.Process, int]:
@@ -461,70 +443,3 @@ async def _call_once(host: str, port: int, jpeg: bytes) -> Response:
         return await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
     finally:
         channel.close()
-
-
-@pytest.mark.parametrize("size", [0, 1, 9, 10, 11, 16384, 1_000_000])
-def test_frame_reprs_read_as_before_at_a_fraction_of_the_cost(size: int) -> None:
-    from emotion import transport
-
-    data = bytes(range(256)) * (size // 256 + 1)
-
-    assert transport._short_hex(data[:size]) == transport.original_raw_data_repr(data[:size])
-
-
-async def test_clients_may_send_frames_up_to_1_mib(server: Server, jpeg: bytes) -> None:
-    from conftest import encode
-
-    image = encode(Image.effect_noise((600, 400), 100).convert("RGB"), "PNG")
-    assert 200_000 < len(image) < 1024 * 1024
-
-    settings, frames, status = await asyncio.to_thread(_raw_h2_call, server.port, image)
-
-    assert settings[SettingCodes.MAX_FRAME_SIZE] == 1024 * 1024
-    assert frames == 1  # the whole request in one DATA frame
-    assert status == "0"
-
-
-def _raw_h2_call(port: int, image: bytes) -> tuple[dict[int, int], int, str | None]:
-    """One call over a bare h2 client: the server's settings, DATA frames sent, grpc-status."""
-    connection = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
-    connection.initiate_connection()
-    settings: dict[int, int] = {}
-    status = None
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(connection.data_to_send())
-        while not settings:
-            for event in connection.receive_data(sock.recv(65536)):
-                if isinstance(event, RemoteSettingsChanged):
-                    settings.update({k: v.new_value for k, v in event.changed_settings.items()})
-            sock.sendall(connection.data_to_send())
-        stream = connection.get_next_available_stream_id()
-        connection.send_headers(
-            stream,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", RUN_PIPELINE_PATH),
-                (":authority", f"127.0.0.1:{port}"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            ],
-        )
-        body = bytes(Request(image=image))
-        message = b"\x00" + len(body).to_bytes(4, "big") + body
-        frames = 0
-        while message:
-            chunk = message[: connection.max_outbound_frame_size]
-            message = message[len(chunk) :]
-            connection.send_data(stream, chunk, end_stream=not message)
-            frames += 1
-        sock.sendall(connection.data_to_send())
-        while status is None:
-            data = sock.recv(65536)
-            if not data:
-                break
-            for event in connection.receive_data(data):
-                if isinstance(event, TrailersReceived):
-                    status = {str(k): str(v) for k, v in event.headers}.get("grpc-status")
-            sock.sendall(connection.data_to_send())
-    return settings, frames, status

@@ -1,22 +1,31 @@
-"""The transport under hostile framing: oversized, compressed and truncated messages."""
+"""The transport: connections, HTTP/2 framing and frame size, and hostile gRPC framing."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import hyperframe.frame
 import hypothesis
 import hypothesis.strategies as st
 import pytest
-from conftest import StartServer
+from conftest import StartServer, encode
 from fuzzing import examples
 from grpclib.client import Channel
 from grpclib.const import Status
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import RemoteSettingsChanged, TrailersReceived
+from h2.settings import SettingCodes
 from h2client import Outcome, RawConnection, framed, zeros
+from hyperframe.frame import DataFrame
+from PIL import Image
 
 from emotion import Client, PipelineStub, Request, Response, Server
+from emotion._grpclib.connection import QuietDataFrame, short_hex
 from emotion.contract import RUN_PIPELINE_PATH
 
 MiB = 1024 * 1024
@@ -237,3 +246,87 @@ def test_fuzz_grpc_framing_gets_a_precise_status(
             Status.UNIMPLEMENTED,
         )
     }
+
+
+async def test_accepted_connections_have_nagle_switched_off(
+    server: Server, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    # With Nagle on, each answer's last frames wait ~40 ms for the client's delayed ACK.
+    await PipelineStub(connect(server)).run_pipeline(Request(image=jpeg), timeout=5)
+
+    sockets = server.accepted_sockets()
+
+    assert len(sockets) == 1
+    assert sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+@pytest.mark.parametrize("size", [0, 1, 9, 10, 11, 16384, 1_000_000])
+@pytest.mark.parametrize("pad_length", [None, 0, 3, 20])
+def test_frame_reprs_read_as_before_at_a_fraction_of_the_cost(
+    size: int, pad_length: int | None
+) -> None:
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
+    plain, quiet = DataFrame(1, data), QuietDataFrame(1, data)
+    if pad_length is not None:
+        for frame in (plain, quiet):
+            frame.flags.add("PADDED")
+            frame.pad_length = pad_length
+
+    assert short_hex(data, size) == hyperframe.frame._raw_data_repr(data)
+    assert quiet._body_repr() == plain._body_repr()
+
+
+async def test_clients_may_send_frames_up_to_1_mib(server: Server, jpeg: bytes) -> None:
+    image = encode(Image.effect_noise((600, 400), 100).convert("RGB"), "PNG")
+    assert 200_000 < len(image) < 1024 * 1024
+
+    settings, frames, status = await asyncio.to_thread(_raw_h2_call, server.port, image)
+
+    assert settings[SettingCodes.MAX_FRAME_SIZE] == 1024 * 1024
+    assert frames == 1  # the whole request in one DATA frame
+    assert status == "0"
+
+
+def _raw_h2_call(port: int, image: bytes) -> tuple[dict[int, int], int, str | None]:
+    """One call over a bare h2 client: the server's settings, DATA frames sent, grpc-status."""
+    connection = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    connection.initiate_connection()
+    settings: dict[int, int] = {}
+    status = None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+        while not settings:
+            for event in connection.receive_data(sock.recv(65536)):
+                if isinstance(event, RemoteSettingsChanged):
+                    settings.update({k: v.new_value for k, v in event.changed_settings.items()})
+            sock.sendall(connection.data_to_send())
+        stream = connection.get_next_available_stream_id()
+        connection.send_headers(
+            stream,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", RUN_PIPELINE_PATH),
+                (":authority", f"127.0.0.1:{port}"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        )
+        body = bytes(Request(image=image))
+        message = b"\x00" + len(body).to_bytes(4, "big") + body
+        frames = 0
+        while message:
+            chunk = message[: connection.max_outbound_frame_size]
+            message = message[len(chunk) :]
+            connection.send_data(stream, chunk, end_stream=not message)
+            frames += 1
+        sock.sendall(connection.data_to_send())
+        while status is None:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in connection.receive_data(data):
+                if isinstance(event, TrailersReceived):
+                    status = {str(k): str(v) for k, v in event.headers}.get("grpc-status")
+            sock.sendall(connection.data_to_send())
+    return settings, frames, status

@@ -1,0 +1,104 @@
+"""grpclib's HTTP/2 protocol for one server connection: our h2 connection, and retirement by age."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import types
+from asyncio import Transport
+from typing import TYPE_CHECKING, Any, cast
+
+import grpclib.protocol
+from grpclib.protocol import H2Protocol
+from hyperframe.frame import GoAwayFrame
+
+from emotion._grpclib.connection import H2ServerConnection
+
+if TYPE_CHECKING:
+    from asyncio import BaseTransport
+    from collections.abc import Callable
+
+    from emotion.transport import ConnectionAge
+
+_IDLE_CHECK = 0.1
+_GOAWAY_LINGER = 1.0
+
+log = logging.getLogger(__name__)
+
+
+def _with_our_connection(method: Callable[..., Any]) -> Callable[..., Any]:
+    """grpclib's own ``method``, reading ``H2Connection`` from a namespace where it is ours.
+
+    grpclib builds its h2 connection from the module-level name
+    ``grpclib.protocol.H2Connection`` inside ``H2Protocol.connection_made``.
+    Rebinding the unchanged code to a copy of that module's names changes
+    nothing for anyone else (a swap of the module global would, for a
+    moment, for every thread), and copies no source.
+    """
+    names = dict(vars(grpclib.protocol), H2Connection=H2ServerConnection)
+    return types.FunctionType(
+        method.__code__, names, method.__name__, method.__defaults__, method.__closure__
+    )
+
+
+_grpclib_connection_made = _with_our_connection(H2Protocol.connection_made)
+
+
+class ServerProtocol(H2Protocol):
+    """One client connection: h2 with 1 MiB frames, closed with GOAWAY once ``age`` is past."""
+
+    def __init__(self, *args: Any, age: ConnectionAge | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._age = age
+        self._retire_by = 0.0
+        self._gone_away = False
+        self._transport: Transport | None = None
+
+    def connection_made(self, transport: BaseTransport) -> None:
+        self._transport = cast(Transport, transport)  # as grpclib casts it
+        _grpclib_connection_made(self, transport)
+        if self._age is not None:
+            loop = asyncio.get_running_loop()
+            jitter = random.uniform(0.9, 1.1)  # noqa: S311 - spreading reconnects, not security
+            loop.call_later(self._age.limit * jitter, self._retire)
+
+    def _retire(self) -> None:
+        """Announce GOAWAY, let running calls finish (up to the grace), then close."""
+        assert self._age is not None
+        assert self._transport is not None
+        loop = asyncio.get_running_loop()
+        connection = self.connection
+        if connection.is_closing():
+            return
+        h2 = connection._connection
+        if not self._retire_by:
+            self._retire_by = loop.time() + self._age.grace
+            # Written by hand: h2's close_connection() would also stop the
+            # calls below last_stream_id from finishing. Conforming clients
+            # open no more calls here and reconnect for new ones.
+            goaway = GoAwayFrame(0)
+            goaway.last_stream_id = h2.highest_inbound_stream_id
+            goaway.error_code = 0
+            self._transport.write(goaway.serialize())
+        if h2.open_inbound_streams and loop.time() < self._retire_by:
+            loop.call_later(_IDLE_CHECK, self._retire)
+            return
+        if h2.open_inbound_streams:
+            log.info("closing a connection past its age and grace with calls still running")
+        # Closing at once could reset the connection (unread data makes the
+        # kernel send RST) and lose the GOAWAY: give the client a moment.
+        self._gone_away = True
+        loop.call_later(_GOAWAY_LINGER, self._transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._gone_away:
+            return  # calls sent across our GOAWAY: the client retries them elsewhere
+        try:
+            super().data_received(data)
+        except UnicodeDecodeError:
+            # h2 reads header bytes as ASCII, as gRPC requires; a peer that
+            # sends others is not speaking gRPC. Drop it without a traceback.
+            log.info("closing a connection that sent non-ASCII header bytes")
+            assert self._transport is not None
+            self._transport.close()
