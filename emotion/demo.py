@@ -74,26 +74,6 @@ class Refused(Exception):
     """An upload that cannot be shown; the message is written for the person at the page."""
 
 
-class _UploadedImage(gr.Image):
-    """An image input that hands on the uploaded file itself, whatever it holds.
-
-    Gradio's own check would turn a file that is not an image into a bare
-    "Error"; passing the file on lets the server judge it, as it does for
-    `emotion predict`, and the page say why in words.
-    """
-
-    is_template = True  # drawn in the browser as the plain Image it extends
-
-    def preprocess(self, payload: Any) -> Any:
-        try:
-            return super().preprocess(payload)
-        except (OSError, ValueError, SyntaxError):
-            path = getattr(payload, "path", None)
-            if path is None:
-                raise
-            return str(path)
-
-
 class Demo:
     """The Gradio app and the one gRPC client it shares across visitors.
 
@@ -109,8 +89,17 @@ class Demo:
 
     # -- answers ---------------------------------------------------------
 
-    async def predict(self, path: str | None) -> tuple[Image.Image | None, dict[str, Any] | None]:
-        """The upload handler, and the `/predict` API: (annotated image, faces as JSON)."""
+    async def predict(
+        self, upload: dict[str, Any] | None
+    ) -> tuple[Image.Image | None, dict[str, Any] | None]:
+        """The upload handler, and the `/predict` API: (annotated image, faces as JSON).
+
+        It takes the uploaded file as it came (Gradio's own reading is off for
+        this event): Gradio would turn a file that is not an image into a bare
+        "Error", while the server judges it as it does for `emotion predict`,
+        and the page can say why.
+        """
+        path = None if upload is None else upload.get("path")
         if path is None:
             return None, None
         try:
@@ -188,7 +177,7 @@ class Demo:
             )
             with gr.Tab("Upload"):
                 with gr.Row():
-                    upload = _UploadedImage(
+                    upload = gr.Image(
                         label="Photo",
                         type="filepath",
                         image_mode=None,
@@ -196,7 +185,11 @@ class Demo:
                         elem_id="upload",
                     )
                     drawn = gr.Image(
-                        label="Faces found", type="pil", format="png", elem_id="annotated"
+                        label="Faces found",
+                        type="pil",
+                        format="png",
+                        buttons=["download", "fullscreen"],  # no sharing to a hub
+                        elem_id="annotated",
                     )
                 table = gr.Dataframe(
                     headers=TABLE_HEADERS,
@@ -215,7 +208,13 @@ class Demo:
                         streaming=True,
                         elem_id="camera",
                     )
-                    live = gr.Image(label="Faces found", type="pil", format="jpeg", elem_id="live")
+                    live = gr.Image(
+                        label="Faces found",
+                        type="pil",
+                        format="jpeg",
+                        buttons=["fullscreen"],
+                        elem_id="live",
+                    )
                 status = gr.Markdown(elem_id="live-status")
                 rate = gr.State(FrameRate())
             upload.change(
@@ -223,6 +222,7 @@ class Demo:
                 inputs=upload,
                 outputs=[drawn, raw],
                 api_name="predict",
+                preprocess=False,
                 concurrency_limit=8,
             ).then(faces_table, inputs=raw, outputs=table, queue=False, api_visibility="private")
             camera.stream(
@@ -249,22 +249,24 @@ class Demo:
             mcp_server=False,
             show_error=False,
             quiet=True,
+            footer_links=["api", "settings"],
             # Larger files get our own message rather than an upload failure.
             max_file_size=4 * DEFAULT_MAX_IMAGE_SIZE,
             prevent_thread_lock=not block,
         )
 
-    def close(self) -> None:
-        """Stop serving and close the connection to the server."""
-        self.blocks.close()
-        client, loop = self._client, self._loop
-        self._client = self._loop = None
-        if client is None or loop is None:
-            return
-        if loop.is_running():
-            loop.call_soon_threadsafe(client.close)
-        elif not loop.is_closed():
+    async def aclose(self) -> None:
+        """Close the connection to the server, from the loop it was opened on."""
+        client, self._client, self._loop = self._client, None, None
+        if client is not None:
             client.close()
+
+    def close(self) -> None:
+        """Close the connection to the server, then stop serving the page."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(timeout=5)
+        self.blocks.close()
 
 
 def explain(exc: BaseException, target: str, timeout: float) -> str | None:
