@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to wait for each answer (default %(default)s)",
     )
+    _add_demo_parser(commands)
     return parser
 
 
@@ -357,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "demo":
+        return _demo(args)
     try:
         tls = None
         if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
@@ -473,3 +476,106 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return exit_code(1)
     return exit_code(0)
+
+
+# `emotion demo`: the Gradio page. Gradio is imported only here, lazily, so the
+# core install stays small and the other commands never pay for it.
+
+
+def _demo_port(text: str) -> int:
+    value = int(text)
+    if not 0 < value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (1-65535)")
+    return value
+
+
+def _add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo_cmd = commands.add_parser(
+        "demo",
+        help="a browser page (Gradio) that sends uploads and webcam frames to a server",
+        description="Serve a Gradio page that answers through a running `emotion serve`. "
+        "Needs the extra: pip install 'emotion[demo]'.",
+    )
+    demo_cmd.add_argument(
+        "--target",
+        type=_target,
+        default=_env("TARGET", DEFAULT_TARGET),
+        help="server address as host:port (env EMOTION_TARGET; default %(default)s)",
+    )
+    demo_cmd.add_argument(
+        "--host",
+        type=_host,
+        default=_env("DEMO_HOST", "127.0.0.1"),
+        help="address the page listens on (env EMOTION_DEMO_HOST; default %(default)s)",
+    )
+    demo_cmd.add_argument(
+        "--port",
+        type=_demo_port,
+        default=_env("DEMO_PORT", "7860"),
+        help="port the page listens on (env EMOTION_DEMO_PORT; default %(default)s)",
+    )
+    demo_cmd.add_argument(
+        "--tls",
+        action="store_true",
+        default=bool(_env("TLS", "")),
+        help="connect with TLS, checking the server against the system's CAs (env EMOTION_TLS=1)",
+    )
+    demo_cmd.add_argument(
+        "--tls-ca",
+        type=_file,
+        default=_env("TLS_CA", ""),
+        help="connect with TLS, checking the server against this CA (env EMOTION_TLS_CA)",
+    )
+    demo_cmd.add_argument(
+        "--tls-cert",
+        type=_file,
+        default=_env("CLIENT_CERT", ""),
+        help="client certificate for mutual TLS (env EMOTION_CLIENT_CERT)",
+    )
+    demo_cmd.add_argument(
+        "--tls-key",
+        type=_file,
+        default=_env("CLIENT_KEY", ""),
+        help="the client certificate's private key (env EMOTION_CLIENT_KEY)",
+    )
+    demo_cmd.add_argument(
+        "--token-file",
+        type=_file,
+        default=_env("TOKEN_FILE", ""),
+        help="send 'authorization: Bearer <token>' with the token in this file "
+        "(env EMOTION_TOKEN_FILE; or the token itself in EMOTION_TOKEN)",
+    )
+    demo_cmd.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=30.0,
+        help="seconds to wait for each answer (default %(default)s)",
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from emotion import demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "gradio":
+            raise
+        print("emotion demo: Gradio is not installed: pip install 'emotion[demo]'", file=sys.stderr)
+        return 1
+    try:
+        tls = None
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+            tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key)
+            tls.context()
+        token = read_token(args.token_file, os.environ.get("EMOTION_TOKEN"))
+    except SecurityConfigError as exc:
+        print(f"emotion demo: {exc}", file=sys.stderr)
+        return 2
+    options = demo.DemoOptions(
+        target=args.target,
+        host=args.host,
+        port=args.port,
+        timeout=args.timeout,
+        tls=tls,
+        token=token,
+    )
+    return demo.run(options)
