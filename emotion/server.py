@@ -15,7 +15,6 @@ import time
 import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,12 +26,12 @@ from grpclib.health.v1 import health_pb2
 from grpclib.reflection.service import ServerReflection
 from PIL import Image
 
+from emotion.config import LOOPS, ServerConfig
 from emotion.contract import FILE_DESCRIPTOR
 from emotion.metrics import Metrics, serve_metrics
 from emotion.model import Model
-from emotion.security import ServerTls
-from emotion.service import Limits, PipelineService, State
-from emotion.transport import ConnectionAge, GrpcServer
+from emotion.service import PipelineService, State
+from emotion.transport import GrpcServer
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -45,37 +44,6 @@ log = logging.getLogger(__name__)
 _CLOSE_LINGER = 0.1
 # After aborting, how long answered calls get to write their UNAVAILABLE.
 _ABORT_WAIT = 1.0
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """How one server process listens and shuts down."""
-
-    host: str = "127.0.0.1"
-    port: int = 50051
-    #: Seconds in-flight calls get to finish after SIGTERM before they are cancelled.
-    grace: float = 30.0
-    #: Threads running decode and inference; None means one per CPU.
-    threads: int | None = None
-    #: Run up to this many concurrent calls as one Model.process_batch; 1 is off.
-    max_batch_size: int = 1
-    #: Seconds the first call of a batch waits for others to join it.
-    max_batch_delay: float = 0.005
-    #: What a call may send before it is refused (sizes, pixels, queue).
-    limits: Limits = field(default_factory=Limits)
-    #: Bearer tokens Pipeline calls must present; empty means no authentication.
-    tokens: tuple[str, ...] = ()
-    #: Serve TLS (and require client certificates if it names a client CA).
-    tls: ServerTls | None = None
-    #: Record Prometheus metrics, and serve them on this port (0 picks one).
-    metrics_port: int | None = None
-    #: Record metrics without serving them: the supervisor serves the workers' sum.
-    record_metrics: bool = False
-    #: Retire client connections after this long, to rebalance them (None: never).
-    max_connection_age: ConnectionAge | None = None
-    #: Share the port with other processes (SO_REUSEPORT): the kernel spreads
-    #: new connections across them. Set by the worker supervisor.
-    reuse_port: bool = False
 
 
 class ModelStartError(Exception):
@@ -334,9 +302,6 @@ async def serve(
             loop.remove_signal_handler(signum)
 
 
-LOOPS = ("asyncio", "uvloop")
-
-
 def run(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
     """Run ``main`` on asyncio's own loop, or on uvloop.
 
@@ -379,6 +344,19 @@ def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
             count = min(count, max(1, math.ceil(int(quota) / int(period))))
         break
     return max(1, count)
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Write ``port`` to ``path`` whole or not at all: a reader never sees half a number.
+
+    A failure is logged, not raised: the server serves either way.
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(f"{port}\n")
+        os.replace(partial, path)
+    except OSError as exc:
+        log.error("cannot write the port to %s: %s", path, exc.strerror or exc)
 
 
 def format_address(host: str, port: int) -> str:

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpclib.const
@@ -24,6 +23,7 @@ from grpclib.server import Stream
 from PIL import Image
 
 from emotion.batching import Batcher
+from emotion.config import Limits
 from emotion.contract import (
     LEGACY_RUN_PIPELINE_PATH,
     RUN_PIPELINE_PATH,
@@ -32,7 +32,7 @@ from emotion.contract import (
     Request,
     Response,
 )
-from emotion.decode import DEFAULT_MAX_PIXELS, Decoded, InvalidImage, decode
+from emotion.decode import Decoded, InvalidImage, decode
 from emotion.model import Model
 from emotion.transport import (
     CompressedMessage,
@@ -63,23 +63,6 @@ class ModelFailure(Exception):
 
 class DeadlinePassed(Exception):
     """The call's deadline passed before an inference thread could take it."""
-
-
-#: 16 MiB for the image, plus room for the message around it.
-DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + 64 * 1024
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one server accepts before it refuses."""
-
-    #: Largest request message in bytes, checked before its body is read.
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    #: Largest image, width times height, checked before it is decoded.
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    #: Calls a server takes beyond its inference threads before it answers
-    #: RESOURCE_EXHAUSTED; bounds the time a call can wait in line.
-    max_queue: int = 64
 
 
 class PipelineService(PipelineBase):

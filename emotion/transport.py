@@ -24,7 +24,6 @@ import struct
 import time
 import weakref
 from asyncio import BaseTransport
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import betterproto2
@@ -40,6 +39,8 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
+
+from emotion.config import ConnectionAge
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -69,20 +70,6 @@ class _H2Connection(H2Connection):
         self.local_settings[SettingCodes.MAX_FRAME_SIZE] = MAX_FRAME_SIZE
         self.local_settings.acknowledge()
         self.max_inbound_frame_size = MAX_FRAME_SIZE
-
-
-@dataclass(frozen=True)
-class ConnectionAge:
-    """Retire connections after ``limit`` seconds (±10%), so clients spread over new servers.
-
-    HTTP/2 keeps a client on one connection, so behind a plain load balancer
-    it stays on one server however many are added. An aged connection is
-    closed as soon as it has no call in flight, and at most ``grace`` seconds
-    later regardless.
-    """
-
-    limit: float
-    grace: float = 30.0
 
 
 _IDLE_CHECK = 0.1

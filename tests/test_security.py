@@ -17,7 +17,8 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from emotion import Client, Server
-from emotion.security import ClientTls, SecurityConfigError, ServerTls, load_tokens, read_token
+from emotion.config import ClientTls, ServerTls
+from emotion.security import SecurityConfigError, load_tokens, read_token
 
 
 @pytest.fixture(scope="module")

@@ -307,7 +307,7 @@ class CountingGatedModel(GatedModel):
 async def test_a_full_queue_answers_resource_exhausted_at_once(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
-    from emotion.service import Limits
+    from emotion.config import Limits
 
     model = CountingGatedModel()
     server = await start_server(model, threads=1, limits=Limits(max_queue=1))
@@ -350,7 +350,7 @@ async def test_a_call_whose_deadline_passes_in_the_queue_never_reaches_the_model
 async def test_a_cancelled_call_frees_its_place_in_the_queue(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
-    from emotion.service import Limits
+    from emotion.config import Limits
 
     model = CountingGatedModel()
     server = await start_server(model, threads=1, limits=Limits(max_queue=1))
