@@ -225,10 +225,8 @@ class ServerConfig(Settings):
             "--max-batch-delay", parse_float, is_seconds, "seconds a batch waits to fill"
         ),
     )
-    #: What a call may send before it is refused (sizes, pixels, queue).
     limits: Limits = field(default_factory=Limits, metadata=meta(nested=Limits, group="limits"))
-    #: Bearer tokens Pipeline calls must present; empty means no authentication.
-    #: Its flag names a file: the CLI reads the tokens from it.
+    #: Bearer tokens Pipeline calls must present (none: no authentication); read by the CLI.
     tokens: tuple[str, ...] = field(
         default=(),
         metadata=_serve(
@@ -243,7 +241,6 @@ class ServerConfig(Settings):
             raw=True,
         ),
     )
-    #: Serve TLS (and require client certificates if it names a client CA).
     tls: ServerTls | None = field(default=None, metadata=meta(nested=ServerTls, group="security"))
     metrics_port: int | None = field(
         default=None,
@@ -257,8 +254,7 @@ class ServerConfig(Settings):
     )
     #: Record metrics without serving them: the supervisor serves the workers' sum.
     record_metrics: bool = field(default=False, metadata=meta(check=is_a(bool)))
-    #: Retire client connections after this long, to rebalance them (None: never).
-    #: Its flag gives seconds: the CLI makes them a ConnectionAge with --grace.
+    #: Retire client connections after this long (None: never); the CLI adds --grace.
     max_connection_age: ConnectionAge | None = field(
         default=None,
         metadata=_serve(
@@ -271,8 +267,7 @@ class ServerConfig(Settings):
             raw=True,
         ),
     )
-    #: Share the port with other processes (SO_REUSEPORT): the kernel spreads
-    #: new connections across them. Set by the worker supervisor.
+    #: Share the port with other processes (SO_REUSEPORT); set by the supervisor.
     reuse_port: bool = field(default=False, metadata=meta(check=is_a(bool)))
 
 
@@ -285,7 +280,6 @@ class ServeOptions(Settings):
         metadata=_serve("--model", str, is_text, "model to serve, as package.module:ClassName"),
     )
     server: ServerConfig = field(default_factory=ServerConfig, metadata=meta(nested=ServerConfig))
-    #: Server processes; None means one per CPU.
     workers: int | None = field(
         default=None,
         metadata=_serve(
@@ -362,7 +356,6 @@ class PredictOptions(Settings):
             nested=ClientTls,
         ),
     )
-    #: The bearer token; its flag names a file holding it.
     token: str | None = field(
         default=None,
         metadata=_predict(
