@@ -5,9 +5,10 @@ subclasses :class:`Model` and returns a :class:`Response`.
 """
 
 from emotion.client import Client
+from emotion.config import ServerConfig
 from emotion.contract import BBox, Expression, PipelineStub, Request, Response, Result
 from emotion.model import Model, ModelLoadError, load_model
-from emotion.server import Server, ServerConfig
+from emotion.server import Server
 
 __all__ = [
     "BBox",

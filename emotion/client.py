@@ -11,25 +11,12 @@ from grpclib.exceptions import StreamTerminatedError
 
 from emotion._grpclib import told_to_go_away
 from emotion.codec import ProtobufCodec
+from emotion.config import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_TARGET, REQUEST_OVERHEAD, ClientTls
 from emotion.contract import PipelineStub, Request, Response
-from emotion.security import ClientTls
+from emotion.settings import parse_target as parse_target
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-#: The image size a server with default limits accepts.
-DEFAULT_MAX_IMAGE_SIZE = 16 * 1024 * 1024
-
-
-def parse_target(target: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6addr]:port`` for IPv6) into its parts."""
-    host, sep, port_text = target.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"target {target!r} is not of the form host:port")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"target {target!r} has port {port} outside 1-65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
+#: The largest image a server with default limits accepts.
+DEFAULT_MAX_IMAGE_SIZE = DEFAULT_MAX_MESSAGE_SIZE - REQUEST_OVERHEAD
 
 
 class Client:

@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +23,16 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from PIL import Image
 
 from emotion.annotate import annotate, top_expression
-from emotion.client import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET, Client
+from emotion.client import DEFAULT_MAX_IMAGE_SIZE, Client
+from emotion.config import DemoOptions
 from emotion.contract import EXPRESSION_FIELDS, Response
 from emotion.decode import InvalidImage, decode_image
 from emotion.predict import response_to_dict
-from emotion.security import ClientTls
 
 log = logging.getLogger(__name__)
 
 #: Columns of the face table: where, what, and the seven probabilities.
 TABLE_HEADERS = ["face", "box (x1, y1, x2, y2)", "expression", *EXPRESSION_FIELDS]
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """What `emotion demo` is told: where the server is, how to reach it, where to listen."""
-
-    target: str = DEFAULT_TARGET
-    host: str = "127.0.0.1"
-    port: int = 7860
-    timeout: float = 30.0
-    tls: ClientTls | None = None
-    token: str | None = None
 
 
 class FrameRate:

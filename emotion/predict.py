@@ -18,23 +18,12 @@ from PIL import Image, ImageSequence
 from emotion.annotate import annotate
 from emotion.client import Client
 from emotion.codec import InvalidMessage
+from emotion.config import PredictOptions
 from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
 from emotion.decode import InvalidImage, decode_image
 from emotion.errors import ABOUT_THE_REQUEST
-from emotion.security import ClientTls
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-@dataclass(frozen=True)
-class Options:
-    images: list[Path]
-    target: str
-    timeout: float
-    tls: ClientTls | None = None
-    token: str | None = None
-    stream: bool = False
-    annotate: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +66,7 @@ def frames(path: Path) -> Iterator[Frame]:
     yield Frame(path, 0, data)
 
 
-async def run(options: Options) -> int:
+async def run(options: PredictOptions) -> int:
     failed = False
     async with Client(
         options.target, timeout=options.timeout, tls=options.tls, token=options.token
@@ -93,7 +82,7 @@ async def run(options: Options) -> int:
     return 1 if failed else 0
 
 
-async def _predict_one(client: Client, path: Path, options: Options) -> bool:
+async def _predict_one(client: Client, path: Path, options: PredictOptions) -> bool:
     try:
         data = await asyncio.to_thread(path.read_bytes)
     except OSError as exc:
@@ -113,7 +102,7 @@ async def _predict_one(client: Client, path: Path, options: Options) -> bool:
     return _emit(Frame(path, None, data), response, options)
 
 
-async def _stream_one(client: Client, path: Path, options: Options) -> bool:
+async def _stream_one(client: Client, path: Path, options: PredictOptions) -> bool:
     if not await asyncio.to_thread(path.exists):
         _say(f"{path}: No such file or directory")
         return False
@@ -153,7 +142,7 @@ def _report(path: Path, exc: GRPCError) -> None:
         raise Failed
 
 
-def _fail(options: Options, exc: BaseException, path: Path) -> None:
+def _fail(options: PredictOptions, exc: BaseException, path: Path) -> None:
     """Turn a transport failure into one line and Failed; let anything else through."""
     if isinstance(exc, InvalidMessage):
         _say(f"{options.target} sent an answer that is {exc}")
@@ -167,13 +156,13 @@ def _fail(options: Options, exc: BaseException, path: Path) -> None:
         raise Failed from None
 
 
-def _emit(frame: Frame, response: Response, options: Options) -> bool:
+def _emit(frame: Frame, response: Response, options: PredictOptions) -> bool:
     """Print the answer, and draw it if asked; False if the drawing failed."""
     print(json.dumps(response_to_dict(frame.source, response, frame.index)), flush=True)
     return options.annotate is None or _draw(frame, response, options)
 
 
-def _draw(frame: Frame, response: Response, options: Options) -> bool:
+def _draw(frame: Frame, response: Response, options: PredictOptions) -> bool:
     assert options.annotate is not None
     one_file = not options.stream and len(options.images) == 1 and options.annotate.suffix != ""
     if one_file:

@@ -16,6 +16,8 @@ from typing import Any
 
 from PIL import Image
 
+from emotion.config import LOOPS
+
 log = logging.getLogger(__name__)
 
 
@@ -30,9 +32,6 @@ def apply_process_settings(*, max_pixels: int) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
-
-
-LOOPS = ("asyncio", "uvloop")
 
 
 def run(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
@@ -99,3 +98,16 @@ def exit_code(code: int) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Write ``port`` to ``path`` whole or not at all: a reader never sees half a number.
+
+    A failure is logged, not raised: the server serves either way.
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(f"{port}\n")
+        os.replace(partial, path)
+    except OSError as exc:
+        log.error("cannot write the port to %s: %s", path, exc.strerror or exc)

@@ -1,4 +1,7 @@
-"""TLS contexts for server and client, and the bearer tokens the server accepts."""
+"""TLS contexts for server and client, and the bearer tokens the server accepts.
+
+The settings they are made from live in :mod:`emotion.config`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import hmac
 import os
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -14,45 +16,31 @@ class SecurityConfigError(Exception):
     """A certificate, key or token file is missing or unusable; the message says which."""
 
 
-@dataclass(frozen=True)
-class ServerTls:
-    """The server's certificate, and the CA that client certificates must chain to (mTLS)."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-    def context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        _load_chain(context, self.cert, self.key)
-        if self.client_ca is not None:
-            _load_ca(context, self.client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        # gRPC runs over HTTP/2, which TLS clients ask for by ALPN.
-        context.set_alpn_protocols(["h2"])
-        return context
+def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """The server's TLS context; with ``client_ca``, client certificates are required (mTLS)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(context, cert, key)
+    if client_ca is not None:
+        _load_ca(context, client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    # gRPC runs over HTTP/2, which TLS clients ask for by ALPN.
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
-@dataclass(frozen=True)
-class ClientTls:
-    """How a client checks the server (``ca``, else the system's roots) and proves itself."""
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-
-    def context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self.ca is not None:
-            _load_ca(context, self.ca)
-        if (self.cert is None) != (self.key is None):
-            raise SecurityConfigError("a client certificate needs both --tls-cert and --tls-key")
-        if self.cert is not None and self.key is not None:
-            _load_chain(context, self.cert, self.key)
-        context.set_alpn_protocols(["h2"])
-        return context
+def client_context(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A client's TLS context: checks the server against ``ca`` (else the system's roots)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca is not None:
+        _load_ca(context, ca)
+    if cert is not None and key is not None:
+        _load_chain(context, cert, key)
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
 class Unauthenticated(Exception):

@@ -11,7 +11,6 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
@@ -25,15 +24,15 @@ from emotion._grpclib import GrpcServer
 from emotion.admission import Admission, State
 from emotion.batching import Batcher
 from emotion.calls import Calls
+from emotion.config import ServerConfig
 from emotion.contract import FILE_DESCRIPTOR
 from emotion.inference import Inference
 from emotion.metrics import Metrics, NoMetrics, serve_metrics
 from emotion.model import Model, run_batch
 from emotion.net import bound_socket, format_address
 from emotion.process import apply_process_settings, available_cpus
-from emotion.security import BearerTokens, ServerTls
-from emotion.service import Limits, PipelineService
-from emotion.transport import ConnectionAge
+from emotion.security import BearerTokens
+from emotion.service import PipelineService
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -46,37 +45,6 @@ log = logging.getLogger(__name__)
 _CLOSE_LINGER = 0.1
 # After aborting, how long answered calls get to write their UNAVAILABLE.
 _ABORT_WAIT = 1.0
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """How one server process listens and shuts down."""
-
-    host: str = "127.0.0.1"
-    port: int = 50051
-    #: Seconds in-flight calls get to finish after SIGTERM before they are cancelled.
-    grace: float = 30.0
-    #: Threads running decode and inference; None means one per CPU.
-    threads: int | None = None
-    #: Run up to this many concurrent calls as one Model.process_batch; 1 is off.
-    max_batch_size: int = 1
-    #: Seconds the first call of a batch waits for others to join it.
-    max_batch_delay: float = 0.005
-    #: What a call may send before it is refused (sizes, pixels, queue).
-    limits: Limits = field(default_factory=Limits)
-    #: Bearer tokens Pipeline calls must present; empty means no authentication.
-    tokens: tuple[str, ...] = ()
-    #: Serve TLS (and require client certificates if it names a client CA).
-    tls: ServerTls | None = None
-    #: Record Prometheus metrics, and serve them on this port (0 picks one).
-    metrics_port: int | None = None
-    #: Record metrics without serving them: the supervisor serves the workers' sum.
-    record_metrics: bool = False
-    #: Retire client connections after this long, to rebalance them (None: never).
-    max_connection_age: ConnectionAge | None = None
-    #: Share the port with other processes (SO_REUSEPORT): the kernel spreads
-    #: new connections across them. Set by the worker supervisor.
-    reuse_port: bool = False
 
 
 class ModelStartError(Exception):

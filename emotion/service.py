@@ -7,7 +7,6 @@ import collections
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpclib.const
@@ -19,6 +18,7 @@ from emotion._grpclib import receive_message
 from emotion.admission import Admission
 from emotion.batching import Batcher
 from emotion.calls import Calls, metadata
+from emotion.config import Limits
 from emotion.contract import (
     LEGACY_RUN_PIPELINE_PATH,
     RUN_PIPELINE_PATH,
@@ -27,28 +27,12 @@ from emotion.contract import (
     Request,
     Response,
 )
-from emotion.decode import DEFAULT_MAX_PIXELS, Decoded, InvalidImage, decode, to_full_size
+from emotion.decode import Decoded, InvalidImage, decode, to_full_size
 from emotion.inference import Inference
 from emotion.model import Model, run_sample
 
 if TYPE_CHECKING:
     from grpclib.metadata import Deadline
-
-#: 16 MiB for the image, plus room for the message around it.
-DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + 64 * 1024
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one server accepts before it refuses."""
-
-    #: Largest request message in bytes, checked before its body is read.
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    #: Largest image, width times height, checked before it is decoded.
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    #: Calls a server takes beyond its inference threads before it answers
-    #: RESOURCE_EXHAUSTED; bounds the time a call can wait in line.
-    max_queue: int = 64
 
 
 class PipelineService(PipelineBase):

@@ -8,7 +8,7 @@ across them. The parent only starts, watches and stops workers:
 - it binds the port first (without listening), so a port in use or port 0
   is settled once and every worker gets the same number;
 - it waits until every worker has loaded its model, and exits non-zero if one
-  cannot;
+  cannot; then it writes the port file, if asked for one;
 - it restarts a worker that dies, backing off while restarts keep failing;
 - it turns SIGTERM and SIGINT into SIGTERM for every worker, which drain; a
   second signal cuts their grace period short.
@@ -28,13 +28,15 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from emotion.config import ServerConfig
 from emotion.metrics import MULTIPROCESS_DIR, forget_process, multiprocess_registry, serve_metrics
 from emotion.model import Model, load_model
 from emotion.net import bound_socket, format_address, free_port
-from emotion.process import exit_code, run
-from emotion.server import ServerConfig, serve
+from emotion.process import exit_code, run, write_port_file
+from emotion.server import serve
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -115,6 +117,7 @@ class Supervisor:
         max_failed_restarts: int = 5,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
+        port_file: Path | None = None,
     ) -> None:
         self.spec = spec
         self.config = config
@@ -127,6 +130,8 @@ class Supervisor:
         #: Delay before the first such restart; it doubles up to max_backoff.
         self.backoff = backoff
         self.max_backoff = max_backoff
+        #: Where to write the port once every worker serves.
+        self.port_file = port_file
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._signals = 0
@@ -173,6 +178,8 @@ class Supervisor:
             for slot in range(self.count):
                 self._start(slot)
             self._wait_until_serving()
+            if self.port_file is not None and not self._stopping:
+                write_port_file(self.port_file, port)
             log.info(
                 "%d workers serving on %s (pids %s)%s",
                 self.count,

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from emotion.client import Client
+from emotion.config import ServerConfig
 from emotion.model import Model
-from emotion.server import Server, ServerConfig
+from emotion.server import Server
 
 
 @contextlib.asynccontextmanager

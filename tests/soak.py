@@ -15,7 +15,6 @@ import asyncio
 import collections
 import random
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from conftest import encode, gradient  # noqa: E402
+from serving import start_serving  # noqa: E402
 
 from emotion import PipelineStub, Request, Response  # noqa: E402
 from emotion.process import available_cpus  # noqa: E402
@@ -92,18 +92,11 @@ def worker_rss(root: int) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     spec = {"mock": "emotion.models.mock:MockModel", "fer": "emotion.models.fer:FerModel"}
     server_log = tempfile.TemporaryFile()  # noqa: SIM115 - read at the end, closed at exit
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "emotion",
-        "serve",
+    served = await start_serving(
         "--port",
-        str(port),
+        "0",
         "--workers",
         str(args.workers),
         "--model",
@@ -111,7 +104,9 @@ async def run(args: argparse.Namespace) -> int:
         "--log-level",
         "info",
         stderr=server_log,
+        timeout=120,
     )
+    server, port = served.process, served.port
     table = cases(args.model)
     rng = random.Random(args.seed)
     outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -120,7 +115,6 @@ async def run(args: argparse.Namespace) -> int:
     rss: list[tuple[int, int]] = []
     started = time.monotonic()
     try:
-        await wait_until_serving(port, server)
         channels = [Channel("127.0.0.1", port) for _ in range(args.connections)]
         stubs = [PipelineStub(channel) for channel in channels]
 
@@ -196,25 +190,6 @@ async def run(args: argparse.Namespace) -> int:
         print(f"FAIL {failure}")
     print(f"{done - len(wrong)} passed, {len(failures)} failed")
     return 1 if failures else 0
-
-
-async def wait_until_serving(port: int, server: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.returncode is not None:
-            raise SystemExit(f"server exited with {server.returncode}")
-        channel = Channel("127.0.0.1", port)
-        try:
-            await PipelineStub(channel).run_pipeline(
-                Request(image=encode(gradient(64, 64), "JPEG")), timeout=5
-            )
-            await asyncio.sleep(1)  # the other workers
-            return
-        except (TimeoutError, OSError, GRPCError):
-            await asyncio.sleep(0.2)
-        finally:
-            channel.close()
-    raise SystemExit("server did not start")
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,7 +11,10 @@ from pathlib import Path
 
 import pytest
 from conftest import EMOTION, TESTS, StartServer, encode, gradient, subprocess_env
-from sample_models import SizeModel
+from sample_models import GatedLoadModel, GatedModel, SizeModel
+from serving import free_port, start_serving
+
+from emotion.cli import build_parser, serve_options
 
 
 async def run(*args: str, **env: str) -> tuple[int, str, str]:
@@ -33,18 +35,6 @@ def photo(tmp_path: Path) -> Path:
     path = tmp_path / "photo.jpg"
     path.write_bytes(encode(gradient(320, 240), "JPEG"))
     return path
-
-
-async def wait_serving(process: asyncio.subprocess.Process) -> None:
-    assert process.stderr is not None
-    while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 60)):
-        assert line, "server exited early"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_predict_prints_one_json_object_per_image(
@@ -113,8 +103,6 @@ async def test_predict_against_an_unreachable_server_fails_in_one_line(photo: Pa
 
 
 async def test_predict_times_out_in_one_line(start_server: StartServer, photo: Path) -> None:
-    from sample_models import GatedModel
-
     model = GatedModel()
     server = await start_server(model)
     try:
@@ -187,18 +175,14 @@ async def test_serve_reports_a_port_in_use() -> None:
 
 async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> None:
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        "serve",
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(
-            EMOTION_PORT=str(port),
-            EMOTION_MODEL="sample_models:SizeModel",
-            EMOTION_LOG_LEVEL="debug",
-        ),
+    served = await start_serving(
+        EMOTION_PORT=str(port),
+        EMOTION_MODEL="sample_models:SizeModel",
+        EMOTION_LOG_LEVEL="debug",
     )
+    process = served.process
     try:
-        await wait_serving(process)
+        assert served.port == port
         code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
     finally:
         process.terminate()
@@ -212,16 +196,20 @@ async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> Non
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["serve", "--port", "http"], {}, "argument --port: invalid _port value: 'http'"),
-        (["serve", "--port", "70000"], {}, "argument --port: 70000 is not a port"),
-        (["serve"], {"EMOTION_GRACE": "-1"}, "argument --grace: -1 is not a number of seconds"),
-        (["serve", "--threads", "-1"], {}, "argument --threads: -1 is negative"),
-        (["serve", "--workers", "0"], {}, "argument --workers: 0 is not a positive number"),
-        (["serve"], {"EMOTION_LOG_LEVEL": "trace"}, "argument --log-level: 'trace' is not one of"),
-        (["predict", "x.jpg", "--timeout", "inf"], {}, "argument --timeout: inf is not a number"),
-        (["predict", "x.jpg", "--timeout", "nan"], {}, "argument --timeout: nan is not a number"),
-        (["predict", "x.jpg", "--timeout", "0"], {}, "the timeout must be more than 0"),
+        (["serve", "--port", "http"], {}, "argument --port: must be a whole number, not 'http'"),
+        (["serve", "--port", "70000"], {}, "argument --port: must be a port, 0-65535"),
+        (["serve"], {"EMOTION_PORT": "abc"}, "EMOTION_PORT must be a whole number, not 'abc'"),
+        (["serve"], {"EMOTION_GRACE": "-1"}, "EMOTION_GRACE must be a number of seconds, 0 or"),
+        (["serve", "--threads", "-1"], {}, "argument --threads: must be 0 (share the CPUs) or"),
+        (["serve", "--workers", "0"], {}, "argument --workers: must be a whole number, 1 or more"),
+        (["serve"], {"EMOTION_LOG_LEVEL": "trace"}, "EMOTION_LOG_LEVEL must be one of debug,"),
+        (["serve", "--tls-key", "k.pem"], {}, "ServerTls.cert (--tls-cert) must be a file path"),
+        (["predict", "x.jpg", "--timeout", "inf"], {}, "argument --timeout: must be a number of"),
+        (["predict", "x.jpg", "--timeout", "nan"], {}, "argument --timeout: must be a number of"),
+        (["predict", "x.jpg", "--timeout", "0"], {}, "--timeout: must be a number of seconds more"),
         (["predict", "x.jpg", "--target", "localhost"], {}, "is not of the form host:port"),
+        (["predict", "x.jpg"], {"EMOTION_PREDICT_TIMEOUT": "-1"}, "EMOTION_PREDICT_TIMEOUT must"),
+        (["predict", "x.jpg"], {"EMOTION_TARGET": "x"}, "EMOTION_TARGET target 'x' is not of"),
     ],
 )
 def test_bad_flag_and_environment_values_are_usage_errors(
@@ -236,17 +224,18 @@ def test_bad_flag_and_environment_values_are_usage_errors(
     assert "Traceback" not in result.stderr
 
 
-def test_python_dash_m_emotion_is_the_same_cli() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "emotion", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ},
-    )
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["predict", "--help"]])
+def test_python_dash_m_emotion_is_the_same_cli(args: list[str]) -> None:
+    def output(*command: str) -> str:
+        return subprocess.run(
+            [*command, *args], capture_output=True, text=True, check=True, env=subprocess_env()
+        ).stdout
 
-    assert "serve" in result.stdout
-    assert "predict" in result.stdout
+    script = output(str(Path(sys.executable).with_name("emotion")))
+    module = output(sys.executable, "-m", "emotion")
+
+    assert module == script
+    assert module.startswith(f"usage: emotion {args[0] if args[0] != '--help' else ''}")
 
 
 async def test_serve_without_the_fer_extra_says_what_to_install(tmp_path: Path) -> None:
@@ -267,17 +256,9 @@ async def test_serve_without_the_fer_extra_says_what_to_install(tmp_path: Path) 
 
 
 async def test_serve_with_no_model_flag_serves_the_fer_model(photo: Path) -> None:
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        "serve",
-        "--port",
-        str(port),
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(),
-    )
+    served = await start_serving("--port", "0")
+    process, port = served.process, served.port
     try:
-        await wait_serving(process)
         code, out, _ = await run(
             "predict", str(TESTS / "fixtures" / "astronaut.jpg"), "--target", f"127.0.0.1:{port}"
         )
@@ -306,22 +287,19 @@ async def test_the_console_script_finds_models_in_the_working_directory(
     script = Path(sys.executable).with_name("emotion")
     env = subprocess_env()
     env.pop("PYTHONPATH")
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        str(script),
-        "serve",
+    served = await start_serving(
         "--workers",
         "1",
         "--port",
-        str(port),
+        "0",
         "--model",
         "mypkg.mymodel:MyModel",
+        command=[str(script)],
         cwd=tmp_path,
-        stderr=asyncio.subprocess.PIPE,
         env=env,
     )
+    process, port = served.process, served.port
     try:
-        await wait_serving(process)
         code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
     finally:
         process.terminate()
@@ -342,28 +320,18 @@ async def test_serve_on_a_host_that_does_not_resolve_fails_in_one_line() -> None
 
 
 async def test_host_and_log_level_come_from_the_environment(photo: Path) -> None:
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        "serve",
+    served = await start_serving(
         "--workers",
         "1",
         "--port",
-        str(port),
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(
-            EMOTION_HOST="127.0.0.2",
-            EMOTION_LOG_LEVEL="warning",
-            EMOTION_MODEL="sample_models:SizeModel",
-        ),
+        "0",
+        EMOTION_HOST="127.0.0.2",
+        EMOTION_LOG_LEVEL="warning",
+        EMOTION_MODEL="sample_models:SizeModel",
     )
+    process = served.process
     try:
-        code, out, _ = 1, "", ""
-        for _ in range(100):
-            code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.2:{port}")
-            if code == 0:
-                break
-            await asyncio.sleep(0.1)
+        code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.2:{served.port}")
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)
@@ -378,8 +346,6 @@ async def test_host_and_log_level_come_from_the_environment(photo: Path) -> None
 async def test_predict_stops_at_the_first_unavailable(
     start_server: StartServer, photo: Path
 ) -> None:
-    from sample_models import GatedLoadModel
-
     model = GatedLoadModel()
     server = await start_server(model, wait=False)
     try:
@@ -396,16 +362,55 @@ async def test_predict_stops_at_the_first_unavailable(
     ]
 
 
-def test_threads_flag_sets_the_inference_pool_size_and_0_shares_the_cpus() -> None:
-    from emotion.cli import build_parser, server_config
+def test_threads_flag_sets_the_inference_pool_size_and_0_shares_the_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpus = 6
+    monkeypatch.setattr("emotion.cli.available_cpus", lambda: cpus)
 
     def threads(*args: str) -> int | None:
-        return server_config(build_parser().parse_args(["serve", *args])).threads
+        return serve_options(build_parser().parse_args(["serve", *args]), {}).server.threads
 
-    from emotion.process import available_cpus
-
-    cpus = available_cpus()
     assert threads("--threads", "3") == 3
     assert threads("--threads", "0", "--workers", "1") == cpus
     assert threads("--threads", "0", "--workers", str(cpus)) == 1
     assert threads("--threads", "0", "--workers", str(cpus * 4)) == 1
+
+
+def test_workers_default_to_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("emotion.cli.available_cpus", lambda: 7)
+
+    options = serve_options(build_parser().parse_args(["serve"]), {})
+
+    assert options.workers == 7
+    assert options.server.threads == 1
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+async def test_a_port_already_taken_is_refused_even_by_a_port_sharing_server(
+    reuse_port: bool,
+) -> None:
+    with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            *EMOTION,
+            "serve",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--model",
+            "sample_models:PidModel",
+            stderr=asyncio.subprocess.PIPE,
+            env=subprocess_env(),
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 1
+    assert err.decode().splitlines()[-1] == (
+        f"emotion serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

@@ -32,7 +32,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image, ImageChops
 
 from emotion import Client
-from emotion.demo import Demo, DemoOptions, FrameRate, faces_table
+from emotion.config import DemoOptions
+from emotion.demo import Demo, FrameRate, faces_table
 from emotion.predict import response_to_dict
 
 # Gradio's usage summary, kept even with analytics off, trips pandas 3's deprecations.

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import urllib.request
 from collections.abc import Callable
 
 import pytest
-from conftest import EMOTION, StartServer, subprocess_env
+from conftest import StartServer
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 from prometheus_client.parser import text_string_to_metric_families
 from sample_models import BatchModel
+from serving import free_port, start_serving
 
 from emotion import PipelineStub, Request, Server
 
@@ -83,30 +83,19 @@ async def test_batch_sizes_are_observed(
 
 
 async def test_workers_metrics_are_summed_by_the_supervisor(jpeg: bytes) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        "serve",
+    metrics_port = free_port()
+    served = await start_serving(
         "--port",
         "0",
         "--metrics-port",
-        "0",
+        str(metrics_port),
         "--workers",
         "2",
         "--model",
         "sample_models:PidModel",
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(),
     )
+    process, port = served.process, served.port
     try:
-        assert process.stderr is not None
-        while True:
-            line = (await asyncio.wait_for(process.stderr.readline(), 60)).decode()
-            assert line, "server exited early"
-            if "workers serving on" in line:
-                break
-        found = re.search(r"serving on 127\.0\.0\.1:(\d+) .*metrics on 127\.0\.0\.1:(\d+)", line)
-        assert found is not None, line
-        port, metrics_port = int(found.group(1)), int(found.group(2))
         pids = set()
         for _ in range(12):  # fresh connections land on both workers
             channel = Channel("127.0.0.1", port)

@@ -15,9 +15,11 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from serving import start_serving
 
 from emotion import Client, PipelineStub, Request, Server
-from emotion.security import ClientTls, SecurityConfigError, ServerTls, load_tokens, read_token
+from emotion.config import ClientTls, ServerTls
+from emotion.security import SecurityConfigError, load_tokens, read_token
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +207,7 @@ async def test_serve_and_predict_over_mutual_tls_with_a_token(
     tokens = tmp_path / "tokens"
     tokens.write_text("team-a-token\n")
     server, client = pair(pki, "server"), pair(pki, "client")
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        "serve",
+    served = await start_serving(
         "--port",
         "0",
         "--workers",
@@ -222,16 +222,9 @@ async def test_serve_and_predict_over_mutual_tls_with_a_token(
         str(path(pki, "ca")),
         "--auth-tokens-file",
         str(tokens),
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(),
     )
+    process, port = served.process, served.port
     try:
-        assert process.stderr is not None
-        port = 0
-        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 30)):
-            assert line, "server exited early"
-            if b"listening on" in line:
-                port = int(line.split(b"127.0.0.1:")[1].split(b",")[0])
         predict = [
             *EMOTION,
             "predict",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import sys
@@ -19,6 +18,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from sample_models import ClosingModel, FailingLoadModel, GatedLoadModel, GatedModel
+from serving import start_serving
 
 from emotion import PipelineStub, Request, Response, Server
 from emotion.server import ModelStartError
@@ -201,26 +201,8 @@ async def _read_until(stream: asyncio.StreamReader, text: str, seen: list[str]) 
 async def _start_subprocess(
     *args: str, **env: str
 ) -> tuple[asyncio.subprocess.Process, int, list[str]]:
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        "serve",
-        "--port",
-        "0",
-        *args,
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(**env),
-    )
-    assert process.stderr is not None
-    log: list[str] = []
-    line = await _read_until(process.stderr, "listening on", log)
-    port = int(line.split("listening on 127.0.0.1:")[1].split(",")[0])
-    ready = (
-        "workers serving on"
-        if "--workers" in args and args[args.index("--workers") + 1] != "1"
-        else "serving"
-    )
-    await _read_until(process.stderr, ready, log)
-    return process, port, log
+    served = await start_serving("--port", "0", *args, env=subprocess_env(**env))
+    return served.process, served.port, served.log
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -297,10 +279,8 @@ async def test_a_second_signal_cancels_the_drain(tmp_path: Path, jpeg: bytes) ->
     assert code == 0, "".join(log) + rest
 
 
-async def _serve_and_wait_for(
-    text: str, *args: str, **env: str
-) -> tuple[asyncio.subprocess.Process, int]:
-    """Start `emotion serve` with one worker; return once it logs ``text``, with its port."""
+async def _serve_and_wait_for(text: str, *args: str, **env: str) -> asyncio.subprocess.Process:
+    """Start `emotion serve` with one worker; return once it logs ``text`` (before serving)."""
     process = await asyncio.create_subprocess_exec(
         *EMOTION,
         "serve",
@@ -316,12 +296,7 @@ async def _serve_and_wait_for(
     assert process.stdout is not None
     log: list[str] = []
     await _read_until(process.stdout, text, log)
-    ports = [
-        line.split("listening on 127.0.0.1:")[1].split(",")[0]
-        for line in log
-        if "listening on 127.0.0.1:" in line
-    ]
-    return process, int(ports[0]) if ports else 0
+    return process
 
 
 @pytest.mark.parametrize(
@@ -335,7 +310,7 @@ async def _serve_and_wait_for(
 async def test_a_signal_before_serving_stops_at_once_with_exit_0(
     args: list[str], waiting_for: str
 ) -> None:
-    process, _ = await _serve_and_wait_for(waiting_for, *args)
+    process = await _serve_and_wait_for(waiting_for, *args)
     try:
         process.send_signal(signal.SIGTERM)
         # load() and the import take 30 s; the process must not wait for them.
@@ -352,8 +327,9 @@ async def test_the_grace_period_bounds_the_exit_even_if_the_model_hangs(
     tmp_path: Path, jpeg: bytes
 ) -> None:
     marker = tmp_path / "started"
-    process, port = await _serve_and_wait_for(
-        "serving",
+    process, port, _ = await _start_subprocess(
+        "--workers",
+        "1",
         "--grace",
         "1",
         "--model",
@@ -403,38 +379,18 @@ async def test_new_connections_are_refused_while_in_flight_calls_drain(
 async def test_dual_stack_host_accepts_ipv4_clients(jpeg: bytes) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
-    process, _ = await _serve_and_wait_for(
-        "serving", "--host", "::", "--model", "sample_models:PidModel"
+    process, port, _ = await _start_subprocess(
+        "--workers", "1", "--host", "::", "--model", "sample_models:PidModel"
     )
     try:
-        assert process.stdout is not None
-        del _
-        log: list[str] = []
-        # The listening line was consumed; ask the kernel which port the process holds.
-        port = _listening_port(process.pid)
         response = await _call_once("127.0.0.1", port, jpeg)
         response6 = await _call_once("::1", port, jpeg)
-        del log
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 30)
 
     assert response.response[0].bbox is not None
     assert response6.response[0].bbox is not None
-
-
-def _listening_port(pid: int) -> int:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    for table in ("/proc/net/tcp6", "/proc/net/tcp"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                return int(fields[1].rsplit(":", 1)[1], 16)
-    raise AssertionError("no listening socket")
 
 
 async def _call_once(host: str, port: int, jpeg: bytes) -> Response:

@@ -28,8 +28,8 @@ from sample_models import (
 )
 
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
+from emotion.config import Limits
 from emotion.contract import LEGACY_RUN_PIPELINE_PATH, RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH
-from emotion.service import Limits
 
 
 def float32(value: float) -> float:

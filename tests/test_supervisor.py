@@ -5,63 +5,35 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import EMOTION, encode, gradient, subprocess_env
+from conftest import encode, gradient, subprocess_env
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from serving import Served, start_serving, wait_for_port
 
 from emotion import PipelineStub, Request
 
 
-class Served:
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
-        self.process = process
-        self.port = port
-        self.log: list[str] = []
-
-    async def read_until(self, text: str, timeout: float = 60) -> str:
-        assert self.process.stderr is not None
-        while True:
-            line = (await asyncio.wait_for(self.process.stderr.readline(), timeout)).decode()
-            if not line:
-                raise AssertionError(f"no {text!r} before exit:\n{''.join(self.log)}")
-            self.log.append(line)
-            if text in line:
-                return line
-
-    async def pids(self, jpeg: bytes, connections: int = 16) -> set[int]:
-        """Worker pids that answer, one call on each of several fresh connections."""
-        seen = set()
-        for _ in range(connections):
-            channel = Channel("127.0.0.1", self.port)
-            try:
-                response = await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
-            finally:
-                channel.close()
-            assert response.response[0].bbox is not None
-            seen.add(int(response.response[0].bbox.x1))
-        return seen
-
-
 async def start(*args: str, **env: str) -> Served:
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        "serve",
-        "--port",
-        "0",
-        *args,
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(**env),
-    )
-    served = Served(process, 0)
-    line = await served.read_until("workers serving on")
-    served.port = int(line.split("serving on 127.0.0.1:")[1].split(" ")[0])
-    return served
+    return await start_serving("--port", "0", *args, env=subprocess_env(**env))
+
+
+async def answering_pids(served: Served, jpeg: bytes, connections: int = 16) -> set[int]:
+    """Worker pids that answer, one call on each of several fresh connections."""
+    seen = set()
+    for _ in range(connections):
+        channel = Channel("127.0.0.1", served.port)
+        try:
+            response = await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
+        finally:
+            channel.close()
+        assert response.response[0].bbox is not None
+        seen.add(int(response.response[0].bbox.x1))
+    return seen
 
 
 @pytest.fixture
@@ -105,7 +77,7 @@ async def test_workers_share_the_port_and_connections_spread_across_them(
     served = await start("--workers", "2", "--model", "sample_models:PidModel")
     cleanup.append(served)
 
-    pids = await served.pids(jpeg)
+    pids = await answering_pids(served, jpeg)
 
     workers = children(served.process.pid)
     assert pids == workers
@@ -133,7 +105,7 @@ async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
     assert "exited with status 3; restarting" in line
     assert len(after) == 2
     assert len(before & after) == 1
-    assert await served.pids(jpeg) == after
+    assert await answering_pids(served, jpeg) == after
 
 
 async def test_sigterm_drains_every_worker_and_exits_0(cleanup: list[Served], jpeg: bytes) -> None:
@@ -155,11 +127,12 @@ async def test_workers_that_keep_dying_before_serving_make_the_parent_give_up(
     flag = tmp_path / "fail"
     script = (
         "import logging, sys\n"
-        "from emotion.server import ServerConfig\n"
+        "from emotion.config import ServerConfig\n"
         "from emotion.supervisor import Supervisor, WorkersFailed\n"
         "logging.basicConfig(level=logging.INFO)\n"
+        "from pathlib import Path\n"
         "s = Supervisor('sample_models:CrashingModel', ServerConfig(port=0), 2,\n"
-        "               max_failed_restarts=2, backoff=0.05)\n"
+        "               max_failed_restarts=2, backoff=0.05, port_file=Path(sys.argv[1]))\n"
         "try:\n"
         "    s.run()\n"
         "except WorkersFailed as exc:\n"
@@ -170,13 +143,12 @@ async def test_workers_that_keep_dying_before_serving_make_the_parent_give_up(
         sys.executable,
         "-c",
         script,
+        str(tmp_path / "port"),
         stderr=asyncio.subprocess.PIPE,
         env=subprocess_env(EMOTION_TEST_FAIL_FILE=str(flag)),
     )
-    served = Served(process, 0)
     try:
-        line = await served.read_until("workers serving on")
-        served.port = int(line.split("serving on 127.0.0.1:")[1].split(" ")[0])
+        served = Served(process, await wait_for_port(tmp_path / "port", process))
         flag.touch()  # from now on, every restarted worker fails to load
         channel = Channel("127.0.0.1", served.port)
         with pytest.raises((StreamTerminatedError, GRPCError, ConnectionError)):
@@ -194,46 +166,6 @@ async def test_workers_that_keep_dying_before_serving_make_the_parent_give_up(
 
     assert code == 1
     assert "died 3 times in a row before serving" in rest.splitlines()[-1]
-
-
-@pytest.mark.parametrize("reuse_port", [False, True])
-async def test_a_port_already_taken_is_refused_even_by_a_port_sharing_server(
-    reuse_port: bool,
-) -> None:
-    with socket.socket() as taken:
-        if reuse_port:
-            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        process = await asyncio.create_subprocess_exec(
-            *EMOTION,
-            "serve",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-            "--model",
-            "sample_models:PidModel",
-            stderr=asyncio.subprocess.PIPE,
-            env=subprocess_env(),
-        )
-        _, err = await asyncio.wait_for(process.communicate(), 60)
-
-    assert process.returncode == 1
-    assert err.decode().splitlines()[-1] == (
-        f"emotion serve: cannot listen on 127.0.0.1:{port}: Address already in use"
-    )
-
-
-def test_workers_default_to_the_cpu_count() -> None:
-    from emotion.cli import build_parser
-
-    args = build_parser().parse_args(["serve"])
-
-    from emotion.process import available_cpus
-
-    assert args.workers == int(os.environ.get("EMOTION_WORKERS", available_cpus()))
 
 
 async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
@@ -256,27 +188,12 @@ async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_workers_can_run_on_uvloop(cleanup: list[Served], jpeg: bytes, workers: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        "serve",
-        "--port",
-        "0",
-        "--workers",
-        workers,
-        "--loop",
-        "uvloop",
-        "--model",
-        "sample_models:PidModel",
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(),
+    served = await start(
+        "--workers", workers, "--loop", "uvloop", "--model", "sample_models:PidModel"
     )
-    served = Served(process, 0)
     cleanup.append(served)
-    line = await served.read_until("listening on")
-    served.port = int(line.split("listening on 127.0.0.1:")[1].split(",")[0])
-    await served.read_until("workers serving on" if workers != "1" else "serving")
 
-    pids = await served.pids(jpeg, connections=4)
+    pids = await answering_pids(served, jpeg, connections=4)
 
     assert pids
     assert _event_loops(pids) == {"uvloop"}

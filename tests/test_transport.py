@@ -82,7 +82,7 @@ async def test_the_size_cap_is_configurable_and_counts_the_whole_message(
 ) -> None:
     from grpclib.exceptions import GRPCError
 
-    from emotion.service import Limits
+    from emotion.config import Limits
 
     message_size = len(bytes(Request(image=jpeg)))
     exact = await start_server(limits=Limits(max_message_size=message_size))
@@ -133,7 +133,7 @@ async def test_a_message_cut_short_by_the_end_of_the_call_is_invalid_argument(
 async def test_aged_connections_are_retired_and_clients_reconnect_without_failing(
     start_server: StartServer, jpeg: bytes, client: str
 ) -> None:
-    from emotion.transport import ConnectionAge
+    from emotion.config import ConnectionAge
 
     server = await start_server(max_connection_age=ConnectionAge(0.3, grace=5))
     target = f"127.0.0.1:{server.port}"
@@ -164,7 +164,7 @@ async def test_a_busy_connection_lets_its_calls_finish_after_goaway_then_closes(
     import grpc
     from sample_models import GatedModel
 
-    from emotion.transport import ConnectionAge
+    from emotion.config import ConnectionAge
 
     model = GatedModel()
     server = await start_server(model, max_connection_age=ConnectionAge(0.2, grace=30))

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from asyncio import BaseTransport
     from collections.abc import Callable
 
-    from emotion.transport import ConnectionAge
+    from emotion.config import ConnectionAge
 
 _IDLE_CHECK = 0.1
 _GOAWAY_LINGER = 1.0

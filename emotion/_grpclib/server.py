@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from grpclib._typing import IServable
     from grpclib.protocol import H2Protocol
 
-    from emotion.transport import ConnectionAge
+    from emotion.config import ConnectionAge
 
 
 #: grpclib's ``Server._protocol_factory`` (0.4.9) as :func:`normalized_source`

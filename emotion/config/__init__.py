@@ -1,0 +1,40 @@
+"""Every setting of emotion, each declared once and validated.
+
+Each class is a frozen dataclass that checks itself in ``__post_init__``: a
+bad value raises ValueError naming the field and what it accepts. Fields that
+a command line sets carry their flag (see :mod:`emotion.settings`), from
+which `emotion.cli` builds each command's flags. Every flag has an
+environment variable named by :func:`emotion.settings.env_name`.
+"""
+
+from emotion.config.client import ClientTls, DemoOptions, PredictOptions
+from emotion.config.server import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_TARGET,
+    LOG_LEVELS,
+    LOOPS,
+    REQUEST_OVERHEAD,
+    ConnectionAge,
+    Limits,
+    ServeOptions,
+    ServerConfig,
+    ServerTls,
+)
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MODEL",
+    "DEFAULT_TARGET",
+    "LOG_LEVELS",
+    "LOOPS",
+    "REQUEST_OVERHEAD",
+    "ClientTls",
+    "ConnectionAge",
+    "DemoOptions",
+    "Limits",
+    "PredictOptions",
+    "ServeOptions",
+    "ServerConfig",
+    "ServerTls",
+]

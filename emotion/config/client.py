@@ -1,0 +1,206 @@
+"""The settings of the client commands, `emotion predict` and `emotion demo`, validated.
+
+The fields both commands share are declared once, by the functions below,
+for each command: a flag's variable is named after its command.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from emotion.config.server import DEFAULT_TARGET
+from emotion.security import client_context
+from emotion.settings import (
+    Settings,
+    at_least,
+    flag_meta,
+    is_a,
+    is_path,
+    is_positive_seconds,
+    is_target,
+    is_text,
+    meta,
+    optional,
+    parse_bool,
+    parse_float,
+    parse_host,
+    parse_int,
+    parse_path,
+)
+
+_predict = partial(flag_meta, "predict")
+
+
+@dataclass(frozen=True)
+class ClientTls(Settings):
+    """How a client checks the server (``ca``, else the system's roots) and proves itself."""
+
+    ca: Path | None = field(
+        default=None,
+        metadata=_predict(
+            "--tls-ca",
+            parse_path,
+            optional(is_path),
+            "connect with TLS, checking the server against this CA",
+            aliases=("EMOTION_TLS_CA",),
+        ),
+    )
+    cert: Path | None = field(
+        default=None,
+        metadata=_predict(
+            "--tls-cert",
+            parse_path,
+            optional(is_path),
+            "client certificate for mutual TLS",
+            aliases=("EMOTION_CLIENT_CERT",),
+        ),
+    )
+    key: Path | None = field(
+        default=None,
+        metadata=_predict(
+            "--tls-key",
+            parse_path,
+            optional(is_path),
+            "the client certificate's private key",
+            aliases=("EMOTION_CLIENT_KEY",),
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+
+    def context(self) -> ssl.SSLContext:
+        """Raises SecurityConfigError for unreadable or mismatched files."""
+        return client_context(self.ca, self.cert, self.key)
+
+
+def _target(command: str) -> Any:
+    return field(
+        default=DEFAULT_TARGET,
+        metadata=flag_meta(
+            command,
+            "--target",
+            str,
+            is_target,
+            "server address as host:port",
+            aliases=("EMOTION_TARGET",),
+        ),
+    )
+
+
+def _timeout(command: str) -> Any:
+    return field(
+        default=30.0,
+        metadata=flag_meta(
+            command,
+            "--timeout",
+            parse_float,
+            is_positive_seconds,
+            "seconds to wait for each answer",
+        ),
+    )
+
+
+def _tls(command: str) -> Any:
+    """Connect with TLS; its flag is a switch, and --tls-ca, --tls-cert, --tls-key imply it."""
+    return field(
+        default=None,
+        metadata=flag_meta(
+            command,
+            "--tls",
+            parse_bool,
+            optional(is_a(ClientTls)),
+            "connect with TLS, checking the server against the system's CAs",
+            aliases=("EMOTION_TLS",),
+            switch=True,
+            raw=True,
+            nested=ClientTls,
+        ),
+    )
+
+
+def _token(command: str) -> Any:
+    return field(
+        default=None,
+        metadata=flag_meta(
+            command,
+            "--token-file",
+            parse_path,
+            optional(is_text),
+            "send 'authorization: Bearer <token>' with the token in this file (or the "
+            "token itself in EMOTION_TOKEN)",
+            aliases=("EMOTION_TOKEN_FILE",),
+            raw=True,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class PredictOptions(Settings):
+    """What `emotion predict` sends, where, and what it does with the answers."""
+
+    images: list[Path] = field(metadata=meta(check=is_a(list)))
+    target: str = _target("predict")
+    timeout: float = _timeout("predict")
+    tls: ClientTls | None = _tls("predict")  # noqa: RUF009 - a field(), made per command
+    token: str | None = _token("predict")
+    stream: bool = field(
+        default=False,
+        metadata=_predict(
+            "--stream",
+            parse_bool,
+            is_a(bool),
+            "send each IMAGE as one stream: the frames of an animated GIF or WebP, or the "
+            "images in a folder; prints one line per frame",
+            switch=True,
+        ),
+    )
+    annotate: Path | None = field(
+        default=None,
+        metadata=_predict(
+            "--annotate",
+            parse_path,
+            optional(is_path),
+            "draw the faces and their top expression: into PATH for one image, else into "
+            "the folder PATH as NAME.png (NAME-FRAME.png when streaming)",
+            metavar="PATH",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stream and self.annotate is not None and self.annotate.suffix:
+            raise ValueError(
+                "with --stream, --annotate names a folder for the frames, "
+                f"not a file like {self.annotate}"
+            )
+
+
+@dataclass(frozen=True)
+class DemoOptions(Settings):
+    """What `emotion demo` is told: where the server is, how to reach it, where to listen."""
+
+    target: str = _target("demo")
+    timeout: float = _timeout("demo")
+    tls: ClientTls | None = _tls("demo")  # noqa: RUF009 - a field(), made per command
+    token: str | None = _token("demo")
+    host: str = field(
+        default="127.0.0.1",
+        metadata=flag_meta("demo", "--host", parse_host, is_text, "address the page listens on"),
+    )
+    port: int = field(
+        default=7860,
+        metadata=flag_meta(
+            "demo",
+            "--port",
+            parse_int,
+            at_least(1, "a port, 1-65535"),
+            "port the page listens on (Gradio cannot report one it picked, so not 0)",
+        ),
+    )

@@ -1,0 +1,273 @@
+"""The server's settings, each declared once and validated.
+
+Each class is a frozen dataclass that checks itself in ``__post_init__``: a
+bad value raises ValueError naming the field and what it accepts. Fields that
+a command line sets carry their flag (see :mod:`emotion.settings`), from
+which `emotion.cli` builds ``serve``'s and ``predict``'s flags. Every flag
+has an environment variable named by :func:`emotion.settings.env_name`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from emotion.decode import DEFAULT_MAX_PIXELS
+from emotion.security import server_context
+from emotion.settings import (
+    Settings,
+    at_least,
+    flag_meta,
+    is_a,
+    is_path,
+    is_port,
+    is_positive_seconds,
+    is_seconds,
+    is_text,
+    is_tokens,
+    meta,
+    one_of,
+    optional,
+    parse_age,
+    parse_float,
+    parse_host,
+    parse_int,
+    parse_optional_port,
+    parse_path,
+    parse_pixels,
+    parse_size,
+    parse_threads,
+)
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_MODEL = "emotion.models.fer:FerModel"
+LOOPS = ("asyncio", "uvloop")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Room in a request message for what surrounds the image.
+REQUEST_OVERHEAD = 64 * 1024
+#: 16 MiB for the image, plus room for the message around it.
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + REQUEST_OVERHEAD
+
+
+_serve = partial(flag_meta, "serve")
+
+
+@dataclass(frozen=True)
+class Limits(Settings):
+    """What one server accepts before it refuses."""
+
+    max_message_size: int = field(
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        metadata=_serve(
+            "--max-message-size",
+            parse_size,
+            at_least(1, "a size in bytes"),
+            "largest request message; larger ones get RESOURCE_EXHAUSTED before their body is read",
+            default_text="16 MiB plus 64 KiB",
+        ),
+    )
+    max_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata=_serve(
+            "--max-pixels",
+            parse_pixels,
+            at_least(1, "a pixel count"),
+            "largest image, width x height, e.g. 50M; larger ones get INVALID_ARGUMENT "
+            "before decoding",
+        ),
+    )
+    max_queue: int = field(
+        default=64,
+        metadata=_serve(
+            "--max-queue",
+            parse_int,
+            at_least(0),
+            "calls a worker takes beyond its inference threads before answering RESOURCE_EXHAUSTED",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ConnectionAge(Settings):
+    """Retire connections after ``limit`` seconds (±10%), so clients spread over new servers.
+
+    HTTP/2 keeps a client on one server however many are added behind a plain
+    load balancer. An aged connection closes once it has no call in flight, at
+    most ``grace`` seconds later.
+    """
+
+    limit: float = field(metadata=meta(check=is_positive_seconds))
+    grace: float = field(default=30.0, metadata=meta(check=is_seconds))
+
+
+_CERT = "serve TLS with this PEM certificate chain"
+_CLIENT_CA = "require client certificates signed by this CA: mutual TLS"
+
+
+@dataclass(frozen=True)
+class ServerTls(Settings):
+    """The server's certificate, and the CA that client certificates must chain to (mTLS)."""
+
+    cert: Path = field(metadata=_serve("--tls-cert", parse_path, is_path, _CERT))
+    key: Path = field(
+        metadata=_serve("--tls-key", parse_path, is_path, "the certificate's PEM private key")
+    )
+    client_ca: Path | None = field(
+        default=None,
+        metadata=_serve("--tls-client-ca", parse_path, optional(is_path), _CLIENT_CA),
+    )
+
+    def context(self) -> ssl.SSLContext:
+        """Raises SecurityConfigError for unreadable or mismatched files."""
+        return server_context(self.cert, self.key, self.client_ca)
+
+
+@dataclass(frozen=True)
+class ServerConfig(Settings):
+    """How one server process listens, computes and shuts down."""
+
+    host: str = field(
+        default="127.0.0.1",
+        metadata=_serve(
+            "--host",
+            parse_host,
+            is_text,
+            "address to listen on; 0.0.0.0 or :: for all interfaces",
+        ),
+    )
+    port: int = field(
+        default=50051,
+        metadata=_serve("--port", parse_int, is_port, "port to listen on; 0 picks a free one"),
+    )
+    grace: float = field(
+        default=30.0,
+        metadata=_serve(
+            "--grace",
+            parse_float,
+            is_seconds,
+            "seconds in-flight calls may take to finish after SIGTERM",
+        ),
+    )
+    #: Threads running decode and inference; None means one per CPU.
+    threads: int | None = field(
+        default=None,
+        metadata=_serve(
+            "--threads",
+            parse_threads,
+            optional(at_least(1)),
+            "threads per worker for decode and inference; 0 shares the CPUs among the "
+            "workers, at least one each",
+            default_text="0",
+        ),
+    )
+    max_batch_size: int = field(
+        default=1,
+        metadata=_serve(
+            "--max-batch-size",
+            parse_int,
+            at_least(1),
+            "run up to this many concurrent calls as one Model.process_batch; 1 is off",
+        ),
+    )
+    max_batch_delay: float = field(
+        default=0.005,
+        metadata=_serve(
+            "--max-batch-delay", parse_float, is_seconds, "seconds a batch waits to fill"
+        ),
+    )
+    limits: Limits = field(default_factory=Limits, metadata=meta(nested=Limits, group="limits"))
+    #: Bearer tokens Pipeline calls must present (none: no authentication); read by the CLI.
+    tokens: tuple[str, ...] = field(
+        default=(),
+        metadata=_serve(
+            "--auth-tokens-file",
+            parse_path,
+            is_tokens,
+            "require 'authorization: Bearer <token>' on Pipeline calls, with a token from "
+            "this file, one per line (tokens may also come comma-separated in "
+            "EMOTION_AUTH_TOKENS)",
+            default_text="off",
+            group="security",
+            raw=True,
+        ),
+    )
+    tls: ServerTls | None = field(default=None, metadata=meta(nested=ServerTls, group="security"))
+    metrics_port: int | None = field(
+        default=None,
+        metadata=_serve(
+            "--metrics-port",
+            parse_optional_port,
+            optional(is_port),
+            "serve Prometheus metrics at http://HOST:PORT/metrics; with workers, their sum",
+            default_text="off",
+        ),
+    )
+    #: Record metrics without serving them: the supervisor serves the workers' sum.
+    record_metrics: bool = field(default=False, metadata=meta(check=is_a(bool)))
+    #: Retire client connections after this long (None: never); the CLI adds --grace.
+    max_connection_age: ConnectionAge | None = field(
+        default=None,
+        metadata=_serve(
+            "--max-connection-age",
+            parse_age,
+            optional(is_a(ConnectionAge)),
+            "close client connections after this many seconds (0: never), once idle or "
+            "--grace later, so clients reconnect and spread over new replicas",
+            default_text="0",
+            raw=True,
+        ),
+    )
+    #: Share the port with other processes (SO_REUSEPORT); set by the supervisor.
+    reuse_port: bool = field(default=False, metadata=meta(check=is_a(bool)))
+
+
+@dataclass(frozen=True)
+class ServeOptions(Settings):
+    """What `emotion serve` runs: which model, how many processes, and each one's server."""
+
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata=_serve("--model", str, is_text, "model to serve, as package.module:ClassName"),
+    )
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=meta(nested=ServerConfig))
+    workers: int | None = field(
+        default=None,
+        metadata=_serve(
+            "--workers",
+            parse_int,
+            optional(at_least(1)),
+            "server processes sharing the port, each with its own model",
+            default_text="one per CPU",
+        ),
+    )
+    loop: str = field(
+        default="asyncio",
+        metadata=_serve(
+            "--loop",
+            str.lower,
+            one_of(LOOPS),
+            "event loop: asyncio, or uvloop (needs the uvloop extra)",
+        ),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_serve(
+            "--log-level",
+            str.lower,
+            one_of(LOG_LEVELS),
+            "what to log: debug, info, warning or error",
+        ),
+    )
+    port_file: Path | None = field(
+        default=None,
+        metadata=_serve(
+            "--port-file",
+            parse_path,
+            optional(is_path),
+            "once serving, write the port to this file (removed at start, replaced "
+            "atomically), for tools that start a server on port 0",
+            default_text="off",
+        ),
+    )
