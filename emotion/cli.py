@@ -198,32 +198,19 @@ def _client_options(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        try:
-            serving = serve_options(args, os.environ)
-        except UsageError as exc:
-            parser.exit(2, f"emotion serve: error: {exc}\n")
-        except SecurityConfigError as exc:
-            print(f"emotion serve: {exc}", file=sys.stderr)
-            return 1
-        return _serve(serving)
-    if args.command == "demo":
-        try:
-            showing = demo_options(args, os.environ)
-        except UsageError as exc:
-            parser.exit(2, f"emotion demo: error: {exc}\n")
-        except SecurityConfigError as exc:
-            print(f"emotion demo: {exc}", file=sys.stderr)
-            return 2
-        return _demo(showing)
+    make_options, start, unusable_files = _COMMANDS[args.command]
     try:
-        predicting = predict_options(args, os.environ)
+        options = make_options(args, os.environ)
     except UsageError as exc:
-        parser.exit(2, f"emotion predict: error: {exc}\n")
+        parser.exit(2, f"emotion {args.command}: error: {exc}\n")
     except SecurityConfigError as exc:
-        print(f"emotion predict: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(run_predict(predicting))
+        print(f"emotion {args.command}: {exc}", file=sys.stderr)
+        return unusable_files
+    return start(options)
+
+
+def _predict(options: PredictOptions) -> int:
+    return asyncio.run(run_predict(options))
 
 
 def _demo(options: DemoOptions) -> int:
@@ -273,16 +260,7 @@ def _serve(options: ServeOptions) -> int:
             run(serve(model, config, on_serving=on_serving), options.loop)
         else:
             del model
-            supervisor = Supervisor(
-                options.model,
-                config,
-                options.workers or available_cpus(),
-                loop=options.loop,
-                log_level=level,
-                log_format=LOG_FORMAT,
-                port_file=port_file,
-            )
-            supervisor.run()
+            Supervisor(options, log_format=LOG_FORMAT).run()
     except _StopBeforeServing:
         logging.getLogger(__name__).info("stopped before serving")
     except (ModelLoadError, ModelStartError, WorkersFailed, SecurityConfigError) as exc:
@@ -310,3 +288,15 @@ def _clear_port_file(path: Path) -> bool:
         print(f"emotion serve: cannot write {path}: {reason}", file=sys.stderr)
         return False
     return True
+
+
+#: Each command: its options from flags and variables, what runs them, and the
+#: exit code when a certificate or token file is unusable (a server's setup
+#: fails with 1; a client's files are part of its usage).
+_COMMANDS: dict[
+    str, tuple[Callable[[argparse.Namespace, Mapping[str, str]], Any], Callable[[Any], int], int]
+] = {
+    "serve": (serve_options, _serve, 1),
+    "predict": (predict_options, _predict, 2),
+    "demo": (demo_options, _demo, 2),
+}

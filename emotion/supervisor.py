@@ -28,14 +28,13 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emotion.config import ServerConfig
+from emotion.config import ServeOptions, ServerConfig
 from emotion.metrics import MULTIPROCESS_DIR, forget_process, multiprocess_registry, serve_metrics
 from emotion.model import Model, load_model
 from emotion.net import bound_socket, format_address, free_port
-from emotion.process import exit_code, run, write_port_file
+from emotion.process import available_cpus, exit_code, run, write_port_file
 from emotion.server import serve
 
 if TYPE_CHECKING:
@@ -50,6 +49,20 @@ class WorkersFailed(Exception):
     """Workers could not start, or kept dying; the message says why."""
 
 
+@dataclass(frozen=True)
+class Serving:
+    """Worker to supervisor: the model is loaded and the worker serves ``port``."""
+
+    port: int
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    """Worker to supervisor: the worker cannot serve; ``reason`` is one line for the operator."""
+
+    reason: str
+
+
 @dataclass
 class _Worker:
     slot: int
@@ -59,22 +72,18 @@ class _Worker:
 
 
 def _worker_main(
-    spec: str,
-    config: ServerConfig,
-    messages: Connection,
-    loop: str,
-    log_level: int,
-    log_format: str,
+    options: ServeOptions, config: ServerConfig, messages: Connection, log_format: str
 ) -> None:
-    """Entry point of a worker process."""
-    logging.basicConfig(level=log_level, format=log_format)
+    """Entry point of a worker process: serve ``config``, the supervisor's share of ``options``."""
+    logging.basicConfig(level=options.log_level.upper(), format=log_format)
     # Ctrl-C reaches the whole process group; only the parent's word counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        run(_serve_while_parent_lives(load_model(spec), config, messages), loop)
+        model = load_model(options.model)
+        run(_serve_while_parent_lives(model, config, messages), options.loop)
     except Exception as exc:
         with contextlib.suppress(OSError):
-            messages.send(("failed", str(exc)))
+            messages.send(StartFailed(str(exc)))
         sys.exit(exit_code(1))
     sys.exit(exit_code(0))
 
@@ -89,7 +98,7 @@ async def _serve_while_parent_lives(
             model,
             config,
             signals=(signal.SIGTERM,),
-            on_serving=lambda port: messages.send(("serving", port)),
+            on_serving=lambda port: messages.send(Serving(port)),
         )
     )
     orphaned = False
@@ -107,31 +116,22 @@ class Supervisor:
 
     def __init__(
         self,
-        spec: str,
-        config: ServerConfig,
-        count: int,
+        options: ServeOptions,
         *,
-        loop: str = "asyncio",
-        log_level: int = logging.INFO,
         log_format: str = logging.BASIC_FORMAT,
         max_failed_restarts: int = 5,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
-        port_file: Path | None = None,
     ) -> None:
-        self.spec = spec
-        self.config = config
-        self.count = count
-        self.loop = loop
-        self.log_level = log_level
+        self.options = options
+        self.config = options.server
+        self.count = options.workers or available_cpus()
         self.log_format = log_format
         #: Restarts in a row of workers that die before serving, before giving up.
         self.max_failed_restarts = max_failed_restarts
         #: Delay before the first such restart; it doubles up to max_backoff.
         self.backoff = backoff
         self.max_backoff = max_backoff
-        #: Where to write the port once every worker serves.
-        self.port_file = port_file
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._signals = 0
@@ -178,8 +178,8 @@ class Supervisor:
             for slot in range(self.count):
                 self._start(slot)
             self._wait_until_serving()
-            if self.port_file is not None and not self._stopping:
-                write_port_file(self.port_file, port)
+            if self.options.port_file is not None and not self._stopping:
+                write_port_file(self.options.port_file, port)
             log.info(
                 "%d workers serving on %s (pids %s)%s",
                 self.count,
@@ -211,7 +211,7 @@ class Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self.spec, self.config, send, self.loop, self.log_level, self.log_format),
+            args=(self.options, self.config, send, self.log_format),
             name=f"emotion-worker-{slot}",
             daemon=False,
         )
@@ -226,8 +226,8 @@ class Supervisor:
                 return
             for worker in self._ready_to_read(timeout=0.2):
                 message = self._read(worker)
-                if message is None or message[0] == "failed":
-                    reason = message[1] if message else _exit_reason(worker.process)
+                if message is None or isinstance(message, StartFailed):
+                    reason = message.reason if message else _exit_reason(worker.process)
                     raise WorkersFailed(f"worker {worker.slot} failed to start: {reason}")
 
     def _supervise(self) -> None:
@@ -247,8 +247,8 @@ class Supervisor:
                 return
             for worker in self._ready_to_read(timeout=0.2):
                 message = self._read(worker)
-                if message is not None and message[0] == "failed" and not worker.serving:
-                    log.error("worker %d failed to start: %s", worker.slot, message[1])
+                if isinstance(message, StartFailed) and not worker.serving:
+                    log.error("worker %d failed to start: %s", worker.slot, message.reason)
             if self._stopping:
                 continue
             now = time.monotonic()
@@ -292,19 +292,21 @@ class Supervisor:
         ready = wait(list(by_connection), timeout=timeout)
         return [by_connection[c] for c in ready if isinstance(c, Connection)]
 
-    def _read(self, worker: _Worker) -> tuple[str, object] | None:
+    def _read(self, worker: _Worker) -> Serving | StartFailed | None:
         """The worker's next message, or None once it has exited."""
         try:
-            kind, value = worker.messages.recv()
+            message = worker.messages.recv()
         except (EOFError, OSError):
             worker.messages.close()
             worker.process.join(timeout=5)
             return None
-        if kind == "serving":
+        if not isinstance(message, Serving | StartFailed):
+            raise TypeError(f"worker {worker.slot} sent {message!r}")
+        if isinstance(message, Serving):
             worker.serving = True
             if self._failed_restarts:
                 self._failed_restarts = 0
-        return kind, value
+        return message
 
     def _signal_all(self, signum: int) -> None:
         for worker in self._workers.values():
