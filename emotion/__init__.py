@@ -5,7 +5,8 @@ subclasses :class:`Model` and returns a :class:`Response`.
 """
 
 from emotion.client import Client
-from emotion.config import ServerConfig
+from emotion.codec import InvalidMessage
+from emotion.config import ClientTls, Limits, ServerConfig
 from emotion.contract import BBox, Expression, PipelineStub, Request, Response, Result
 from emotion.model import Model, ModelLoadError, load_model
 from emotion.server import Server
@@ -13,7 +14,10 @@ from emotion.server import Server
 __all__ = [
     "BBox",
     "Client",
+    "ClientTls",
     "Expression",
+    "InvalidMessage",
+    "Limits",
     "Model",
     "ModelLoadError",
     "PipelineStub",

@@ -9,7 +9,10 @@ import emotion
 PUBLIC = [
     "BBox",
     "Client",
+    "ClientTls",
     "Expression",
+    "InvalidMessage",
+    "Limits",
     "Model",
     "ModelLoadError",
     "PipelineStub",

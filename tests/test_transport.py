@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import hyperframe.frame
 import hypothesis
 import hypothesis.strategies as st
@@ -16,6 +18,7 @@ from conftest import StartServer, encode
 from fuzzing import examples
 from grpclib.client import Channel
 from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import RemoteSettingsChanged, TrailersReceived
@@ -23,10 +26,13 @@ from h2.settings import SettingCodes
 from h2client import Outcome, RawConnection, framed, zeros
 from hyperframe.frame import DataFrame
 from PIL import Image
+from sample_models import GatedModel
 
-from emotion import Client, PipelineStub, Request, Response, Server
+from emotion import Client, PipelineStub, Request, Response, Server, ServerConfig
 from emotion._grpclib.connection import QuietDataFrame, short_hex
+from emotion.config import ConnectionAge, Limits
 from emotion.contract import RUN_PIPELINE_PATH
+from emotion.models.mock import MockModel
 
 MiB = 1024 * 1024
 
@@ -80,10 +86,6 @@ async def test_a_200_mb_request_is_refused_from_its_prefix_without_being_buffere
 async def test_the_size_cap_is_configurable_and_counts_the_whole_message(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
-    from grpclib.exceptions import GRPCError
-
-    from emotion.config import Limits
-
     message_size = len(bytes(Request(image=jpeg)))
     exact = await start_server(limits=Limits(max_message_size=message_size))
     short = await start_server(limits=Limits(max_message_size=message_size - 1))
@@ -133,14 +135,10 @@ async def test_a_message_cut_short_by_the_end_of_the_call_is_invalid_argument(
 async def test_aged_connections_are_retired_and_clients_reconnect_without_failing(
     start_server: StartServer, jpeg: bytes, client: str
 ) -> None:
-    from emotion.config import ConnectionAge
-
     server = await start_server(max_connection_age=ConnectionAge(0.3, grace=5))
     target = f"127.0.0.1:{server.port}"
     answers = 0
     if client == "grpcio":
-        import grpc
-
         async with grpc.aio.insecure_channel(target) as channel:
             method = channel.unary_unary(RUN_PIPELINE_PATH)
             for _ in range(20):
@@ -161,11 +159,6 @@ async def test_aged_connections_are_retired_and_clients_reconnect_without_failin
 async def test_a_busy_connection_lets_its_calls_finish_after_goaway_then_closes(
     start_server: StartServer, jpeg: bytes
 ) -> None:
-    import grpc
-    from sample_models import GatedModel
-
-    from emotion.config import ConnectionAge
-
     model = GatedModel()
     server = await start_server(model, max_connection_age=ConnectionAge(0.2, grace=30))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -185,11 +178,6 @@ async def test_a_busy_connection_lets_its_calls_finish_after_goaway_then_closes(
 @pytest.fixture(scope="module")
 def threaded_server() -> Iterator[int]:
     """A server on its own event loop in a thread, for synchronous (hypothesis) tests."""
-    import threading
-
-    from emotion import ServerConfig
-    from emotion.models.mock import MockModel
-
     ready: list[int] = []
     stop = threading.Event()
 
