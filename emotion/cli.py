@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import signal
@@ -31,7 +32,7 @@ from emotion.config import (
 from emotion.model import ModelLoadError, load_model
 from emotion.net import format_address
 from emotion.predict import run as run_predict
-from emotion.process import available_cpus, exit_code, run, write_port_file
+from emotion.process import available_cpus, configure_logging, exit_code, run, write_port_file
 from emotion.security import SecurityConfigError, load_tokens, read_token
 from emotion.server import ModelStartError, serve
 from emotion.settings import Flag, flags, from_values
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emotion", description="Facial emotion recognition over gRPC."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser(
         "serve",
@@ -62,7 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="send images to a server and print the faces as JSON",
         description="Print one JSON object per image: its file and the faces found.",
     )
-    predict_cmd.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict_cmd.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF), or folders of them; with --stream, "
+        "each is one stream: an animated GIF or WebP, or a folder of frames",
+    )
     _add_flags(predict_cmd, PredictOptions)
     demo_cmd = commands.add_parser(
         "demo",
@@ -72,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_flags(demo_cmd, DemoOptions)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version: one number, kept in pyproject.toml."""
+    try:
+        return importlib.metadata.version("emotion")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown (not installed)"
 
 
 def _add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
@@ -237,8 +254,7 @@ def _stop_before_serving(signum: int, frame: object) -> None:
 
 
 def _serve(options: ServeOptions) -> int:
-    level = getattr(logging, options.log_level.upper())
-    logging.basicConfig(level=level, format=LOG_FORMAT)
+    configure_logging(options.log_level, LOG_FORMAT)
     # Importing a model can take seconds; a stop signal meanwhile is a clean exit.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop_before_serving)

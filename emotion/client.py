@@ -11,12 +11,9 @@ from grpclib.exceptions import StreamTerminatedError
 
 from emotion._grpclib import told_to_go_away
 from emotion.codec import ProtobufCodec
-from emotion.config import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_TARGET, REQUEST_OVERHEAD, ClientTls
+from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET, ClientTls
 from emotion.contract import PipelineStub, Request, Response
 from emotion.settings import parse_target as parse_target
-
-#: The largest image a server with default limits accepts.
-DEFAULT_MAX_IMAGE_SIZE = DEFAULT_MAX_MESSAGE_SIZE - REQUEST_OVERHEAD
 
 
 class Client:
@@ -105,8 +102,9 @@ class Client:
         # Refuse locally what the server would refuse after the upload.
         if len(image) > self.max_image_size:
             raise ValueError(
-                f"image is {len(image)} bytes; the limit is {self.max_image_size} "
-                "(servers accept 16 MiB by default; raise both to send more)"
+                f"image is {len(image)} bytes; this client sends at most {self.max_image_size} "
+                f"(a server takes {DEFAULT_MAX_IMAGE_SIZE} by default: to send more, raise "
+                "the server's --max-message-size and this limit together)"
             )
 
     def close(self) -> None:

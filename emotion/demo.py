@@ -23,8 +23,8 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from PIL import Image
 
 from emotion.annotate import annotate, top_expression
-from emotion.client import DEFAULT_MAX_IMAGE_SIZE, Client
-from emotion.config import DemoOptions
+from emotion.client import Client
+from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DemoOptions
 from emotion.contract import EXPRESSION_FIELDS, Response
 from emotion.decode import InvalidImage, decode_image
 from emotion.predict import response_to_dict

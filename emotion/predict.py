@@ -6,6 +6,7 @@ import asyncio
 import collections
 import io
 import json
+import ssl
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ class Failed(Exception):
     """Stops the run: the server cannot be reached or answers only errors."""
 
 
+def images_in(folder: Path) -> list[Path]:
+    """The image files of ``folder``, in name order (by their suffix; the server judges content)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def frames(path: Path) -> Iterator[Frame]:
     """The images a path stands for, for streaming.
 
@@ -46,9 +52,7 @@ def frames(path: Path) -> Iterator[Frame]:
     frames (as PNG); any other file itself.
     """
     if path.is_dir():
-        for index, child in enumerate(
-            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        ):
+        for index, child in enumerate(images_in(path)):
             yield Frame(child, index, child.read_bytes())
         return
     data = path.read_bytes()
@@ -69,17 +73,39 @@ def frames(path: Path) -> Iterator[Frame]:
 async def run(options: PredictOptions) -> int:
     failed = False
     async with Client(
-        options.target, timeout=options.timeout, tls=options.tls, token=options.token
+        options.target,
+        timeout=options.timeout,
+        tls=options.tls,
+        token=options.token,
+        max_image_size=options.max_image_size,
     ) as client:
         try:
             for path in options.images:
                 if options.stream:
                     failed |= not await _stream_one(client, path, options)
+                elif await asyncio.to_thread(path.is_dir):
+                    failed |= not await _predict_folder(client, path, options)
                 else:
                     failed |= not await _predict_one(client, path, options)
         except Failed:
             return 1
     return 1 if failed else 0
+
+
+async def _predict_folder(client: Client, folder: Path, options: PredictOptions) -> bool:
+    """Each image of ``folder`` as a call of its own, in name order."""
+    try:
+        files = await asyncio.to_thread(images_in, folder)
+    except OSError as exc:
+        _say(f"{folder}: {exc.strerror or exc}")
+        return False
+    if not files:
+        _say(f"{folder}: no images in it")
+        return False
+    answered = True
+    for path in files:
+        answered &= await _predict_one(client, path, options)
+    return answered
 
 
 async def _predict_one(client: Client, path: Path, options: PredictOptions) -> bool:
@@ -94,7 +120,7 @@ async def _predict_one(client: Client, path: Path, options: PredictOptions) -> b
         _report(path, exc)
         return False
     except ValueError as exc:  # over the size a server accepts: refused before sending
-        _say(f"{path}: {exc}")
+        _say(f"{path}: {exc}; see --max-image-size")
         return False
     except BaseException as exc:
         _fail(options, exc, path)
@@ -108,10 +134,16 @@ async def _stream_one(client: Client, path: Path, options: PredictOptions) -> bo
         return False
     # Frames are read as the server asks for them; only those in flight are held.
     unanswered: collections.deque[Frame] = collections.deque()
+    # Where each frame came from, to name a bad one by its file.
+    sources: list[str] = []
 
     async def images() -> AsyncIterator[bytes]:
         for frame in frames(path):
             unanswered.append(frame)
+            # A folder's frame is its own file; an animation's is a frame of the file.
+            sources.append(
+                str(frame.source) if frame.source != path else f"{path} frame {frame.index}"
+            )
             yield frame.data
 
     answered = 0
@@ -121,7 +153,7 @@ async def _stream_one(client: Client, path: Path, options: PredictOptions) -> bo
             drawn &= _emit(unanswered.popleft(), response, options)
             answered += 1
     except GRPCError as exc:
-        _report(path, exc)
+        _report(path, _name_the_frame(exc, sources))
         return False
     except (OSError, ValueError) as exc:  # an unreadable or oversized frame, after the others
         where = getattr(exc, "filename", None) or (unanswered[0].source if unanswered else path)
@@ -134,6 +166,15 @@ async def _stream_one(client: Client, path: Path, options: PredictOptions) -> bo
         _say(f"{path}: no images in it")
         return False
     return drawn
+
+
+def _name_the_frame(exc: GRPCError, sources: list[str]) -> GRPCError:
+    """The server names a bad frame by its place in the stream ("image 3: ..."); use its file."""
+    place, _, rest = (exc.message or "").partition(": ")
+    number = place.removeprefix("image ")
+    if place.startswith("image ") and number.isdigit() and int(number) < len(sources):
+        return GRPCError(exc.status, f"{sources[int(number)]}: {rest}")
+    return exc
 
 
 def _report(path: Path, exc: GRPCError) -> None:
@@ -150,6 +191,12 @@ def _fail(options: PredictOptions, exc: BaseException, path: Path) -> None:
     if isinstance(exc, TimeoutError):
         _say(f"{path}: no answer from {options.target} within {options.timeout:g}s")
         raise Failed from None
+    if isinstance(exc, ssl.SSLError):
+        _say(
+            f"cannot reach {options.target} over TLS ({exc.reason or exc}): "
+            "is the server serving TLS? Without --tls-cert it serves plaintext: leave out --tls"
+        )
+        raise Failed from None
     if isinstance(exc, (OSError, ProtocolError, StreamTerminatedError)):
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         _say(f"cannot reach {options.target}: {reason}")
@@ -164,7 +211,12 @@ def _emit(frame: Frame, response: Response, options: PredictOptions) -> bool:
 
 def _draw(frame: Frame, response: Response, options: PredictOptions) -> bool:
     assert options.annotate is not None
-    one_file = not options.stream and len(options.images) == 1 and options.annotate.suffix != ""
+    one_file = (
+        not options.stream
+        and len(options.images) == 1
+        and frame.source == options.images[0]
+        and options.annotate.suffix != ""
+    )
     if one_file:
         target = options.annotate
     else:

@@ -21,6 +21,27 @@ from emotion.config import LOOPS
 log = logging.getLogger(__name__)
 
 
+#: What grpclib's server logs about a call that emotion.calls logs too, with its status.
+_SAID_BY_CALLS = frozenset({"Deadline exceeded", "Request was cancelled: %s"})
+
+
+class _OncePerCall(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in _SAID_BY_CALLS
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """The process's log: ``level`` and ``log_format``, one line per failed call.
+
+    grpclib logs a cancelled or expired call at INFO as well; emotion.calls
+    already says it, with the method, status, peer and request id.
+    """
+    logging.basicConfig(level=level.upper(), format=log_format)
+    quiet = logging.getLogger("grpclib.server")
+    if not any(isinstance(f, _OncePerCall) for f in quiet.filters):
+        quiet.addFilter(_OncePerCall())
+
+
 def apply_process_settings(*, max_pixels: int) -> None:
     """Settings that hold for the whole process, applied where serving starts.
 

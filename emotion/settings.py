@@ -239,6 +239,12 @@ def parse_bool(text: str) -> bool:
 
 def parse_target(target: str) -> tuple[str, int]:
     """Split ``host:port`` (``[v6addr]:port`` for IPv6) into its parts."""
+    scheme, found, rest = target.partition("://")
+    if found:
+        raise ValueError(
+            f"target {target!r} is not of the form host:port: leave out {scheme}://, "
+            f"gRPC targets have no scheme (try {rest.rstrip('/')!r})"
+        )
     host, sep, port_text = target.rpartition(":")
     if not sep or not host or not port_text.isdigit():
         raise ValueError(f"target {target!r} is not of the form host:port")

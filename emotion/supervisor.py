@@ -34,7 +34,7 @@ from emotion.config import ServeOptions, ServerConfig
 from emotion.metrics import MULTIPROCESS_DIR, forget_process, multiprocess_registry, serve_metrics
 from emotion.model import Model, load_model
 from emotion.net import bound_socket, format_address, free_port
-from emotion.process import available_cpus, exit_code, run, write_port_file
+from emotion.process import available_cpus, configure_logging, exit_code, run, write_port_file
 from emotion.server import serve
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def _worker_main(
     options: ServeOptions, config: ServerConfig, messages: Connection, log_format: str
 ) -> None:
     """Entry point of a worker process: serve ``config``, the supervisor's share of ``options``."""
-    logging.basicConfig(level=options.log_level.upper(), format=log_format)
+    configure_logging(options.log_level, log_format)
     # Ctrl-C reaches the whole process group; only the parent's word counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import socket
 import subprocess
@@ -413,4 +414,37 @@ async def test_a_port_already_taken_is_refused_even_by_a_port_sharing_server(
     assert process.returncode == 1
     assert err.decode().splitlines()[-1] == (
         f"emotion serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+
+
+@pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "emotion")], EMOTION])
+async def test_version_is_the_installed_distributions(launcher: list[str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *launcher, "--version", stdout=asyncio.subprocess.PIPE, env=subprocess_env()
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 0
+    assert out.decode() == f"emotion {importlib.metadata.version('emotion')}\n"
+
+
+@pytest.mark.parametrize("command", ["predict", "demo"])
+async def test_a_target_with_a_scheme_is_refused_with_what_to_write_instead(command: str) -> None:
+    args = ["x.jpg"] if command == "predict" else []
+
+    code, _, err = await run(command, *args, "--target", "http://localhost:50051/")
+
+    assert code == 2
+    assert err.rstrip().endswith(
+        "argument --target: target 'http://localhost:50051/' is not of the form host:port: "
+        "leave out http://, gRPC targets have no scheme (try 'localhost:50051')"
+    )
+
+
+async def test_predict_help_says_what_an_image_argument_may_be() -> None:
+    code, out, _ = await run("predict", "--help")
+
+    assert code == 0
+    assert "IMAGE image files (JPEG, PNG, WebP, BMP, GIF, TIFF), or folders of them" in " ".join(
+        out.split()
     )

@@ -16,12 +16,13 @@ from grpclib.client import Channel
 from serving import Served, start_serving, wait_for_port
 
 from emotion import PipelineStub, Request
-from emotion.cli import UsageError, build_parser, predict_options, serve_options
-from emotion.client import DEFAULT_MAX_IMAGE_SIZE
+from emotion.cli import UsageError, build_parser, demo_options, predict_options, serve_options
 from emotion.config import (
+    DEFAULT_MAX_IMAGE_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     ClientTls,
     ConnectionAge,
+    DemoOptions,
     Limits,
     PredictOptions,
     ServeOptions,
@@ -173,6 +174,10 @@ def _predict(argv: list[str], environ: dict[str, str]) -> PredictOptions:
     return predict_options(build_parser().parse_args(["predict", "x.jpg", *argv]), environ)
 
 
+def _demo(argv: list[str], environ: dict[str, str]) -> DemoOptions:
+    return demo_options(build_parser().parse_args(["demo", *argv]), environ)
+
+
 SERVE_SAMPLES: dict[str, tuple[str, Any]] = {
     "--model": ("pkg.mod:Cls", lambda o: o.model == "pkg.mod:Cls"),
     "--host": ("[::1]", lambda o: o.server.host == "::1"),
@@ -208,6 +213,19 @@ PREDICT_SAMPLES: dict[str, tuple[str, Any]] = {
     "--token-file": ("TOKEN", lambda o: o.token == "t0k3n"),
     "--stream": ("true", lambda o: o.stream is True),
     "--annotate": ("out.png", lambda o: o.annotate == Path("out.png")),
+    "--max-image-size": ("32MiB", lambda o: o.max_image_size == 32 * 1024 * 1024),
+}
+
+DEMO_SAMPLES: dict[str, tuple[str, Any]] = {
+    "--target": ("host:1234", lambda o: o.target == "host:1234"),
+    "--timeout": ("2", lambda o: o.timeout == 2),
+    "--tls": ("1", lambda o: o.tls == ClientTls()),
+    "--tls-ca": ("CA", lambda o: o.tls is not None and o.tls.ca is not None),
+    "--tls-cert": ("CERT", lambda o: o.tls is not None and o.tls.cert is not None),
+    "--tls-key": ("KEY", lambda o: o.tls is not None and o.tls.key is not None),
+    "--token-file": ("TOKEN", lambda o: o.token == "t0k3n"),
+    "--host": ("0.0.0.0", lambda o: o.host == "0.0.0.0"),
+    "--port": ("8000", lambda o: o.port == 8000),
 }
 
 
@@ -227,6 +245,24 @@ def _files(tmp_path: Path, text: str) -> str:
 def test_the_samples_cover_every_flag() -> None:
     assert set(SERVE_SAMPLES) == {flag.name for _, flag in flags(ServeOptions)}
     assert set(PREDICT_SAMPLES) == {flag.name for _, flag in flags(PredictOptions)}
+    assert set(DEMO_SAMPLES) == {flag.name for _, flag in flags(DemoOptions)}
+
+
+@pytest.mark.parametrize("name", list(DEMO_SAMPLES))
+def test_every_demo_variable_is_read_and_named_for_the_demo(name: str, tmp_path: Path) -> None:
+    text, holds = DEMO_SAMPLES[name]
+    flag = next(flag for _, flag in flags(DemoOptions) if flag.name == name)
+    environ = {flag.env: _files(tmp_path, text)}
+    if name in {"--tls-cert", "--tls-key"}:  # a client certificate needs its key
+        environ = {
+            "EMOTION_DEMO_TLS_CERT": _files(tmp_path, "CERT"),
+            "EMOTION_DEMO_TLS_KEY": _files(tmp_path, "KEY"),
+        }
+    others = {key: value for key, value in environ.items() if key != flag.env}
+
+    assert flag.env.startswith("EMOTION_DEMO_")
+    assert holds(_demo([], environ))
+    assert holds(_demo([name] if flag.switch else [name, environ[flag.env]], others))
 
 
 @pytest.mark.parametrize("name", list(SERVE_SAMPLES))

@@ -12,6 +12,7 @@ from conftest import EMOTION, TESTS, StartServer, encode, gradient, subprocess_e
 from PIL import Image, ImageChops
 from sample_models import SizeModel
 
+from emotion import Server
 from emotion.predict import frames
 
 
@@ -131,3 +132,81 @@ async def test_predict_edge_cases_are_one_line_each_and_the_run_goes_on(
     assert "Traceback" not in stream_err + plain_err + draw_err
     assert usage_code == 2
     assert "with --stream, --annotate names a folder" in usage_err
+
+
+async def test_a_folder_without_stream_is_one_call_per_image_in_name_order(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(SizeModel())
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, width in (("b.png", 20), ("a.jpg", 30), ("notes.txt", 0)):
+        data = encode(gradient(width, 10), "PNG") if width else b"not an image"
+        (folder / name).write_bytes(data)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    code, out, err = await run(
+        "predict", str(folder), str(empty), "--annotate", str(tmp_path / "drawn"),
+        "--target", f"127.0.0.1:{server.port}",
+    )  # fmt: skip
+
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["file"] for line in lines] == [str(folder / "a.jpg"), str(folder / "b.png")]
+    assert [line["faces"][0]["bbox"]["x2"] for line in lines] == [30, 20]
+    assert "frame" not in lines[0]
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["a.png", "b.png"]
+    assert err == f"emotion predict: {empty}: no images in it\n"
+    assert code == 1
+
+
+async def test_a_bad_file_in_a_streamed_folder_is_named_by_its_file(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(SizeModel())
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "0.png").write_bytes(encode(gradient(30, 10), "PNG"))
+    (folder / "1.png").write_bytes(encode(gradient(30, 10), "PNG"))
+    (folder / "2.jpg").write_bytes(b"truncated \xff\xd8\xff")
+
+    code, out, err = await run(
+        "predict", "--stream", str(folder), "--target", f"127.0.0.1:{server.port}"
+    )
+
+    assert [json.loads(line)["frame"] for line in out.splitlines()] == [0, 1]
+    assert err.startswith(f"emotion predict: {folder}: INVALID_ARGUMENT: {folder / '2.jpg'}: ")
+    assert "image 2" not in err
+    assert code == 1
+
+
+async def test_max_image_size_raises_what_predict_sends(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(SizeModel())
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(encode(gradient(40, 10), "PNG"))
+    target = ("--target", f"127.0.0.1:{server.port}")
+
+    small_code, _, small_err = await run("predict", str(photo), "--max-image-size", "100", *target)
+    code, out, _ = await run("predict", str(photo), "--max-image-size", "1MiB", *target)
+
+    assert small_code == 1
+    assert "this client sends at most 100" in small_err
+    assert small_err.rstrip().endswith("see --max-image-size")
+    assert (code, json.loads(out)["file"]) == (0, str(photo))
+
+
+async def test_tls_to_a_plaintext_server_says_the_server_is_not_serving_tls(
+    server: Server,
+) -> None:
+    photo = TESTS / "fixtures" / "astronaut.jpg"
+
+    code, out, err = await run(
+        "predict", str(photo), "--tls", "--target", f"127.0.0.1:{server.port}"
+    )
+
+    assert (code, out) == (1, "")
+    assert err.startswith(f"emotion predict: cannot reach 127.0.0.1:{server.port} over TLS (")
+    assert "is the server serving TLS?" in err
+    assert "Traceback" not in err

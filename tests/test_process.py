@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from pathlib import Path
 
 import pytest
+from conftest import encode, gradient
 from PIL import Image
+from sample_models import GatedModel
 
-from emotion.process import apply_process_settings, available_cpus
+from emotion.process import apply_process_settings, available_cpus, configure_logging
+from emotion.testing import serve_model
 
 
 @pytest.mark.parametrize(
@@ -54,3 +59,23 @@ def test_process_settings_raise_pillows_pixel_guard_to_the_limit_and_never_lower
 
     assert raised == 200_000_000
     assert Image.MAX_IMAGE_PIXELS == 200_000_000
+
+
+async def test_a_call_that_ends_early_is_logged_once_by_emotion_not_again_by_grpclib(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    configure_logging("info", "%(message)s")
+    model = GatedModel()
+
+    with caplog.at_level(logging.INFO):
+        async with serve_model(model, timeout=0.2, grace=0) as client:
+            with pytest.raises(TimeoutError):
+                await client.predict(encode(gradient(), "JPEG"))
+            await asyncio.sleep(0.3)
+        model.gate.set()
+
+    about_the_call = [r for r in caplog.records if r.name in {"emotion.calls", "grpclib.server"}]
+    assert [r.name for r in about_the_call] == ["emotion.calls"]
+    assert "status=CANCELLED" in about_the_call[0].getMessage() or (
+        "status=DEADLINE_EXCEEDED" in about_the_call[0].getMessage()
+    )

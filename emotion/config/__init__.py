@@ -9,6 +9,7 @@ environment variable named by :func:`emotion.settings.env_name`.
 
 from emotion.config.client import ClientTls, DemoOptions, PredictOptions
 from emotion.config.server import (
+    DEFAULT_MAX_IMAGE_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MODEL,
     DEFAULT_TARGET,
@@ -23,6 +24,7 @@ from emotion.config.server import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MODEL",
     "DEFAULT_TARGET",

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from emotion.config.server import DEFAULT_TARGET
+from emotion.config.server import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET
 from emotion.security import client_context
 from emotion.settings import (
     Settings,
@@ -30,6 +30,7 @@ from emotion.settings import (
     parse_host,
     parse_int,
     parse_path,
+    parse_size,
 )
 
 _predict = partial(flag_meta, "predict")
@@ -150,6 +151,16 @@ class PredictOptions(Settings):
     timeout: float = _timeout("predict")
     tls: ClientTls | None = _tls("predict")  # noqa: RUF009 - a field(), made per command
     token: str | None = _token("predict")
+    max_image_size: int = field(
+        default=DEFAULT_MAX_IMAGE_SIZE,
+        metadata=_predict(
+            "--max-image-size",
+            parse_size,
+            at_least(1, "a size in bytes"),
+            "largest image to send, e.g. 32MiB; raise it with the server's --max-message-size",
+            default_text="16 MiB",
+        ),
+    )
     stream: bool = field(
         default=False,
         metadata=_predict(

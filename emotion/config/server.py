@@ -49,6 +49,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 REQUEST_OVERHEAD = 64 * 1024
 #: 16 MiB for the image, plus room for the message around it.
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + REQUEST_OVERHEAD
+#: The largest image a server with default limits accepts.
+DEFAULT_MAX_IMAGE_SIZE = DEFAULT_MAX_MESSAGE_SIZE - REQUEST_OVERHEAD
 
 
 _serve = partial(flag_meta, "serve")
