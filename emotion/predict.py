@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from PIL import Image, ImageSequence
 
@@ -117,7 +118,7 @@ async def _predict_one(client: Client, path: Path, options: PredictOptions) -> b
     try:
         response = await client.predict(data)
     except GRPCError as exc:
-        _report(path, exc)
+        _report(path, exc, options)
         return False
     except ValueError as exc:  # over the size a server accepts: refused before sending
         _say(f"{path}: {exc}; see --max-image-size")
@@ -153,7 +154,7 @@ async def _stream_one(client: Client, path: Path, options: PredictOptions) -> bo
             drawn &= _emit(unanswered.popleft(), response, options)
             answered += 1
     except GRPCError as exc:
-        _report(path, _name_the_frame(exc, sources))
+        _report(path, _name_the_frame(exc, sources), options)
         return False
     except (OSError, ValueError) as exc:  # an unreadable or oversized frame, after the others
         where = getattr(exc, "filename", None) or (unanswered[0].source if unanswered else path)
@@ -177,8 +178,12 @@ def _name_the_frame(exc: GRPCError, sources: list[str]) -> GRPCError:
     return exc
 
 
-def _report(path: Path, exc: GRPCError) -> None:
-    _say(f"{path}: {exc.status.name}: {exc.message}")
+def _report(path: Path, exc: GRPCError, options: PredictOptions) -> None:
+    if exc.status is Status.DEADLINE_EXCEEDED:
+        # The server's clock ran out first: the same timeout as the client's own.
+        _say(f"{path}: no answer from {options.target} within {options.timeout:g}s")
+        raise Failed
+    _say(f"{path}: {exc.status.name}: {exc.message or 'the server gave no reason'}")
     if exc.status not in ABOUT_THE_REQUEST:
         raise Failed
 

@@ -143,7 +143,7 @@ async def test_the_client_refuses_an_oversized_image_before_sending_it(
     server = await start_server()
 
     async with Client(f"127.0.0.1:{server.port}", max_image_size=1000) as client:
-        with pytest.raises(ValueError, match="image is 2000 bytes; the limit is 1000"):
+        with pytest.raises(ValueError, match="image is 2000 bytes; this client sends at most 1000"):
             await client.predict(bytes(2000))
 
 
