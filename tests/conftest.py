@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import sys
@@ -93,3 +94,17 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 EMOTION = [sys.executable, "-m", "emotion"]
+
+
+async def run_emotion(*args: str, **env: str) -> tuple[int, str, str]:
+    """Run ``emotion ARGS`` to its end: exit code, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(**env),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

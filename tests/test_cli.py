@@ -11,24 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EMOTION, TESTS, StartServer, encode, gradient, subprocess_env
+from conftest import EMOTION, TESTS, StartServer, encode, gradient, run_emotion, subprocess_env
 from sample_models import GatedLoadModel, GatedModel, SizeModel
 from serving import free_port, start_serving
 
 from emotion.cli import build_parser, serve_options
-
-
-async def run(*args: str, **env: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(**env),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -45,7 +32,7 @@ async def test_predict_prints_one_json_object_per_image(
     second = tmp_path / "second.png"
     second.write_bytes(encode(gradient(100, 50), "PNG"))
 
-    code, out, err = await run(
+    code, out, err = await run_emotion(
         "predict", str(photo), str(second), "--target", f"127.0.0.1:{server.port}"
     )
 
@@ -74,7 +61,7 @@ async def test_predict_reports_bad_images_and_missing_files_and_goes_on(
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
 
-    code, out, err = await run(
+    code, out, err = await run_emotion(
         "predict",
         str(bad),
         str(tmp_path / "missing.jpg"),
@@ -95,7 +82,7 @@ async def test_predict_reports_bad_images_and_missing_files_and_goes_on(
 async def test_predict_against_an_unreachable_server_fails_in_one_line(photo: Path) -> None:
     port = free_port()
 
-    code, out, err = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
+    code, out, err = await run_emotion("predict", str(photo), "--target", f"127.0.0.1:{port}")
 
     assert code == 1
     assert out == ""
@@ -107,7 +94,7 @@ async def test_predict_times_out_in_one_line(start_server: StartServer, photo: P
     model = GatedModel()
     server = await start_server(model)
     try:
-        code, _, err = await run(
+        code, _, err = await run_emotion(
             "predict", str(photo), "--target", f"127.0.0.1:{server.port}", "--timeout", "0.5"
         )
     finally:
@@ -141,14 +128,14 @@ async def test_predict_times_out_in_one_line(start_server: StartServer, photo: P
 async def test_serve_fails_at_startup_with_one_line_on_a_bad_model(
     args: list[str], env: dict[str, str], message: str
 ) -> None:
-    code, _, err = await run("serve", "--port", "0", "--workers", "1", *args, **env)
+    code, _, err = await run_emotion("serve", "--port", "0", "--workers", "1", *args, **env)
 
     assert code == 1
     assert err.endswith(message)
 
 
 async def test_serve_with_workers_fails_at_startup_when_a_worker_cannot_load() -> None:
-    code, _, err = await run(
+    code, _, err = await run_emotion(
         "serve", "--port", "0", "--workers", "2", "--model", "sample_models:FailingLoadModel"
     )
 
@@ -166,7 +153,7 @@ async def test_serve_reports_a_port_in_use() -> None:
         taken.listen()
         port = taken.getsockname()[1]
 
-        code, _, err = await run("serve", "--port", str(port))
+        code, _, err = await run_emotion("serve", "--port", str(port))
 
     assert code == 1
     assert err.endswith(
@@ -184,7 +171,7 @@ async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> Non
     process = served.process
     try:
         assert served.port == port
-        code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
+        code, out, _ = await run_emotion("predict", str(photo), "--target", f"127.0.0.1:{port}")
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)
@@ -247,7 +234,7 @@ async def test_serve_without_the_fer_extra_says_what_to_install(tmp_path: Path) 
         "raise ModuleNotFoundError(\"No module named 'ai_edge_litert'\", name='ai_edge_litert')\n"
     )
 
-    code, _, err = await run("serve", "--port", "0", PYTHONPATH=str(tmp_path))
+    code, _, err = await run_emotion("serve", "--port", "0", PYTHONPATH=str(tmp_path))
 
     assert code == 1
     assert err == (
@@ -260,7 +247,7 @@ async def test_serve_with_no_model_flag_serves_the_fer_model(photo: Path) -> Non
     served = await start_serving("--port", "0")
     process, port = served.process, served.port
     try:
-        code, out, _ = await run(
+        code, out, _ = await run_emotion(
             "predict", str(TESTS / "fixtures" / "astronaut.jpg"), "--target", f"127.0.0.1:{port}"
         )
     finally:
@@ -301,7 +288,7 @@ async def test_the_console_script_finds_models_in_the_working_directory(
     )
     process, port = served.process, served.port
     try:
-        code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.1:{port}")
+        code, out, _ = await run_emotion("predict", str(photo), "--target", f"127.0.0.1:{port}")
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)
@@ -311,7 +298,7 @@ async def test_the_console_script_finds_models_in_the_working_directory(
 
 
 async def test_serve_on_a_host_that_does_not_resolve_fails_in_one_line() -> None:
-    code, _, err = await run(
+    code, _, err = await run_emotion(
         "serve", "--workers", "1", "--host", "nosuch.invalid", "--model", "sample_models:PidModel"
     )
 
@@ -332,7 +319,9 @@ async def test_host_and_log_level_come_from_the_environment(photo: Path) -> None
     )
     process = served.process
     try:
-        code, out, _ = await run("predict", str(photo), "--target", f"127.0.0.2:{served.port}")
+        code, out, _ = await run_emotion(
+            "predict", str(photo), "--target", f"127.0.0.2:{served.port}"
+        )
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)
@@ -350,7 +339,7 @@ async def test_predict_stops_at_the_first_unavailable(
     model = GatedLoadModel()
     server = await start_server(model, wait=False)
     try:
-        code, out, err = await run(
+        code, out, err = await run_emotion(
             "predict", str(photo), str(photo), "--target", f"127.0.0.1:{server.port}"
         )
     finally:
@@ -397,22 +386,12 @@ async def test_a_port_already_taken_is_refused_even_by_a_port_sharing_server(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = await asyncio.create_subprocess_exec(
-            *EMOTION,
-            "serve",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-            "--model",
-            "sample_models:PidModel",
-            stderr=asyncio.subprocess.PIPE,
-            env=subprocess_env(),
+        code, _, err = await run_emotion(
+            "serve", "--workers", "2", "--port", str(port), "--model", "sample_models:PidModel"
         )
-        _, err = await asyncio.wait_for(process.communicate(), 60)
 
-    assert process.returncode == 1
-    assert err.decode().splitlines()[-1] == (
+    assert code == 1
+    assert err.splitlines()[-1] == (
         f"emotion serve: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
 
@@ -432,7 +411,7 @@ async def test_version_is_the_installed_distributions(launcher: list[str]) -> No
 async def test_a_target_with_a_scheme_is_refused_with_what_to_write_instead(command: str) -> None:
     args = ["x.jpg"] if command == "predict" else []
 
-    code, _, err = await run(command, *args, "--target", "http://localhost:50051/")
+    code, _, err = await run_emotion(command, *args, "--target", "http://localhost:50051/")
 
     assert code == 2
     assert err.rstrip().endswith(
@@ -442,7 +421,7 @@ async def test_a_target_with_a_scheme_is_refused_with_what_to_write_instead(comm
 
 
 async def test_predict_help_says_what_an_image_argument_may_be() -> None:
-    code, out, _ = await run("predict", "--help")
+    code, out, _ = await run_emotion("predict", "--help")
 
     assert code == 0
     assert "IMAGE image files (JPEG, PNG, WebP, BMP, GIF, TIFF), or folders of them" in " ".join(

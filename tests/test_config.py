@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from certs import Authority
-from conftest import EMOTION, subprocess_env
+from conftest import EMOTION, run_emotion, subprocess_env
 from grpclib.client import Channel
 from serving import Served, start_serving, wait_for_port
 
@@ -248,23 +248,6 @@ def test_the_samples_cover_every_flag() -> None:
     assert set(DEMO_SAMPLES) == {flag.name for _, flag in flags(DemoOptions)}
 
 
-@pytest.mark.parametrize("name", list(DEMO_SAMPLES))
-def test_every_demo_variable_is_read_and_named_for_the_demo(name: str, tmp_path: Path) -> None:
-    text, holds = DEMO_SAMPLES[name]
-    flag = next(flag for _, flag in flags(DemoOptions) if flag.name == name)
-    environ = {flag.env: _files(tmp_path, text)}
-    if name in {"--tls-cert", "--tls-key"}:  # a client certificate needs its key
-        environ = {
-            "EMOTION_DEMO_TLS_CERT": _files(tmp_path, "CERT"),
-            "EMOTION_DEMO_TLS_KEY": _files(tmp_path, "KEY"),
-        }
-    others = {key: value for key, value in environ.items() if key != flag.env}
-
-    assert flag.env.startswith("EMOTION_DEMO_")
-    assert holds(_demo([], environ))
-    assert holds(_demo([name] if flag.switch else [name, environ[flag.env]], others))
-
-
 @pytest.mark.parametrize("name", list(SERVE_SAMPLES))
 def test_every_serve_variable_is_read(name: str, tmp_path: Path) -> None:
     text, holds = SERVE_SAMPLES[name]
@@ -279,20 +262,34 @@ def test_every_serve_variable_is_read(name: str, tmp_path: Path) -> None:
     assert holds(_serve([name, environ[flag.env]], others))
 
 
-@pytest.mark.parametrize("name", list(PREDICT_SAMPLES))
-def test_every_predict_variable_is_read(name: str, tmp_path: Path) -> None:
-    text, holds = PREDICT_SAMPLES[name]
-    flag = next(flag for _, flag in flags(PredictOptions) if flag.name == name)
+CLIENT_COMMANDS: dict[str, tuple[dict[str, tuple[str, Any]], type[Any], Any]] = {
+    "predict": (PREDICT_SAMPLES, PredictOptions, _predict),
+    "demo": (DEMO_SAMPLES, DemoOptions, _demo),
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [(command, name) for command, (samples, _, _) in CLIENT_COMMANDS.items() for name in samples],
+)
+def test_every_client_variable_is_read_and_named_for_its_command(
+    command: str, name: str, tmp_path: Path
+) -> None:
+    samples, options, make = CLIENT_COMMANDS[command]
+    text, holds = samples[name]
+    flag = next(flag for _, flag in flags(options) if flag.name == name)
     environ = {flag.env: _files(tmp_path, text)}
     if name in {"--tls-cert", "--tls-key"}:  # a client certificate needs its key
+        prefix = f"EMOTION_{command.upper()}_"
         environ = {
-            "EMOTION_PREDICT_TLS_CERT": _files(tmp_path, "CERT"),
-            "EMOTION_PREDICT_TLS_KEY": _files(tmp_path, "KEY"),
+            f"{prefix}TLS_CERT": _files(tmp_path, "CERT"),
+            f"{prefix}TLS_KEY": _files(tmp_path, "KEY"),
         }
     others = {key: value for key, value in environ.items() if key != flag.env}
 
-    assert holds(_predict([], environ))
-    assert holds(_predict([name] if flag.switch else [name, environ[flag.env]], others))
+    assert flag.env.startswith(f"EMOTION_{command.upper()}_")
+    assert holds(make([], environ))
+    assert holds(make([name] if flag.switch else [name, environ[flag.env]], others))
 
 
 def test_a_flag_wins_over_its_variable_and_empty_variables_are_unset() -> None:
@@ -418,22 +415,12 @@ async def test_a_port_file_left_by_an_earlier_run_is_removed_before_serving(
 
 async def test_an_unwritable_port_file_fails_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "port"
-    process = await asyncio.create_subprocess_exec(
-        *EMOTION,
-        "serve",
-        "--port",
-        "0",
-        "--port-file",
-        str(path),
-        "--model",
-        "sample_models:PidModel",
-        stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(),
+    code, _, err = await run_emotion(
+        "serve", "--port", "0", "--port-file", str(path), "--model", "sample_models:PidModel"
     )
-    _, err = await asyncio.wait_for(process.communicate(), 60)
 
-    assert process.returncode == 1
-    assert err.decode() == f"emotion serve: cannot write {path}: no such folder\n"
+    assert code == 1
+    assert err == f"emotion serve: cannot write {path}: no such folder\n"
 
 
 async def test_the_helper_learns_the_port_from_the_file() -> None:
