@@ -19,6 +19,7 @@ from PIL import Image
 
 from emotion.contract import Response
 from emotion.inference import DeadlinePassed, Inference
+from emotion.tracing import MODEL, NoTracing, Tracer
 
 RunBatch = Callable[[Sequence[Image.Image]], list[Response]]
 
@@ -28,6 +29,7 @@ class _Waiting:
     image: Image.Image
     deadline: float | None
     answer: asyncio.Future[Response]
+    caller: object  # its call's span, linked from the batch run's
 
 
 class Batcher:
@@ -41,12 +43,14 @@ class Batcher:
         max_size: int,
         max_delay: float,
         on_batch: Callable[[int], None] | None = None,
+        tracing: Tracer | None = None,
     ) -> None:
         if max_size < 2:
             raise ValueError("a batch needs room for at least two images")
         self._run_batch = run_batch
         self._inference = inference
         self._on_batch = on_batch
+        self._tracing = tracing or NoTracing()
         self.max_size = max_size
         self.max_delay = max_delay
         self._waiting: list[_Waiting] = []
@@ -60,7 +64,7 @@ class Batcher:
         deadline passes before its batch starts is left out of it.
         """
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(image, deadline, loop.create_future())
+        waiting = _Waiting(image, deadline, loop.create_future(), self._tracing.current())
         self._waiting.append(waiting)
         if len(self._waiting) >= self.max_size:
             self._dispatch()
@@ -86,9 +90,10 @@ class Batcher:
         # The job waits as long as its latest image may; earlier ones are dropped inside it.
         latest = None if None in deadlines else max(d for d in deadlines if d is not None)
         try:
-            ran, responses = await self._inference.run(
-                self._live_only, batch, deadline=latest, weight=len(batch)
-            )
+            with self._tracing.batch_run(len(batch), [w.caller for w in batch]):
+                ran, responses = await self._inference.run(
+                    self._live_only, batch, deadline=latest, weight=len(batch)
+                )
         except Exception as exc:
             for waiting in batch:
                 _settle(waiting, exc)
@@ -105,7 +110,8 @@ class Batcher:
         if not live:
             return [], []
         self._on_batch_size(len(live))
-        return live, self._run_batch([w.image for w in live])
+        with self._tracing.span(MODEL):
+            return live, self._run_batch([w.image for w in live])
 
     def _on_batch_size(self, size: int) -> None:
         if self._on_batch is not None:

@@ -1,6 +1,6 @@
 """What every Pipeline call gets around its answer: a request id, its status, one log line, metrics.
 
-And the count of calls in progress that a drain waits on.
+And its span when tracing is on, and the count of calls in progress that a drain waits on.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from grpclib.server import Stream
 from emotion.errors import to_grpc_error
 from emotion.metrics import NoMetrics, Recorder
 from emotion.net import format_address
+from emotion.tracing import NoTracing, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/-]+")
 class Calls:
     """Runs each call's answer and finishes the call, whatever the answer did."""
 
-    def __init__(self, metrics: Recorder | None = None) -> None:
+    def __init__(self, metrics: Recorder | None = None, tracing: Tracer | None = None) -> None:
         self._metrics = metrics or NoMetrics()
+        self._tracing = tracing or NoTracing()
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -59,6 +61,7 @@ class Calls:
         method = path.rsplit("/", 1)[1]
         self._metrics.call_started(method, kind)
         request_id = _request_id(stream)
+        span = self._tracing.server_call(path, stream, request_id)
         trailers = {"x-request-id": request_id}
         status, message = Status.OK, None
         failure: BaseException | None = None  # logged with its traceback, never sent
@@ -98,6 +101,7 @@ class Calls:
             if not self._active:
                 self._idle.set()
             seconds = time.perf_counter() - started
+            span.end(status, message)
             self._metrics.call_finished(method, kind, status.name, seconds)
             _log(stream, path, status, message, seconds, request_id, failure)
 

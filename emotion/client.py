@@ -12,8 +12,15 @@ from grpclib.exceptions import StreamTerminatedError
 from emotion._grpclib import told_to_go_away
 from emotion.codec import ProtobufCodec
 from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET, ClientTls
-from emotion.contract import PipelineStub, Request, Response
+from emotion.contract import (
+    RUN_PIPELINE_PATH,
+    STREAM_PIPELINE_PATH,
+    PipelineStub,
+    Request,
+    Response,
+)
 from emotion.settings import parse_target as parse_target
+from emotion.tracing import NoTracing, Tracer
 
 
 class Client:
@@ -25,6 +32,8 @@ class Client:
     ``stub`` is the generated PipelineStub for anything the helpers do not cover.
     Answers are read strictly: one that is not a valid Response (a broken or
     hostile server) raises :class:`emotion.codec.InvalidMessage`.
+    Each call carries the caller's OpenTelemetry trace (``traceparent``), if
+    it has one; with ``tracing``, each call also gets a CLIENT span of its own.
     """
 
     def __init__(
@@ -35,6 +44,7 @@ class Client:
         tls: ClientTls | None = None,
         token: str | None = None,
         max_image_size: int = DEFAULT_MAX_IMAGE_SIZE,
+        tracing: Tracer | None = None,
     ) -> None:
         host, port = parse_target(target)
         self.target = target
@@ -43,25 +53,28 @@ class Client:
         self._channel = Channel(
             host, port, ssl=None if tls is None else tls.context(), codec=ProtobufCodec()
         )
-        metadata = None if token is None else {"authorization": f"Bearer {token}"}
-        self.stub = PipelineStub(self._channel, timeout=timeout, metadata=metadata)
+        self._metadata = {} if token is None else {"authorization": f"Bearer {token}"}
+        self._tracing = tracing or NoTracing()
+        self.stub = PipelineStub(self._channel, timeout=timeout, metadata=self._metadata or None)
 
     async def predict(self, image: bytes, *, timeout: float | None = None) -> Response:
         """Run the pipeline on the bytes of one image file."""
         self._check_size(image)
         request = Request(image=image)
-        for _ in range(2):
-            try:
-                return await self.stub.run_pipeline(request, timeout=timeout)
-            except StreamTerminatedError:
-                # A server retiring its connection (GOAWAY, --max-connection-age)
-                # can cross a call on the wire; such a call did not run, and
-                # inference is safe to repeat. A connection that broke without
-                # a GOAWAY (a crashed server) is not retried.
-                if not told_to_go_away(self._channel):
-                    raise
-                await asyncio.sleep(0.01)  # let the channel drop the old connection
-        return await self.stub.run_pipeline(request, timeout=timeout)
+        with self._tracing.client_call(RUN_PIPELINE_PATH) as trace:
+            metadata = self._with(trace)
+            for _ in range(2):
+                try:
+                    return await self.stub.run_pipeline(request, timeout=timeout, metadata=metadata)
+                except StreamTerminatedError:
+                    # A server retiring its connection (GOAWAY, --max-connection-age)
+                    # can cross a call on the wire; such a call did not run, and
+                    # inference is safe to repeat. A connection that broke without
+                    # a GOAWAY (a crashed server) is not retried.
+                    if not told_to_go_away(self._channel):
+                        raise
+                    await asyncio.sleep(0.01)  # let the channel drop the old connection
+            return await self.stub.run_pipeline(request, timeout=timeout, metadata=metadata)
 
     async def stream(
         self,
@@ -93,10 +106,20 @@ class Client:
             except Exception as exc:
                 failure.append(exc)
 
-        async for response in self.stub.stream_pipeline(requests(), timeout=timeout):
-            yield response
+        with self._tracing.client_call(STREAM_PIPELINE_PATH) as trace:
+            answers = self.stub.stream_pipeline(
+                requests(), timeout=timeout, metadata=self._with(trace)
+            )
+            async for response in answers:
+                yield response
         if failure:
             raise failure[0]
+
+    def _with(self, trace: dict[str, str] | None) -> dict[str, str] | None:
+        """The call's metadata: the stub's own, or that and the trace's headers."""
+        if not trace:
+            return self._metadata or None
+        return {**self._metadata, **trace}
 
     def _check_size(self, image: bytes) -> None:
         # Refuse locally what the server would refuse after the upload.

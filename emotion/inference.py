@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from emotion.metrics import NoMetrics, Recorder
 from emotion.model import ModelFailure
+from emotion.tracing import NoTracing, Tracer
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -62,10 +63,12 @@ class Inference:
         *,
         capacity: int,
         metrics: Recorder | None = None,
+        tracing: Tracer | None = None,
     ) -> None:
         self._executor = executor
         self.capacity = capacity
         self._metrics = metrics or NoMetrics()
+        self._tracing = tracing or NoTracing()
         self._queued = 0
         self._queued_lock = threading.Lock()
         self._inferring = 0
@@ -121,7 +124,7 @@ class Inference:
                 raise QueueFull(self._queued)
             self._queued += weight
         self._metrics.queue_depth.inc(weight)
-        job = self._executor.submit(self._counted, step, argument, deadline)
+        job = self._tracing.submit(self._executor, self._counted, step, argument, deadline)
         # Also called for a job withdrawn before it ran.
         job.add_done_callback(lambda _: self._finished(weight))
         return job

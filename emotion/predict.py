@@ -24,6 +24,7 @@ from emotion.config import PredictOptions
 from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
 from emotion.decode import InvalidImage, decode_image
 from emotion.errors import ABOUT_THE_REQUEST
+from emotion.tracing import Tracer, tracing_from_environment
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -72,6 +73,15 @@ def frames(path: Path) -> Iterator[Frame]:
 
 
 async def run(options: PredictOptions) -> int:
+    # The OTEL_* variables, as for `emotion serve`: a CLIENT span per call, sent along.
+    tracing = tracing_from_environment()
+    try:
+        return await _run(options, tracing)
+    finally:
+        await asyncio.to_thread(tracing.shutdown, 5.0)  # export the spans, within a bound
+
+
+async def _run(options: PredictOptions, tracing: Tracer) -> int:
     failed = False
     async with Client(
         options.target,
@@ -79,6 +89,7 @@ async def run(options: PredictOptions) -> int:
         tls=options.tls,
         token=options.token,
         max_image_size=options.max_image_size,
+        tracing=tracing,
     ) as client:
         try:
             for path in options.images:

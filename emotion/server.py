@@ -33,6 +33,7 @@ from emotion.net import bound_socket, format_address
 from emotion.process import apply_process_settings, available_cpus
 from emotion.security import BearerTokens
 from emotion.service import PipelineService
+from emotion.tracing import NoTracing, Tracer, tracing_from_environment
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 _CLOSE_LINGER = 0.1
 # After aborting, how long answered calls get to write their UNAVAILABLE.
 _ABORT_WAIT = 1.0
+# At stop, how long the spans still buffered get to reach the collector.
+_FLUSH_WAIT = 5.0
 
 
 class ModelStartError(Exception):
@@ -58,9 +61,12 @@ class Server:
     NOT_SERVING during a slow load instead of refusing connections.
     """
 
-    def __init__(self, model: Model, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self, model: Model, config: ServerConfig | None = None, *, tracing: Tracer | None = None
+    ) -> None:
         self.model = model
         self.config = config or ServerConfig()
+        self.tracing = tracing or NoTracing()
         threads = self.config.threads or available_cpus()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="emotion-infer")
         self._health = ServiceStatus()
@@ -75,8 +81,10 @@ class Server:
         capacity = threads + self.config.limits.max_queue
         tokens = BearerTokens(self.config.tokens) if self.config.tokens else None
         self.admission = Admission(capacity=capacity, tokens=tokens)
-        self.inference = Inference(self._executor, capacity=capacity, metrics=recorder)
-        self.calls = Calls(recorder)
+        self.inference = Inference(
+            self._executor, capacity=capacity, metrics=recorder, tracing=self.tracing
+        )
+        self.calls = Calls(recorder, self.tracing)
         batcher = None
         if self.config.max_batch_size > 1:
             batcher = Batcher(
@@ -85,6 +93,7 @@ class Server:
                 max_size=self.config.max_batch_size,
                 max_delay=self.config.max_batch_delay,
                 on_batch=recorder.batch_size.observe,
+                tracing=self.tracing,
             )
         self.service = PipelineService(
             model,
@@ -94,6 +103,7 @@ class Server:
             limits=self.config.limits,
             window=max(2, threads),
             batcher=batcher,
+            tracing=self.tracing,
         )
         self._grpc: GrpcServer | None = None
         self._port: int | None = None
@@ -233,6 +243,9 @@ class Server:
         if self._loaded is not None and not self._loaded.done():
             self._loaded.cancel()
         self._release_model()
+        # Spans still buffered, within a bound: a collector that is down must not hold up the exit.
+        if not await asyncio.to_thread(self.tracing.shutdown, _FLUSH_WAIT):
+            log.warning("spans not exported within %.0fs; dropping them", _FLUSH_WAIT)
 
     @property
     def connections_accepted(self) -> int:
@@ -274,14 +287,17 @@ async def serve(
     *,
     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
     on_serving: Callable[[int], None] | None = None,
+    tracing: Tracer | None = None,
 ) -> None:
     """Run a server until one of ``signals``, then drain and return.
 
     A second signal during the drain cancels the remaining calls at once.
     ``on_serving`` is called with the bound port once the model has loaded.
-    Raises ModelStartError when the model cannot load.
+    ``tracing`` defaults to what the ``OTEL_*`` variables ask for (each
+    ``--workers`` process builds its own). Raises ModelStartError when the
+    model cannot load.
     """
-    server = Server(model, config)
+    server = Server(model, config, tracing=tracing or tracing_from_environment())
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
 

@@ -30,6 +30,7 @@ from emotion.contract import (
 from emotion.decode import Decoded, InvalidImage, decode, to_full_size
 from emotion.inference import Inference
 from emotion.model import Model, run_sample
+from emotion.tracing import BATCH, DECODE, MODEL, NoTracing, Tracer
 
 if TYPE_CHECKING:
     from grpclib.metadata import Deadline
@@ -54,6 +55,7 @@ class PipelineService(PipelineBase):
         limits: Limits,
         window: int = 2,
         batcher: Batcher | None = None,
+        tracing: Tracer | None = None,
     ) -> None:
         self._model = model
         self._admission = admission
@@ -63,6 +65,7 @@ class PipelineService(PipelineBase):
         # Images of one stream in progress at once: enough to keep the threads busy.
         self._window = window
         self._batcher = batcher
+        self._tracing = tracing or NoTracing()
 
     async def run_pipeline(self, message: Request, deadline: Deadline | None = None) -> Response:
         """Decode and infer; a failure raises the exception emotion.errors maps to a status.
@@ -74,7 +77,8 @@ class PipelineService(PipelineBase):
         if self._batcher is None:
             return await self._inference.run(self._decode_and_run, message.image, deadline=instant)
         decoded = await self._inference.run(self._decode, message.image, deadline=instant)
-        response = await self._batcher.submit(decoded.image, deadline=instant)
+        with self._tracing.span(BATCH):
+            response = await self._batcher.submit(decoded.image, deadline=instant)
         to_full_size(response, decoded)
         return response
 
@@ -109,11 +113,14 @@ class PipelineService(PipelineBase):
             raise InvalidImage(f"image {index}: {exc}") from None
 
     def _decode(self, data: bytes) -> Decoded:
-        return decode(data, min_size=self._model.min_size, max_pixels=self.limits.max_pixels)
+        # A bad image is the caller's fault, not the server's: not an ERROR span.
+        with self._tracing.span(DECODE, errors=False):
+            return decode(data, min_size=self._model.min_size, max_pixels=self.limits.max_pixels)
 
     def _decode_and_run(self, data: bytes) -> Response:
         decoded = self._decode(data)
-        response = run_sample(self._model, decoded.image)
+        with self._tracing.span(MODEL):
+            response = run_sample(self._model, decoded.image)
         to_full_size(response, decoded)
         return response
 
