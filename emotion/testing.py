@@ -16,11 +16,12 @@ from emotion.client import Client
 from emotion.config import ServerConfig
 from emotion.model import Model
 from emotion.server import Server
+from emotion.tracing import Tracer
 
 
 @contextlib.asynccontextmanager
 async def serve_model(
-    model: Model, *, timeout: float | None = 30.0, **config: Any
+    model: Model, *, timeout: float | None = 30.0, tracing: Tracer | None = None, **config: Any
 ) -> AsyncIterator[Client]:
     """Serve ``model`` on 127.0.0.1 and yield a Client connected to it; drain on exit.
 
@@ -41,7 +42,7 @@ async def serve_model(
     config.setdefault("host", "127.0.0.1")
     config.setdefault("port", 0)
     settings = ServerConfig(**config)
-    server = Server(model, settings)
+    server = Server(model, settings, tracing=tracing)
     await server.start()
     try:
         await server.wait_loaded()

@@ -35,12 +35,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 from sample_models import BatchModel, RaisingModel
 from serving import start_serving
 
-from emotion import Client, Model, PipelineStub, Request, Response, Server, ServerConfig
+from emotion import Client, Model, PipelineStub, Request, Response
 from emotion._otel import OtelTracing
 from emotion.config import PredictOptions
 from emotion.contract import LEGACY_RUN_PIPELINE_PATH
 from emotion.models.mock import MockModel
 from emotion.predict import run as run_predict
+from emotion.testing import serve_model
 from emotion.tracing import NoTracing, Tracer, tracing_from_environment
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -54,14 +55,15 @@ def recording() -> tuple[OtelTracing, InMemorySpanExporter]:
 
 
 class Traced:
-    """A traced server, a client to it, and the spans the server ended so far."""
+    """A client to a traced server, and the spans the server ended so far."""
 
-    def __init__(self, server: Server, client: Client, exporter: InMemorySpanExporter) -> None:
-        self.server, self.client, self._exporter = server, client, exporter
+    def __init__(self, client: Client, exporter: InMemorySpanExporter) -> None:
+        self.client, self._exporter = client, exporter
+        self.port = int(client.target.rpartition(":")[2])
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
+        return self.client.target
 
     def spans(self) -> list[ReadableSpan]:
         return list(self._exporter.get_finished_spans())
@@ -76,16 +78,10 @@ async def traced(
 ) -> AsyncIterator[Traced]:
     """Serve ``model``; with ``tracing`` given, :meth:`Traced.spans` stays empty."""
     recorder, exporter = recording()
-    tracing = tracing or recorder
-    settings = ServerConfig(host="127.0.0.1", port=0, **config)  # type: ignore[arg-type]
-    server = Server(model or MockModel(), settings, tracing=tracing)
-    await server.start()
-    try:
-        await server.wait_loaded()
-        async with Client(f"127.0.0.1:{server.port}", timeout=10) as client:
-            yield Traced(server, client, exporter)
-    finally:
-        await server.stop(grace=1)
+    async with serve_model(
+        model or MockModel(), timeout=10, tracing=tracing or recorder, grace=1, **config
+    ) as client:
+        yield Traced(client, exporter)
 
 
 def only(spans: list[ReadableSpan]) -> ReadableSpan:
@@ -99,7 +95,7 @@ def children(of: ReadableSpan, spans: list[ReadableSpan]) -> list[str]:
 
 async def test_a_call_has_a_server_span_with_the_rpc_attributes(jpeg: bytes) -> None:
     async with traced() as served:
-        channel = Channel("127.0.0.1", served.server.port)
+        channel = Channel("127.0.0.1", served.port)
         try:
             stub = PipelineStub(channel, metadata={"x-request-id": "req-7"})
             await stub.run_pipeline(Request(image=jpeg), timeout=5)
@@ -224,7 +220,7 @@ async def test_a_stream_is_one_span_with_the_steps_of_each_image(jpeg: bytes) ->
 
 async def test_the_legacy_path_is_its_own_method(jpeg: bytes) -> None:
     async with traced() as served:
-        channel = Channel("127.0.0.1", served.server.port)
+        channel = Channel("127.0.0.1", served.port)
         try:
             async with channel.request(
                 LEGACY_RUN_PIPELINE_PATH, Cardinality.UNARY_UNARY, Request, Response, timeout=5
