@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -150,16 +150,29 @@ class OtelTracing:
             BATCH_RUN, Context(), links=links, attributes={"emotion.batch_size": size}
         )
 
-    def shutdown(self, timeout: float) -> bool:
-        # The SDK's shutdown waits as long as the exporter retries (seconds
-        # with a collector down); a daemon thread lets the process exit anyway.
-        shutdown = getattr(self._provider, "shutdown", None)
-        if shutdown is None:  # the API's own provider: nothing buffered
+    def flush(self, timeout: float) -> bool:
+        force_flush = getattr(self._provider, "force_flush", None)
+        if force_flush is None:  # the API's own provider: nothing buffered
             return True
-        flushing = threading.Thread(target=shutdown, name="emotion-spans", daemon=True)
-        flushing.start()
-        flushing.join(timeout)
-        return not flushing.is_alive()
+        return _within(force_flush, timeout)
+
+    def shutdown(self, timeout: float) -> bool:
+        shutdown = getattr(self._provider, "shutdown", None)
+        if shutdown is None:
+            return True
+        return _within(shutdown, timeout)
+
+
+def _within(step: Callable[[], object], timeout: float) -> bool:
+    """Run ``step`` for at most ``timeout`` seconds; False if it was still going.
+
+    The SDK waits as long as the exporter retries (seconds with a collector
+    down); a daemon thread lets the process exit anyway.
+    """
+    running = threading.Thread(target=step, name="emotion-spans", daemon=True)
+    running.start()
+    running.join(timeout)
+    return not running.is_alive()
 
 
 def _started(waiting: Span, fn: Callable[..., T], *args: Any) -> T:
@@ -179,10 +192,12 @@ def inject() -> dict[str, str]:
     return headers
 
 
-def from_environment(environ: Mapping[str, str]) -> OtelTracing:
+def from_environment(environ: Mapping[str, str], console: TextIO | None = None) -> OtelTracing:
     """A tracer exporting as ``OTEL_TRACES_EXPORTER`` says, with the pid as a resource attribute.
 
-    The exporters run on the SDK's batch thread, so an unreachable collector
+    ``console`` is where the ``console`` exporter writes: stdout, unless the
+    command prints its own output there. The exporters run on the SDK's batch
+    thread, so an unreachable collector
     costs the server nothing but the spans it drops. The OTLP exporter and
     the sampler read their own ``OTEL_*`` variables from the process environment.
     """
@@ -194,19 +209,19 @@ def from_environment(environ: Mapping[str, str]) -> OtelTracing:
         resource = resource.merge(Resource({SERVICE_NAME: "emotion"}))
     provider = SdkTracerProvider(resource=resource)
     for name in environ.get("OTEL_TRACES_EXPORTER", "").split(","):
-        processor = _processor(name.strip().lower())
+        processor = _processor(name.strip().lower(), console or sys.stdout)
         if processor is not None:
             provider.add_span_processor(processor)
     return OtelTracing(provider)
 
 
-def _processor(name: str) -> SpanProcessor | None:
+def _processor(name: str, console: TextIO) -> SpanProcessor | None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     if name in {"", "none"}:
         return None
     if name == "console":
-        return BatchSpanProcessor(ConsoleSpanExporter(out=sys.stdout))  # stdout now, not at import
+        return BatchSpanProcessor(ConsoleSpanExporter(out=console))
     if name == "otlp":
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

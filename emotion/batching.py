@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -30,6 +30,9 @@ class _Waiting:
     deadline: float | None
     answer: asyncio.Future[Response]
     caller: object  # its call's span, linked from the batch run's
+    #: The batch it was dispatched in, and the task running it.
+    batch: list[_Waiting] = field(default_factory=list)
+    run: asyncio.Task[None] | None = None
 
 
 class Batcher:
@@ -70,8 +73,13 @@ class Batcher:
             self._dispatch()
         elif self._timer is None:
             self._timer = loop.call_later(self.max_delay, self._dispatch)
-        # A caller that gives up cancels only its own answer; the batch runs on.
-        return await waiting.answer
+        try:
+            return await waiting.answer
+        except asyncio.CancelledError:
+            # The batch runs on for the others; once all have left, it is withdrawn.
+            if waiting.run is not None and all(w.answer.done() for w in waiting.batch):
+                waiting.run.cancel()
+            raise
 
     def _dispatch(self) -> None:
         if self._timer is not None:
@@ -81,7 +89,10 @@ class Batcher:
         waiting = [w for w in self._waiting if not w.answer.cancelled()]
         self._waiting = []
         for start in range(0, len(waiting), self.max_size):
-            task = asyncio.ensure_future(self._run(waiting[start : start + self.max_size]))
+            batch = waiting[start : start + self.max_size]
+            task = asyncio.ensure_future(self._run(batch))
+            for member in batch:
+                member.batch, member.run = batch, task
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -104,9 +115,11 @@ class Batcher:
             _settle(waiting, DeadlinePassed())
 
     def _live_only(self, batch: list[_Waiting]) -> tuple[list[_Waiting], list[Response]]:
-        """Run the images whose deadline has not passed, in an inference thread."""
+        """Run the images still wanted: their caller waits and their deadline has not passed."""
         now = time.monotonic()
-        live = [w for w in batch if w.deadline is None or now < w.deadline]
+        live = [
+            w for w in batch if not w.answer.done() and (w.deadline is None or now < w.deadline)
+        ]
         if not live:
             return [], []
         self._on_batch_size(len(live))

@@ -56,15 +56,16 @@ class Calls:
         and never closes a connection under an answer.
         """
         started = time.perf_counter()
-        self._active += 1
-        self._idle.clear()
         method = path.rsplit("/", 1)[1]
-        self._metrics.call_started(method, kind)
         request_id = _request_id(stream)
         span = self._tracing.server_call(path, stream, request_id)
         trailers = {"x-request-id": request_id}
         status, message = Status.OK, None
         failure: BaseException | None = None  # logged with its traceback, never sent
+        # Counted last, right before the try whose finally uncounts it.
+        self._metrics.call_started(method, kind)
+        self._active += 1
+        self._idle.clear()
         try:
             try:
                 await answer(stream)

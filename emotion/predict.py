@@ -74,7 +74,8 @@ def frames(path: Path) -> Iterator[Frame]:
 
 async def run(options: PredictOptions) -> int:
     # The OTEL_* variables, as for `emotion serve`: a CLIENT span per call, sent along.
-    tracing = tracing_from_environment()
+    # stdout is for the answers, one JSON object a line: spans go to stderr.
+    tracing = tracing_from_environment(console=sys.stderr)
     try:
         return await _run(options, tracing)
     finally:
@@ -168,6 +169,9 @@ async def _stream_one(client: Client, path: Path, options: PredictOptions) -> bo
         _report(path, _name_the_frame(exc, sources), options)
         return False
     except (OSError, ValueError) as exc:  # an unreadable or oversized frame, after the others
+        if isinstance(exc, OSError) and not exc.filename:  # the connection's, not a frame's
+            _fail(options, exc, path)
+            raise
         where = getattr(exc, "filename", None) or (unanswered[0].source if unanswered else path)
         _say(f"{where}: {getattr(exc, 'strerror', None) or exc}")
         return False

@@ -243,8 +243,9 @@ class Server:
         if self._loaded is not None and not self._loaded.done():
             self._loaded.cancel()
         self._release_model()
-        # Spans still buffered, within a bound: a collector that is down must not hold up the exit.
-        if not await asyncio.to_thread(self.tracing.shutdown, _FLUSH_WAIT):
+        # Spans still buffered, within a bound: a collector that is down must not
+        # hold up the exit. The tracer is the caller's: flushed, not shut down.
+        if not await asyncio.to_thread(self.tracing.flush, _FLUSH_WAIT):
             log.warning("spans not exported within %.0fs; dropping them", _FLUSH_WAIT)
 
     @property
@@ -297,7 +298,9 @@ async def serve(
     ``--workers`` process builds its own). Raises ModelStartError when the
     model cannot load.
     """
-    server = Server(model, config, tracing=tracing or tracing_from_environment())
+    own_tracing = tracing is None
+    tracing = tracing or tracing_from_environment()
+    server = Server(model, config, tracing=tracing)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
 
@@ -330,6 +333,8 @@ async def serve(
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+        if own_tracing:
+            await asyncio.to_thread(tracing.shutdown, _FLUSH_WAIT)
 
 
 def _reflection_pool() -> DescriptorPool:

@@ -272,6 +272,12 @@ def is_port(value: Any) -> None:
         raise ValueError(f"must be a port, 0-65535 (0 picks a free one), not {value!r}")
 
 
+def is_fixed_port(value: Any) -> None:
+    """A port to listen on that must be known in advance (no 0: nothing reports the pick)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"must be a port, 1-65535, not {value!r}")
+
+
 def is_seconds(value: Any) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"must be a number of seconds, 0 or more, not {value!r}")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
 if TYPE_CHECKING:
     from grpclib.const import Status
@@ -72,11 +72,15 @@ class Tracer(Protocol):
         """A new trace for one batch run, linked to ``callers``' spans."""
         ...
 
-    def shutdown(self, timeout: float) -> bool:
+    def flush(self, timeout: float) -> bool:
         """Export what is buffered, for at most ``timeout`` seconds; False if cut short.
 
         Blocks, so call it off the event loop.
         """
+        ...
+
+    def shutdown(self, timeout: float) -> bool:
+        """:meth:`flush`, then record no more: for whoever made the tracer, at its end."""
         ...
 
 
@@ -136,6 +140,9 @@ class NoTracing:
     def batch_run(self, size: int, callers: list[object]) -> AbstractContextManager[object]:
         return _NO_SPAN
 
+    def flush(self, timeout: float) -> bool:
+        return True
+
     def shutdown(self, timeout: float) -> bool:
         return True
 
@@ -148,13 +155,16 @@ def tracing_wanted(environ: Mapping[str, str]) -> bool:
     return bool(exporters) and exporters != "none" and not disabled
 
 
-def tracing_from_environment(environ: Mapping[str, str] | None = None) -> Tracer:
+def tracing_from_environment(
+    environ: Mapping[str, str] | None = None, *, console: TextIO | None = None
+) -> Tracer:
     """The tracer the ``OTEL_*`` variables ask for, or :class:`NoTracing`.
 
     ``OTEL_TRACES_EXPORTER`` names ``otlp`` (OTLP over HTTP, to
     ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``), ``console`` or ``none``;
     ``OTEL_SERVICE_NAME`` defaults to ``emotion``; the SDK reads
-    ``OTEL_TRACES_SAMPLER[_ARG]`` itself. Without the extra installed this
+    ``OTEL_TRACES_SAMPLER[_ARG]`` itself. ``console`` is where the console
+    exporter writes (stdout by default). Without the extra installed this
     warns once and returns NoTracing: serving matters more than tracing.
     """
     environ = os.environ if environ is None else environ
@@ -170,7 +180,7 @@ def tracing_from_environment(environ: Mapping[str, str] | None = None) -> Tracer
             exc.name,
         )
         return NoTracing()
-    tracing: Tracer = _otel.from_environment(environ)
+    tracing: Tracer = _otel.from_environment(environ, console)
     return tracing
 
 

@@ -172,3 +172,31 @@ async def test_a_batch_counts_each_of_its_images_against_the_queue() -> None:
 
     assert [type(outcome) for outcome in outcomes] == [QueueFull, QueueFull]
     executor.shutdown()
+
+
+async def test_a_batch_whose_callers_all_left_is_withdrawn_and_never_runs() -> None:
+    executor = ThreadPoolExecutor(1)
+    inference = Inference(executor, capacity=4)
+    ran: list[int] = []
+    busy = threading.Event()
+    executor.submit(busy.wait, 10)  # the only thread is taken until the test says
+
+    def run(batch: Sequence[Image.Image]) -> list[Response]:
+        ran.append(len(batch))
+        return [Response() for _ in batch]
+
+    batcher = Batcher(run, inference, max_size=2, max_delay=10)
+    callers = [asyncio.ensure_future(batcher.submit(Image.new("L", (1, 1)))) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert inference.queued == 2
+
+    for caller in callers:
+        caller.cancel()
+    await asyncio.sleep(0.05)
+    queued_after_leaving = inference.queued
+    busy.set()
+    await asyncio.sleep(0.1)
+
+    assert queued_after_leaving == 0
+    assert ran == []
+    executor.shutdown()

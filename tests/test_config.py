@@ -47,6 +47,8 @@ WITHOUT_FLAG = {
     ("make", "field", "allowed"),
     [
         (lambda: ServerConfig(port=70000), "ServerConfig.port", "0-65535"),
+        (lambda: DemoOptions(port=70000), "DemoOptions.port", "1-65535"),
+        (lambda: DemoOptions(port=0), "DemoOptions.port", "1-65535"),
         (lambda: ServerConfig(port=-1), "ServerConfig.port", "0-65535"),
         (lambda: ServerConfig(grace=-1), "ServerConfig.grace", "0 or more"),
         (lambda: ServerConfig(grace=float("inf")), "ServerConfig.grace", "0 or more"),
@@ -434,3 +436,9 @@ async def test_the_helper_learns_the_port_from_the_file() -> None:
     finally:
         served.process.terminate()
         await asyncio.wait_for(served.process.wait(), 30)
+
+
+def test_tokens_are_kept_out_of_the_settings_repr() -> None:
+    shown = repr(ServerConfig(tokens=("s3cret",))) + repr(PredictOptions(images=[], token="s3cret"))
+
+    assert "s3cret" not in shown

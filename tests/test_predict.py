@@ -210,3 +210,20 @@ async def test_tls_to_a_plaintext_server_says_the_server_is_not_serving_tls(
     assert err.startswith(f"emotion predict: cannot reach 127.0.0.1:{server.port} over TLS (")
     assert "is the server serving TLS?" in err
     assert "Traceback" not in err
+
+
+async def test_stream_stops_at_a_connection_failure_with_one_line(
+    server: Server, tmp_path: Path
+) -> None:
+    clip = animation(tmp_path / "clip.gif", [40, 80], "GIF")
+    target = f"127.0.0.1:{server.port}"
+
+    code, out, err = await run(
+        "predict", "--stream", "--tls", str(clip), str(clip), "--target", target
+    )
+
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f"emotion predict: cannot reach {target} over TLS (WRONG_VERSION_NUMBER): is the server "
+        "serving TLS? Without --tls-cert it serves plaintext: leave out --tls"
+    ]

@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="needs the extra: pip install 'emotion[otel]'")
 
-from conftest import encode, gradient, subprocess_env
+from conftest import encode, gradient, run_emotion, subprocess_env
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError
@@ -35,7 +35,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from sample_models import BatchModel, RaisingModel
 from serving import start_serving
 
-from emotion import Client, Model, PipelineStub, Request, Response
+from emotion import Client, Model, PipelineStub, Request, Response, Server
 from emotion._otel import OtelTracing
 from emotion.config import PredictOptions
 from emotion.contract import LEGACY_RUN_PIPELINE_PATH
@@ -392,7 +392,7 @@ async def test_predict_sends_a_client_span_per_image_that_the_server_continues(
         options = PredictOptions(images=images, target=served.target)
         assert await run_predict(options) == 0
 
-    printed = [json.loads(text) for text in _json_objects(capfd.readouterr().out)]
+    printed = [json.loads(text) for text in _json_objects(capfd.readouterr().err)]
     sent = [span for span in printed if span.get("kind") == "SpanKind.CLIENT"]
     assert len(sent) == 2
     received = served.named("emotion.v1.Pipeline/RunPipeline")
@@ -442,3 +442,27 @@ def _json_objects(text: str) -> Iterator[str]:
         _, end = decoder.raw_decode(text, start)
         yield text[start:end]
         index = end
+
+
+async def test_a_tracer_given_to_servers_keeps_recording_after_each_stops(jpeg: bytes) -> None:
+    tracing, exporter = recording()
+
+    for _ in range(2):
+        async with serve_model(MockModel(), tracing=tracing, grace=0) as client:
+            await client.predict(jpeg)
+
+    calls = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert len(calls) == 2
+
+
+async def test_console_spans_of_predict_go_to_stderr_leaving_stdout_json(server: Server) -> None:
+    photo = str(FIXTURES / "astronaut.jpg")
+
+    code, out, err = await run_emotion(
+        "predict", photo, photo, "--target", f"127.0.0.1:{server.port}",
+        OTEL_TRACES_EXPORTER="console",
+    )  # fmt: skip
+
+    assert code == 0
+    assert [json.loads(line)["file"] for line in out.splitlines()] == [photo, photo]
+    assert '"kind": "SpanKind.CLIENT"' in err

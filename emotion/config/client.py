@@ -19,6 +19,7 @@ from emotion.settings import (
     at_least,
     flag_meta,
     is_a,
+    is_fixed_port,
     is_path,
     is_positive_seconds,
     is_target,
@@ -129,6 +130,7 @@ def _tls(command: str) -> Any:
 def _token(command: str) -> Any:
     return field(
         default=None,
+        repr=False,  # a secret: kept out of logs and tracebacks
         metadata=flag_meta(
             command,
             "--token-file",
@@ -211,7 +213,7 @@ class DemoOptions(Settings):
             "demo",
             "--port",
             parse_int,
-            at_least(1, "a port, 1-65535"),
+            is_fixed_port,
             "port the page listens on (Gradio cannot report one it picked, so not 0)",
         ),
     )

@@ -183,6 +183,7 @@ class ServerConfig(Settings):
     #: Bearer tokens Pipeline calls must present (none: no authentication); read by the CLI.
     tokens: tuple[str, ...] = field(
         default=(),
+        repr=False,  # secrets stay out of logs and tracebacks
         metadata=_serve(
             "--auth-tokens-file",
             parse_path,
