@@ -189,6 +189,10 @@ SERVE_SAMPLES: dict[str, tuple[str, Any]] = {
     "--max-message-size": ("32MiB", lambda o: o.server.limits.max_message_size == 32 * 2**20),
     "--max-pixels": ("20M", lambda o: o.server.limits.max_pixels == 20_000_000),
     "--max-queue": ("5", lambda o: o.server.limits.max_queue == 5),
+    "--max-premature-resets": (
+        "7",
+        lambda o: o.server.connections.max_premature_resets == 7,
+    ),
     "--auth-tokens-file": ("TOKENS", lambda o: o.server.tokens == ("t0k3n",)),
     "--tls-cert": ("c.pem", lambda o: o.server.tls == ServerTls(Path("c.pem"), Path("k.pem"))),
     "--tls-key": ("k.pem", lambda o: o.server.tls == ServerTls(Path("c.pem"), Path("k.pem"))),

@@ -26,6 +26,7 @@ import grpclib.client
 import grpclib.protocol
 import grpclib.server
 import h2.connection
+import h2.stream
 import hyperframe.frame
 import pytest
 from conftest import subprocess_env
@@ -45,6 +46,7 @@ from hyperframe.frame import DataFrame, Frame
 import emotion._grpclib
 from emotion._grpclib import GrpcServer, receive_message, told_to_go_away
 from emotion._grpclib.connection import H2ServerConnection, QuietDataFrame
+from emotion._grpclib.handler import CallHandler
 from emotion._grpclib.server import GRPCLIB_PROTOCOL_FACTORY, normalized_source
 
 ECHO_PATH = "/test.Echo/Echo"
@@ -105,6 +107,31 @@ STATIC = [
         "h2's H2Connection",
     ),
     Expect("H2Connection._receive_frame", H2Connection, "_receive_frame", FUNCTION, "a method"),
+    Expect(
+        "H2Connection._receive_headers_frame",
+        H2Connection,
+        "_receive_headers_frame",
+        FUNCTION,
+        "a method",
+    ),
+    Expect(
+        "H2Connection._receive_rst_stream_frame",
+        H2Connection,
+        "_receive_rst_stream_frame",
+        FUNCTION,
+        "a method",
+    ),
+    Expect("H2Connection.receive_data", H2Connection, "receive_data", FUNCTION, "a method"),
+    Expect("H2Connection.streams", H2, "streams", of_type(dict), "a dict"),
+    Expect(
+        "H2Stream.closed",
+        h2.stream.H2Stream,
+        "closed",
+        of_type(property),
+        "a property",
+    ),
+    Expect("Handler.accept", grpclib.server.Handler, "accept", FUNCTION, "a method"),
+    Expect("Connection.flush", grpclib.protocol.Connection, "flush", FUNCTION, "a method"),
     Expect(
         "h2.connection.ConnectionState", h2.connection, "ConnectionState", of_type(type), "a class"
     ),
@@ -280,6 +307,7 @@ def instance_expectations(served: Served) -> list[Expect]:
     server = served.server
     protocol = next(iter(server._protocols), None)
     connection = getattr(protocol, "connection", None)
+    handler = getattr(protocol, "handler", None)
     h2_connection = getattr(connection, "_connection", None)
     stream = next(iter(served.echo.streams), None)
     client_protocol = getattr(served.channel, "_protocol", None)
@@ -324,6 +352,10 @@ def instance_expectations(served: Served) -> list[Expect]:
             of_type(H2ServerConnection),
             "our H2ServerConnection (built through grpclib.protocol.H2Connection)",
         ),
+        Expect("H2Protocol.handler", protocol, "handler", of_type(CallHandler), "our CallHandler"),
+        Expect("Handler._tasks", handler, "_tasks", of_type(dict), "a dict of stream to task"),
+        Expect("Handler._cancelled", handler, "_cancelled", of_type(set), "a set of tasks"),
+        Expect("Handler.closing", handler, "closing", of_type(bool), "a bool"),
         Expect(
             "Connection._transport",
             connection,

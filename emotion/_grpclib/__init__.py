@@ -8,11 +8,14 @@ versions, failing with the name of the one that moved.
 Modules, one concern each:
 
 - ``server``: GrpcServer, grpclib's Server with shutdown in steps
-  (stop listening, drain, GOAWAY) and our protocol per connection.
+  (stop listening, drain, GOAWAY) and our handler and protocol per connection.
+- ``handler``: CallHandler, grpclib's Handler releasing a call's stream
+  when its task ends, however it ends, and forgetting closed connections.
 - ``protocol``: ServerProtocol, grpclib's H2Protocol building our h2
-  connection and retiring connections by age.
-- ``connection``: H2ServerConnection, h2's connection with 1 MiB frames and
-  DATA frames that format cheaply.
+  connection, retiring connections by age, closing abusive ones with GOAWAY.
+- ``connection``: H2ServerConnection, h2's connection with 1 MiB frames,
+  DATA frames that format cheaply, and the guards fed each frame.
+- ``guards``: the per-connection policies against HTTP/2 abuse (no internals).
 - ``messages``: receive_message, a request read with its size checked first.
 - ``client``: told_to_go_away, whether a channel's connection got a GOAWAY.
 
@@ -40,11 +43,23 @@ grpclib
       ``Stream._dispatch``, ``Stream._messages_received``,
       ``Connection.messages_received``, ``Connection.last_message_received``.
     - ``grpclib.client.Channel._protocol``.
+    - ``Handler.accept``: extended; it reads ``Handler._tasks`` (the task of
+      each stream) and ``Handler._cancelled``, and ``Handler.closing``.
+    - ``H2Protocol.handler``, and ``Connection.flush`` (writes what h2
+      queued, a GOAWAY included).
 
 h2
     - ``H2Connection._receive_frame``: overridden, to give DATA frames a
       cheap repr before h2 formats them.
     - ``H2Connection._frame_dispatch_table``: keyed by exact frame class.
+    - ``H2Connection._receive_headers_frame`` and
+      ``H2Connection._receive_rst_stream_frame``: extended, to count streams
+      opened and reset (the dispatch table holds them as bound methods, made
+      after the subclass overrides them).
+    - ``H2Connection.receive_data``: extended, to keep a ProtocolError (h2
+      has queued its GOAWAY) instead of raising it to grpclib.
+    - ``H2Connection.streams`` (the open h2 streams by id) and
+      ``H2Stream.closed``.
     - ``H2Connection.highest_inbound_stream_id``,
       ``H2Connection.state_machine`` and ``h2.connection.ConnectionState``.
 

@@ -1,4 +1,11 @@
-"""h2's connection as the server uses it: 1 MiB frames, and no hex dump of every DATA frame."""
+"""h2's connection as the server uses it: 1 MiB frames, no hex dump of every DATA frame, guards.
+
+The guards (emotion._grpclib.guards) see each frame here, as h2 reads it: a
+guard that trips raises Abuse inside h2, which queues GOAWAY(ENHANCE_YOUR_CALM).
+:meth:`H2ServerConnection.receive_data` keeps that error (and any other
+protocol error) for the protocol, which sends the GOAWAY and closes the
+connection; grpclib alone would close it without sending what h2 queued.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,16 @@ from typing import TYPE_CHECKING
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame
 
+from emotion._grpclib.guards import PrematureResets
+from emotion.config import ConnectionLimits
+
 if TYPE_CHECKING:
     from h2.events import Event
-    from hyperframe.frame import Frame
+    from hyperframe.frame import Frame, HeadersFrame, RstStreamFrame
 
 #: Largest HTTP/2 frame clients may send. At h2's default (16 KiB) a 160 kB
 #: image arrives as ten DATA frames, and each costs a pass through h2 and
@@ -67,15 +78,49 @@ class H2ServerConnection(H2Connection):
     the body copy).
     """
 
-    def __init__(self, config: H2Configuration | None = None) -> None:
+    def __init__(
+        self, config: H2Configuration | None = None, *, limits: ConnectionLimits | None = None
+    ) -> None:
         super().__init__(config=config)
+        limits = limits or ConnectionLimits()
         self.local_settings[SettingCodes.MAX_FRAME_SIZE] = MAX_FRAME_SIZE
         self.local_settings.acknowledge()
         self.max_inbound_frame_size = MAX_FRAME_SIZE
         # h2 dispatches on the exact class of a frame.
         self._frame_dispatch_table[QuietDataFrame] = self._frame_dispatch_table[DataFrame]
+        self._resets = PrematureResets(limits.max_premature_resets)
+        #: The protocol error that ended the connection (h2 has queued its GOAWAY), if any.
+        self.failure: ProtocolError | None = None
+
+    def receive_data(self, data: bytes) -> list[Event]:  # type: ignore[override]
+        """h2's, but a protocol error is kept in :attr:`failure` instead of raised.
+
+        h2 has queued a GOAWAY for it; the caller sends it and closes. The
+        events of the frames read before the error are dropped, as when it
+        raises: the connection is over.
+        """
+        if self.failure is not None:
+            return []
+        try:
+            return super().receive_data(data)
+        except ProtocolError as exc:
+            self.failure = exc
+            return []
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         if frame.__class__ is DataFrame:
             frame.__class__ = QuietDataFrame
         return super()._receive_frame(frame)
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+        opens = frame.stream_id > self.highest_inbound_stream_id
+        frames, events = super()._receive_headers_frame(frame)
+        if opens:
+            self._resets.opened(frame.stream_id)
+        return frames, events
+
+    def _receive_rst_stream_frame(self, frame: RstStreamFrame) -> tuple[list[Frame], list[Event]]:
+        stream = self.streams.get(frame.stream_id)
+        if stream is not None and not stream.closed:
+            self._resets.reset(frame.stream_id)
+        return super()._receive_rst_stream_frame(frame)

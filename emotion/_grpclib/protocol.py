@@ -1,8 +1,14 @@
-"""grpclib's HTTP/2 protocol for one server connection: our h2 connection, and retirement by age."""
+"""grpclib's HTTP/2 protocol for one server connection: our h2 connection, retirement, guards.
+
+When a guard trips (or the client breaks the protocol), h2 has queued a
+GOAWAY: the protocol sends it, cancels the connection's calls, stops reading,
+and closes the connection a moment later, so that the client can read why.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import types
@@ -14,6 +20,7 @@ from grpclib.protocol import H2Protocol
 from hyperframe.frame import GoAwayFrame
 
 from emotion._grpclib.connection import H2ServerConnection
+from emotion.config import ConnectionLimits
 
 if TYPE_CHECKING:
     from asyncio import BaseTransport
@@ -27,7 +34,9 @@ _GOAWAY_LINGER = 1.0
 log = logging.getLogger(__name__)
 
 
-def _with_our_connection(method: Callable[..., Any]) -> Callable[..., Any]:
+def _with_our_connection(
+    method: Callable[..., Any], connection: Callable[..., H2ServerConnection]
+) -> Callable[..., Any]:
     """grpclib's own ``method``, reading ``H2Connection`` from a namespace where it is ours.
 
     grpclib builds its h2 connection from the module-level name
@@ -36,28 +45,39 @@ def _with_our_connection(method: Callable[..., Any]) -> Callable[..., Any]:
     nothing for anyone else (a swap of the module global would, for a
     moment, for every thread), and copies no source.
     """
-    names = dict(vars(grpclib.protocol), H2Connection=H2ServerConnection)
+    names = dict(vars(grpclib.protocol), H2Connection=connection)
     return types.FunctionType(
         method.__code__, names, method.__name__, method.__defaults__, method.__closure__
     )
 
 
-_grpclib_connection_made = _with_our_connection(H2Protocol.connection_made)
+@functools.lru_cache(maxsize=16)
+def _grpclib_connection_made(limits: ConnectionLimits) -> Callable[..., Any]:
+    """grpclib's ``connection_made``, building an H2ServerConnection guarded by ``limits``."""
+    factory = functools.partial(H2ServerConnection, limits=limits)
+    return _with_our_connection(H2Protocol.connection_made, factory)
 
 
 class ServerProtocol(H2Protocol):
-    """One client connection: h2 with 1 MiB frames, closed with GOAWAY once ``age`` is past."""
+    """One client connection: our h2 connection, guarded, closed with GOAWAY past ``age``."""
 
-    def __init__(self, *args: Any, age: ConnectionAge | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        age: ConnectionAge | None = None,
+        limits: ConnectionLimits | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._age = age
+        self._limits = limits or ConnectionLimits()
         self._retire_by = 0.0
         self._gone_away = False
         self._transport: Transport | None = None
 
     def connection_made(self, transport: BaseTransport) -> None:
         self._transport = cast(Transport, transport)  # as grpclib casts it
-        _grpclib_connection_made(self, transport)
+        _grpclib_connection_made(self._limits)(self, transport)
         if self._age is not None:
             loop = asyncio.get_running_loop()
             jitter = random.uniform(0.9, 1.1)  # noqa: S311 - spreading reconnects, not security
@@ -102,3 +122,23 @@ class ServerProtocol(H2Protocol):
             log.info("closing a connection that sent non-ASCII header bytes")
             assert self._transport is not None
             self._transport.close()
+            return
+        h2 = self.connection._connection
+        assert isinstance(h2, H2ServerConnection)
+        if h2.failure is not None:
+            self._abandon(f"closing a connection: {h2.failure}")
+
+    def _abandon(self, reason: str) -> None:
+        """Send what h2 queued (its GOAWAY), end every call, stop reading, close soon.
+
+        Closing at once with unread data would make the kernel reset the
+        connection, and the client might never read the GOAWAY.
+        """
+        log.info("%s", reason)
+        assert self._transport is not None
+        self._gone_away = True
+        self.connection.flush()
+        self.handler.close()  # cancels the calls: their streams and jobs are released
+        if not self._transport.is_closing():
+            self._transport.pause_reading()
+        asyncio.get_running_loop().call_later(_GOAWAY_LINGER, self._transport.close)

@@ -16,8 +16,10 @@ import grpclib.server
 from grpclib.config import Configuration
 from grpclib.server import Handler
 
+from emotion._grpclib.handler import CallHandler
 from emotion._grpclib.protocol import ServerProtocol
 from emotion.codec import ProtobufCodec
+from emotion.config import ConnectionLimits
 
 if TYPE_CHECKING:
     import socket
@@ -58,22 +60,36 @@ class GrpcServer(grpclib.server.Server):
         *,
         config: Configuration | None = None,
         connection_age: ConnectionAge | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         super().__init__(handlers, config=config, codec=ProtobufCodec())
         self._protocols: weakref.WeakSet[ServerProtocol] = weakref.WeakSet()
         self._connection_age = connection_age
+        self._limits = limits or ConnectionLimits()
         #: Connections accepted since the start.
         self.connections_accepted = 0
 
     def _protocol_factory(self) -> H2Protocol:
-        # GRPCLIB_PROTOCOL_FACTORY, with our protocol and its bookkeeping.
+        # GRPCLIB_PROTOCOL_FACTORY, with our handler, protocol and their bookkeeping.
         self.__gc_step__()
-        handler = Handler(self._mapping, self._codec, self._status_details_codec, self.__dispatch__)
+        handler = CallHandler(
+            self._mapping,
+            self._codec,
+            self._status_details_codec,
+            self.__dispatch__,
+            on_closed=self._handler_closed,
+        )
         self._handlers.add(handler)
-        protocol = ServerProtocol(handler, self._config, self._h2_config, age=self._connection_age)
+        protocol = ServerProtocol(
+            handler, self._config, self._h2_config, age=self._connection_age, limits=self._limits
+        )
         self._protocols.add(protocol)
         self.connections_accepted += 1
         return protocol
+
+    def _handler_closed(self, handler: Handler) -> None:
+        """A closed connection's calls have all ended: forget its handler now, not at a gc step."""
+        self._handlers.discard(handler)
 
     def stop_listening(self) -> None:
         """Refuse new connections; calls on open connections go on."""

@@ -92,6 +92,27 @@ class Limits(Settings):
 
 
 @dataclass(frozen=True)
+class ConnectionLimits(Settings):
+    """What one client connection may do before the server refuses it or closes it.
+
+    Each is a guard against HTTP/2 abuse (README, Security): the defaults are
+    meant for a public deployment and are never reached by a gRPC client
+    that behaves.
+    """
+
+    max_premature_resets: int = field(
+        default=100,
+        metadata=_serve(
+            "--max-premature-resets",
+            parse_int,
+            at_least(1),
+            "streams a connection may reset within a second of opening them, once they are "
+            "over half its streams, before GOAWAY ENHANCE_YOUR_CALM closes it (Rapid Reset)",
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class ConnectionAge(Settings):
     """Retire connections after ``limit`` seconds (±10%), so clients spread over new servers.
 
@@ -180,6 +201,10 @@ class ServerConfig(Settings):
         ),
     )
     limits: Limits = field(default_factory=Limits, metadata=meta(nested=Limits, group="limits"))
+    connections: ConnectionLimits = field(
+        default_factory=ConnectionLimits,
+        metadata=meta(nested=ConnectionLimits, group="connection guards"),
+    )
     #: Bearer tokens Pipeline calls must present (none: no authentication); read by the CLI.
     tokens: tuple[str, ...] = field(
         default=(),

@@ -1,0 +1,71 @@
+"""The policies that guard one connection against HTTP/2 abuse: counters that decide, nothing more.
+
+Each guard is a small class holding the state of one connection. The h2
+connection (``connection``) and the protocol (``protocol``) feed them what
+arrives; a guard that trips raises :class:`Abuse`, which h2 answers with
+GOAWAY(ENHANCE_YOUR_CALM) before the protocol closes the connection. Nothing
+here touches a socket, h2 or grpclib, so each policy can be read, and
+tested, on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from h2.exceptions import DenialOfServiceError
+
+Clock = Callable[[], float]
+
+
+class Abuse(DenialOfServiceError):
+    """The client did what no conforming client does, at a rate that costs the server.
+
+    A ``DenialOfServiceError`` for h2: raised while h2 reads a frame, it makes
+    h2 queue GOAWAY(ENHANCE_YOUR_CALM), as it does for its own guards.
+    """
+
+
+class PrematureResets:
+    """Rapid Reset (CVE-2023-44487): streams the client resets before they could be answered.
+
+    Opening a stream makes the server start a call; resetting it at once
+    costs the client one frame. A client that cancels now and then (a
+    deadline, a user who went away) resets a few of its streams; an attacker
+    resets nearly all. So, as Envoy does, a reset counts when it comes within
+    ``min_lifetime`` seconds of the stream's opening, and the guard trips
+    once more than ``limit`` resets counted *and* they are more than half of
+    the streams the connection opened: a long-lived connection with a few
+    cancels never trips, a flood trips after ``limit`` streams.
+    """
+
+    #: Opening times kept at most; older entries cannot count as premature.
+    _KEPT = 1024
+
+    def __init__(self, limit: int, *, min_lifetime: float = 1.0, clock: Clock = time.monotonic):
+        self.limit = limit
+        self._min_lifetime = min_lifetime
+        self._clock = clock
+        self._opened: dict[int, float] = {}
+        self.streams = 0
+        self.premature = 0
+
+    def opened(self, stream_id: int) -> None:
+        self.streams += 1
+        now = self._clock()
+        if len(self._opened) >= self._KEPT:
+            oldest = now - self._min_lifetime
+            self._opened = {s: t for s, t in self._opened.items() if t > oldest}
+        self._opened[stream_id] = now
+
+    def reset(self, stream_id: int) -> None:
+        """The client reset ``stream_id`` while it was open; raises Abuse past the limit."""
+        opened = self._opened.pop(stream_id, None)
+        if opened is None or self._clock() - opened >= self._min_lifetime:
+            return
+        self.premature += 1
+        if self.premature > self.limit and 2 * self.premature > self.streams:
+            raise Abuse(
+                f"{self.premature} of {self.streams} streams reset within "
+                f"{self._min_lifetime:g}s of opening (limit {self.limit})"
+            )

@@ -1,0 +1,137 @@
+"""Connection guards under attack: a raw h2 client abuses HTTP/2 while legitimate calls go on.
+
+Each test shows the attack cut off, the server's memory bounded (the server
+runs in this process: its RSS is ours), and a legitimate call answered
+meanwhile, on another connection and, where it applies, on the same one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import StartServer
+from grpclib.client import Channel
+from h2.errors import ErrorCodes
+from h2client import RawConnection, framed
+
+from emotion import PipelineStub, Request, Server
+from emotion.config import ConnectionLimits
+from emotion.contract import RUN_PIPELINE_PATH
+
+MiB = 1024 * 1024
+
+
+def rss() -> int:
+    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class Peak:
+    """The highest RSS seen while the block runs, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.before = rss()
+        self.peak = self.before
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss())
+            await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> Peak:
+        self._task = asyncio.ensure_future(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.peak = max(self.peak, rss())
+
+    @property
+    def grown(self) -> int:
+        return self.peak - self.before
+
+
+async def legitimate(server: Server, connect: Callable[[Server], Channel], jpeg: bytes) -> None:
+    """One call on a connection of its own: it must be answered."""
+    answer = await PipelineStub(connect(server)).run_pipeline(Request(image=jpeg), timeout=10)
+    assert answer.response
+
+
+# --- Rapid Reset (CVE-2023-44487) ---------------------------------------------------------
+
+
+def _reset_until_goaway(port: int, body: bytes, limit: int) -> tuple[int, ErrorCodes | int | None]:
+    """Reset streams on one connection until the server sends GOAWAY; how many it took."""
+    connection = RawConnection(port)
+    try:
+        sent = 0
+        while connection.goaway is None and not connection.closed and sent < limit:
+            connection.reset_early(body)
+            sent += 1
+        connection.wait_closed(5)
+        return sent, connection.goaway
+    finally:
+        connection.close()
+
+
+async def test_rapid_reset_gives_the_window_back_then_gets_goaway(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(connections=ConnectionLimits(max_premature_resets=100))
+    body = framed(b"\x0a" + bytes(64 * 1024))  # 64 KiB of a message, never finished
+
+    def below_then_over() -> tuple[str | None, int, ErrorCodes | int | None]:
+        connection = RawConnection(server.port)
+        try:
+            # 90 streams of 64 KiB: more than the connection's 4 MiB receive window, were it kept.
+            for _ in range(90):
+                connection.reset_early(body)
+            megabyte = bytes(Request(image=jpeg + bytes(MiB)))
+            after = connection.call(RUN_PIPELINE_PATH, iter([framed(megabyte)]))
+            sent = 90
+            while connection.goaway is None and not connection.closed and sent < 1000:
+                connection.reset_early(body)
+                sent += 1
+            connection.wait_closed(5)
+            return after.status, sent, connection.goaway
+        finally:
+            connection.close()
+
+    status, sent, goaway = await asyncio.to_thread(below_then_over)
+
+    assert status == "0"  # a 1 MB call on that connection, after 90 resets
+    assert goaway == ErrorCodes.ENHANCE_YOUR_CALM
+    assert 100 <= sent <= 200
+    await legitimate(server, connect, jpeg)
+
+
+async def test_rapid_reset_on_many_connections_keeps_memory_bounded(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server()
+    body = framed(b"\x0a" + bytes(64 * 1024))
+
+    async with Peak() as memory:
+        attacks = [
+            asyncio.to_thread(_reset_until_goaway, server.port, body, 5000) for _ in range(4)
+        ]
+        for _ in range(3):  # each attacker reconnects after its GOAWAY
+            results = await asyncio.gather(*attacks, legitimate(server, connect, jpeg))
+            attacks = [
+                asyncio.to_thread(_reset_until_goaway, server.port, body, 5000) for _ in range(4)
+            ]
+            for sent, goaway in results[:4]:  # type: ignore[misc]
+                assert goaway == ErrorCodes.ENHANCE_YOUR_CALM
+                assert sent < 1000
+        for attack in attacks:
+            attack.close()
+
+    assert memory.grown < 60 * MiB, f"RSS grew {memory.grown / MiB:.0f} MiB"
+    await legitimate(server, connect, jpeg)
