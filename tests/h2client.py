@@ -7,7 +7,7 @@ generator, and watches what the server does with its flow-control window.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from h2.config import H2Configuration
@@ -34,6 +34,8 @@ class Outcome:
     status: str | None = None
     message: str | None = None
     reset: bool = False
+    #: The error code of the server's RST_STREAM, if it reset the stream.
+    reset_code: ErrorCodes | int | None = None
     data: bytes = b""
     sent: int = 0
     frames: int = 0
@@ -69,6 +71,35 @@ class RawConnection:
             ("content-type", "application/grpc"),
             ("te", "trailers"),
         ]
+
+    def open(self, headers: list[tuple[str, str]]) -> int:
+        """Send HEADERS for a new stream; its body is up to the caller."""
+        stream = self.h2.get_next_available_stream_id()
+        self._outcomes[stream] = Outcome()
+        self.h2.send_headers(stream, headers)
+        self.sock.sendall(self.h2.data_to_send())
+        return stream
+
+    def outcome(self, stream: int) -> Outcome:
+        return self._outcomes[stream]
+
+    def until(self, done: Callable[[], bool], timeout: float = 10) -> None:
+        """Read what the server sends until ``done()``, or the timeout, or the connection's end."""
+        self.sock.settimeout(timeout)
+        try:
+            while not done() and not self.closed:
+                self._pump()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self.sock.settimeout(30)
+
+    def finish(self, stream: int) -> Outcome:
+        """Read until ``stream`` has its status or was reset."""
+        outcome = self._outcomes[stream]
+        while outcome.status is None and not outcome.reset:
+            self._pump()
+        return outcome
 
     def reset_early(self, body: bytes) -> int:
         """Rapid Reset: HEADERS, as much of ``body`` as the windows allow, then RST_STREAM.
@@ -184,6 +215,7 @@ class RawConnection:
                     outcome.message = headers.get("grpc-message")
             elif isinstance(event, StreamReset):
                 self._outcomes[event.stream_id].reset = True
+                self._outcomes[event.stream_id].reset_code = event.error_code
             elif isinstance(event, (StreamEnded, WindowUpdated)):
                 pass
         self.sock.sendall(self.h2.data_to_send())

@@ -189,6 +189,14 @@ SERVE_SAMPLES: dict[str, tuple[str, Any]] = {
     "--max-message-size": ("32MiB", lambda o: o.server.limits.max_message_size == 32 * 2**20),
     "--max-pixels": ("20M", lambda o: o.server.limits.max_pixels == 20_000_000),
     "--max-queue": ("5", lambda o: o.server.limits.max_queue == 5),
+    "--max-concurrent-streams": (
+        "9",
+        lambda o: o.server.connections.max_concurrent_streams == 9,
+    ),
+    "--max-header-list-size": (
+        "32KiB",
+        lambda o: o.server.connections.max_header_list_size == 32 * 1024,
+    ),
     "--max-premature-resets": (
         "7",
         lambda o: o.server.connections.max_premature_resets == 7,

@@ -131,6 +131,30 @@ STATIC = [
         "a property",
     ),
     Expect("Handler.accept", grpclib.server.Handler, "accept", FUNCTION, "a method"),
+    Expect(
+        "h2.connection._decode_headers", h2.connection, "_decode_headers", FUNCTION, "a function"
+    ),
+    Expect(
+        "H2Connection._closed_streams",
+        H2,
+        "_closed_streams",
+        lambda v: isinstance(v, dict),
+        "a dict of stream id to StreamClosedBy",
+    ),
+    Expect(
+        "h2.stream.StreamClosedBy",
+        h2.stream,
+        "StreamClosedBy",
+        lambda v: hasattr(v, "SEND_RST_STREAM"),
+        "an enum with SEND_RST_STREAM",
+    ),
+    Expect(
+        "h2.connection.ConnectionInputs",
+        h2.connection,
+        "ConnectionInputs",
+        lambda v: hasattr(v, "RECV_HEADERS"),
+        "an enum with RECV_HEADERS",
+    ),
     Expect("Connection.flush", grpclib.protocol.Connection, "flush", FUNCTION, "a method"),
     Expect(
         "h2.connection.ConnectionState", h2.connection, "ConnectionState", of_type(type), "a class"

@@ -15,6 +15,7 @@ from pathlib import Path
 from conftest import StartServer
 from grpclib.client import Channel
 from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
 from h2client import RawConnection, framed
 
 from emotion import PipelineStub, Request, Server
@@ -135,3 +136,51 @@ async def test_rapid_reset_on_many_connections_keeps_memory_bounded(
 
     assert memory.grown < 60 * MiB, f"RSS grew {memory.grown / MiB:.0f} MiB"
     await legitimate(server, connect, jpeg)
+
+
+# --- Concurrent streams: advertised, and refused one by one over the limit ------------------
+
+
+async def test_streams_over_the_advertised_limit_are_refused_and_the_others_answered(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    limits = ConnectionLimits(max_concurrent_streams=10, max_header_list_size=8192)
+    server = await start_server(connections=limits)
+    message = framed(bytes(Request(image=jpeg)))
+
+    def flood() -> tuple[dict[int, int], list[str | None], list[ErrorCodes | int | None]]:
+        connection = RawConnection(server.port)
+        try:
+            advertised = dict(connection.settings)
+            # Ignore what the server advertised: h2 would keep us under it.
+            connection.h2.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1000
+            connection.h2.remote_settings.acknowledge()
+            waiting = [connection.open(connection.headers()) for _ in range(10)]
+            over = [connection.open(connection.headers()) for _ in range(40)]
+            connection.until(lambda: all(connection.outcome(s).reset for s in over))
+            refused = [connection.outcome(stream).reset_code for stream in over]
+            for stream in waiting:
+                connection.h2.send_data(stream, message, end_stream=True)
+            connection.sock.sendall(connection.h2.data_to_send())
+            answered = [connection.finish(stream).status for stream in waiting]
+            return advertised, answered, refused
+        finally:
+            connection.close()
+
+    advertised, answered, refused = await asyncio.to_thread(flood)
+
+    assert advertised[SettingCodes.MAX_CONCURRENT_STREAMS] == 10
+    assert advertised[SettingCodes.MAX_HEADER_LIST_SIZE] == 8192
+    assert refused == [ErrorCodes.REFUSED_STREAM] * 40
+    assert answered == ["0"] * 10  # the calls under the limit went on, on the same connection
+    await legitimate(server, connect, jpeg)
+
+
+async def test_the_defaults_are_advertised(start_server: StartServer) -> None:
+    server = await start_server()
+
+    connection = await asyncio.to_thread(RawConnection, server.port)
+    connection.close()
+
+    assert connection.settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 100
+    assert connection.settings[SettingCodes.MAX_HEADER_LIST_SIZE] == 16 * 1024

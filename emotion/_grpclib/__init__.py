@@ -60,6 +60,11 @@ h2
       has queued its GOAWAY) instead of raising it to grpclib.
     - ``H2Connection.streams`` (the open h2 streams by id) and
       ``H2Stream.closed``.
+    - refusing a stream over the limit, as h2 handles a stream it reset:
+      ``h2.connection._decode_headers`` (keeps HPACK in step),
+      ``H2Connection._closed_streams`` (marked ``StreamClosedBy``
+      ``SEND_RST_STREAM``, from ``h2.stream.StreamClosedBy``), and the state
+      machine fed ``h2.connection.ConnectionInputs``.
     - ``H2Connection.highest_inbound_stream_id``,
       ``H2Connection.state_machine`` and ``h2.connection.ConnectionState``.
 

@@ -13,17 +13,19 @@ import binascii
 from typing import TYPE_CHECKING
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionInputs, H2Connection, _decode_headers
+from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
-from hyperframe.frame import DataFrame
+from h2.stream import StreamClosedBy
+from hyperframe.frame import DataFrame, RstStreamFrame
 
 from emotion._grpclib.guards import PrematureResets
 from emotion.config import ConnectionLimits
 
 if TYPE_CHECKING:
     from h2.events import Event
-    from hyperframe.frame import Frame, HeadersFrame, RstStreamFrame
+    from hyperframe.frame import Frame, HeadersFrame
 
 #: Largest HTTP/2 frame clients may send. At h2's default (16 KiB) a 160 kB
 #: image arrives as ten DATA frames, and each costs a pass through h2 and
@@ -84,8 +86,11 @@ class H2ServerConnection(H2Connection):
         super().__init__(config=config)
         limits = limits or ConnectionLimits()
         self.local_settings[SettingCodes.MAX_FRAME_SIZE] = MAX_FRAME_SIZE
+        self.local_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
+        self.local_settings[SettingCodes.MAX_HEADER_LIST_SIZE] = limits.max_header_list_size
         self.local_settings.acknowledge()
         self.max_inbound_frame_size = MAX_FRAME_SIZE
+        self.decoder.max_header_list_size = limits.max_header_list_size
         # h2 dispatches on the exact class of a frame.
         self._frame_dispatch_table[QuietDataFrame] = self._frame_dispatch_table[DataFrame]
         self._resets = PrematureResets(limits.max_premature_resets)
@@ -114,10 +119,31 @@ class H2ServerConnection(H2Connection):
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
         opens = frame.stream_id > self.highest_inbound_stream_id
+        full = self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+        if opens and full and frame.stream_id % 2 == 1:
+            return self._refuse(frame)
         frames, events = super()._receive_headers_frame(frame)
         if opens:
             self._resets.opened(frame.stream_id)
         return frames, events
+
+    def _refuse(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+        """RST_STREAM(REFUSED_STREAM) for a stream over the limit; the connection goes on.
+
+        h2 would raise TooManyStreamsError, a connection error, ending every
+        call on the connection. A refused stream is one the client may retry
+        (RFC 9113, 8.7). Its headers are still decoded, to keep HPACK's table
+        in step with the client's, and the stream is recorded as reset by us,
+        so that h2 answers its late frames as it does for any reset stream
+        (giving the connection window back for its DATA).
+        """
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        _decode_headers(self.decoder, frame.data)
+        self.highest_inbound_stream_id = frame.stream_id
+        self._closed_streams[frame.stream_id] = StreamClosedBy.SEND_RST_STREAM
+        refusal = RstStreamFrame(frame.stream_id)
+        refusal.error_code = ErrorCodes.REFUSED_STREAM
+        return [refusal], events
 
     def _receive_rst_stream_frame(self, frame: RstStreamFrame) -> tuple[list[Frame], list[Event]]:
         stream = self.streams.get(frame.stream_id)

@@ -100,6 +100,28 @@ class ConnectionLimits(Settings):
     that behaves.
     """
 
+    max_concurrent_streams: int = field(
+        default=100,
+        metadata=_serve(
+            "--max-concurrent-streams",
+            parse_int,
+            at_least(1),
+            "calls one connection may have open at once, advertised in HTTP/2 SETTINGS; "
+            "streams over it are refused (RST_STREAM REFUSED_STREAM) and clients retry them",
+        ),
+    )
+    max_header_list_size: int = field(
+        default=16 * 1024,
+        metadata=_serve(
+            "--max-header-list-size",
+            parse_size,
+            at_least(1024, "a size in bytes, at least 1 KiB"),
+            "largest header block of a call (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE), also "
+            "the bytes a header block may buffer while it arrives; larger ones close the "
+            "connection with GOAWAY ENHANCE_YOUR_CALM",
+            default_text="16 KiB",
+        ),
+    )
     max_premature_resets: int = field(
         default=100,
         metadata=_serve(
