@@ -197,6 +197,8 @@ SERVE_SAMPLES: dict[str, tuple[str, Any]] = {
         "32KiB",
         lambda o: o.server.connections.max_header_list_size == 32 * 1024,
     ),
+    "--handshake-timeout": ("2.5", lambda o: o.server.connections.handshake_timeout == 2.5),
+    "--max-connection-idle": ("60", lambda o: o.server.connections.max_connection_idle == 60),
     "--max-premature-resets": (
         "7",
         lambda o: o.server.connections.max_premature_resets == 7,

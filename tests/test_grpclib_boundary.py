@@ -41,6 +41,7 @@ from grpclib.protocol import Buffer, H2Protocol
 from h2.config import DummyLogger, H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.events import DataReceived
+from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import DataFrame, Frame
 
 import emotion._grpclib
@@ -131,6 +132,27 @@ STATIC = [
         "a property",
     ),
     Expect("Handler.accept", grpclib.server.Handler, "accept", FUNCTION, "a method"),
+    Expect(
+        "H2Connection.incoming_buffer",
+        H2,
+        "incoming_buffer",
+        of_type(FrameBuffer),
+        "an h2 FrameBuffer",
+    ),
+    Expect(
+        "FrameBuffer._update_header_buffer",
+        FrameBuffer,
+        "_update_header_buffer",
+        FUNCTION,
+        "a method",
+    ),
+    Expect(
+        "FrameBuffer._headers_buffer",
+        FrameBuffer(),
+        "_headers_buffer",
+        of_type(list),
+        "a list of frames",
+    ),
     Expect(
         "h2.connection._decode_headers", h2.connection, "_decode_headers", FUNCTION, "a function"
     ),
@@ -377,6 +399,20 @@ def instance_expectations(served: Served) -> list[Expect]:
             "our H2ServerConnection (built through grpclib.protocol.H2Connection)",
         ),
         Expect("H2Protocol.handler", protocol, "handler", of_type(CallHandler), "our CallHandler"),
+        Expect(
+            "H2Protocol.processor",
+            protocol,
+            "processor",
+            of_type(grpclib.protocol.EventsProcessor),
+            "an EventsProcessor",
+        ),
+        Expect(
+            "EventsProcessor.streams",
+            getattr(protocol, "processor", None),
+            "streams",
+            of_type(dict),
+            "a dict of stream id to stream",
+        ),
         Expect("Handler._tasks", handler, "_tasks", of_type(dict), "a dict of stream to task"),
         Expect("Handler._cancelled", handler, "_cancelled", of_type(set), "a set of tasks"),
         Expect("Handler.closing", handler, "closing", of_type(bool), "a bool"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,12 +19,15 @@ from grpclib.client import Channel
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from h2client import RawConnection, framed
+from hyperframe.frame import ContinuationFrame, HeadersFrame, SettingsFrame
 
 from emotion import PipelineStub, Request, Server
 from emotion.config import ConnectionLimits
 from emotion.contract import RUN_PIPELINE_PATH
 
 MiB = 1024 * 1024
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS = SettingsFrame(0).serialize()
 
 
 def rss() -> int:
@@ -184,3 +189,126 @@ async def test_the_defaults_are_advertised(start_server: StartServer) -> None:
 
     assert connection.settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 100
     assert connection.settings[SettingCodes.MAX_HEADER_LIST_SIZE] == 16 * 1024
+
+
+# --- Header blocks bounded as they arrive ---------------------------------------------------
+
+
+def _header_flood(port: int, frames: list[bytes]) -> tuple[ErrorCodes | int | None, bool]:
+    """Send raw frames after the handshake; the server's GOAWAY code, and whether it closed."""
+    connection = RawConnection(port)
+    try:
+        for frame in frames:
+            try:
+                connection.sock.sendall(frame)
+            except OSError:  # closed under us: what it sent is read below
+                break
+            connection.drain()
+            if connection.goaway is not None:
+                break
+        connection.wait_closed(5)
+        return connection.goaway, connection.closed
+    finally:
+        connection.close()
+
+
+def _unfinished_header_block(megabytes: int) -> list[bytes]:
+    """HEADERS without END_HEADERS, then CONTINUATION frames of 64 KiB that never end it."""
+    headers = HeadersFrame(1, b"\x82" + bytes(1023))  # :method GET, then padding the decoder
+    continuations = [
+        ContinuationFrame(1, bytes(64 * 1024)).serialize() for _ in range(16 * megabytes)
+    ]
+    return [headers.serialize(), *continuations]
+
+
+async def test_a_header_block_that_never_ends_is_cut_off_at_the_header_list_limit(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server()
+    block = _unfinished_header_block(4)  # 4 MiB, made once: the client runs in this process too
+
+    async with Peak() as memory:
+        results = await asyncio.gather(
+            *[asyncio.to_thread(_header_flood, server.port, block) for _ in range(16)],
+            legitimate(server, connect, jpeg),
+        )
+
+    for goaway, closed in results[:16]:  # type: ignore[misc]
+        assert (goaway, closed) == (ErrorCodes.ENHANCE_YOUR_CALM, True)
+    assert memory.grown < 40 * MiB, f"RSS grew {memory.grown / MiB:.0f} MiB"
+    await legitimate(server, connect, jpeg)
+
+
+async def test_a_complete_header_bomb_gets_goaway(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server()
+    bomb = HeadersFrame(1, b"\x82" + bytes(200 * 1024))
+    bomb.flags.add("END_HEADERS")
+
+    goaway, closed = await asyncio.to_thread(_header_flood, server.port, [bomb.serialize()])
+
+    assert (goaway, closed) == (ErrorCodes.ENHANCE_YOUR_CALM, True)
+    await legitimate(server, connect, jpeg)
+
+
+# --- Handshake and idle timeouts ------------------------------------------------------------
+
+
+def _silent(port: int, send: bytes, timeout: float = 10) -> tuple[float, bytes]:
+    """Connect, send ``send`` (maybe nothing), then only read: seconds until closed, bytes read."""
+    started = time.monotonic()
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(send)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return time.monotonic() - started, received
+
+
+def _goaway_code(received: bytes) -> int | None:
+    """The error code of the first GOAWAY frame in ``received``, if any."""
+    while len(received) >= 9:
+        length = int.from_bytes(received[:3], "big")
+        if received[3] == 0x7:
+            return int.from_bytes(received[9 + 4 : 9 + 8], "big")
+        received = received[9 + length :]
+    return None
+
+
+async def test_connections_that_never_send_settings_are_closed(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(connections=ConnectionLimits(handshake_timeout=0.5))
+
+    nothing, preface, _ = await asyncio.gather(
+        asyncio.to_thread(_silent, server.port, b""),
+        asyncio.to_thread(_silent, server.port, PREFACE),
+        legitimate(server, connect, jpeg),  # well past its handshake, and served
+    )
+
+    for seconds, received in (nothing, preface):
+        assert 0.4 < seconds < 3
+        assert _goaway_code(received) == ErrorCodes.NO_ERROR
+    await legitimate(server, connect, jpeg)
+
+
+async def test_idle_connections_are_closed_and_busy_ones_kept(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(connections=ConnectionLimits(max_connection_idle=0.5))
+    stub = PipelineStub(connect(server))
+
+    idle = asyncio.ensure_future(asyncio.to_thread(_silent, server.port, PREFACE + SETTINGS))
+    for _ in range(10):  # a call every 0.2 s: never idle long enough
+        await stub.run_pipeline(Request(image=jpeg), timeout=10)
+        await asyncio.sleep(0.2)
+    busy_connections = server.connections_accepted
+    seconds, received = await idle
+
+    assert 0.4 < seconds < 3
+    assert _goaway_code(received) == ErrorCodes.NO_ERROR
+    assert busy_connections == 2  # the idle one, and the busy one kept

@@ -47,6 +47,8 @@ grpclib
       each stream) and ``Handler._cancelled``, and ``Handler.closing``.
     - ``H2Protocol.handler``, and ``Connection.flush`` (writes what h2
       queued, a GOAWAY included).
+    - ``H2Protocol.processor`` and its ``EventsProcessor.streams`` (the calls
+      open on a connection, for the idle timeout).
 
 h2
     - ``H2Connection._receive_frame``: overridden, to give DATA frames a
@@ -60,6 +62,10 @@ h2
       has queued its GOAWAY) instead of raising it to grpclib.
     - ``H2Connection.streams`` (the open h2 streams by id) and
       ``H2Stream.closed``.
+    - ``H2Connection.incoming_buffer``: replaced by our h2 ``FrameBuffer``
+      subclass, which extends ``FrameBuffer._update_header_buffer`` and reads
+      ``FrameBuffer._headers_buffer`` (the frames of an unfinished header
+      block).
     - refusing a stream over the limit, as h2 handles a stream it reset:
       ``h2.connection._decode_headers`` (keeps HPACK in step),
       ``H2Connection._closed_streams`` (marked ``StreamClosedBy``

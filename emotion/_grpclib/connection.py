@@ -16,16 +16,24 @@ from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from h2.stream import StreamClosedBy
-from hyperframe.frame import DataFrame, RstStreamFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
 
-from emotion._grpclib.guards import PrematureResets
+from emotion._grpclib.guards import Abuse, PrematureResets
 from emotion.config import ConnectionLimits
 
 if TYPE_CHECKING:
     from h2.events import Event
-    from hyperframe.frame import Frame, HeadersFrame
+    from hyperframe.frame import Frame
 
 #: Largest HTTP/2 frame clients may send. At h2's default (16 KiB) a 160 kB
 #: image arrives as ten DATA frames, and each costs a pass through h2 and
@@ -64,6 +72,31 @@ class QuietDataFrame(DataFrame):
         return short_hex(head, len(padding) + len(self.data) + self.pad_length)
 
 
+class BoundedFrameBuffer(FrameBuffer):
+    """h2's frame reader, refusing a header block that grows past ``limit`` bytes as it arrives.
+
+    h2 gathers HEADERS and CONTINUATION frames until END_HEADERS, up to 64
+    frames; the header-list limit applies only once the block is complete
+    and decoded. With 1 MiB frames, one connection could make the server
+    hold 64 MiB of a block that never ends. Here the encoded block is
+    counted frame by frame: an encoded header block is never larger than
+    the list it decodes to (HPACK adds a few bytes per field, the list
+    counts 32), so a limit equal to the header-list limit refuses nothing
+    that the list limit would let through.
+    """
+
+    def __init__(self, *, limit: int) -> None:
+        super().__init__(server=True)
+        self._limit = limit
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        if isinstance(f, (HeadersFrame, ContinuationFrame, PushPromiseFrame)):
+            size = len(f.data) + sum(len(frame.data) for frame in self._headers_buffer)
+            if size > self._limit:
+                raise Abuse(f"a header block reached {size} bytes; the limit is {self._limit}")
+        return super()._update_header_buffer(f)
+
+
 class H2ServerConnection(H2Connection):
     """h2's connection announcing a larger frame size in its very first SETTINGS.
 
@@ -91,6 +124,9 @@ class H2ServerConnection(H2Connection):
         self.local_settings.acknowledge()
         self.max_inbound_frame_size = MAX_FRAME_SIZE
         self.decoder.max_header_list_size = limits.max_header_list_size
+        self.incoming_buffer = BoundedFrameBuffer(limit=limits.max_header_list_size)
+        #: Whether the client's preface and first SETTINGS have arrived.
+        self.handshaken = False
         # h2 dispatches on the exact class of a frame.
         self._frame_dispatch_table[QuietDataFrame] = self._frame_dispatch_table[DataFrame]
         self._resets = PrematureResets(limits.max_premature_resets)
@@ -115,6 +151,8 @@ class H2ServerConnection(H2Connection):
     def _receive_frame(self, frame: Frame) -> list[Event]:
         if frame.__class__ is DataFrame:
             frame.__class__ = QuietDataFrame
+        elif frame.__class__ is SettingsFrame:
+            self.handshaken = True  # h2 has read the preface before any frame
         return super()._receive_frame(frame)
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:

@@ -8,6 +8,7 @@ and closes the connection a moment later, so that the client can read why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpclib.protocol
 from grpclib.protocol import H2Protocol
+from h2.exceptions import ProtocolError
 from hyperframe.frame import GoAwayFrame
 
 from emotion._grpclib.connection import H2ServerConnection
@@ -74,14 +76,67 @@ class ServerProtocol(H2Protocol):
         self._retire_by = 0.0
         self._gone_away = False
         self._transport: Transport | None = None
+        # By name, so that one replaces its predecessor; all cancelled when the
+        # connection is lost (a pending timer would keep this connection alive).
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._idle_since = 0.0
 
     def connection_made(self, transport: BaseTransport) -> None:
         self._transport = cast(Transport, transport)  # as grpclib casts it
         _grpclib_connection_made(self._limits)(self, transport)
+        self._idle_since = asyncio.get_running_loop().time()
+        self._later("handshake", self._limits.handshake_timeout, self._check_handshake)
+        self._later("idle", self._limits.max_connection_idle, self._check_idle)
         if self._age is not None:
-            loop = asyncio.get_running_loop()
             jitter = random.uniform(0.9, 1.1)  # noqa: S311 - spreading reconnects, not security
-            loop.call_later(self._age.limit * jitter, self._retire)
+            self._later("age", self._age.limit * jitter, self._retire)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        super().connection_lost(exc)
+
+    def _later(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        self._timers[name] = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _check_handshake(self) -> None:
+        """Close a connection that has not sent the HTTP/2 preface and SETTINGS in time.
+
+        Without this, a connection that never speaks holds a socket and its
+        buffers for as long as the client keeps it open.
+        """
+        h2 = self.connection._connection
+        assert isinstance(h2, H2ServerConnection)
+        if not h2.handshaken and not self._gone_away:
+            timeout = self._limits.handshake_timeout
+            self._go_away(f"closing a connection that sent no HTTP/2 SETTINGS within {timeout:g}s")
+
+    def _check_idle(self) -> None:
+        """GOAWAY and close once no call has been open for ``max_connection_idle`` seconds.
+
+        A connection counts as busy when it reads data with a call open, or
+        when the check finds one open (a call that runs long without
+        reading): it closes between one and two periods after its last call.
+        """
+        if self._gone_away:
+            return
+        limit = self._limits.max_connection_idle
+        now = asyncio.get_running_loop().time()
+        if self.processor.streams:
+            self._idle_since = now
+        idle = now - self._idle_since
+        if idle >= limit:
+            self._go_away(f"closing a connection idle for {limit:g}s")
+        else:
+            self._later("idle", limit - idle, self._check_idle)
+
+    def _go_away(self, reason: str) -> None:
+        """GOAWAY(NO_ERROR), then close: the client did nothing wrong, and reconnects at need."""
+        # A ProtocolError: h2 closed the connection already, and queued its GOAWAY.
+        with contextlib.suppress(ProtocolError):
+            self.connection._connection.close_connection()
+        self._abandon(reason)
 
     def _retire(self) -> None:
         """Announce GOAWAY, let running calls finish (up to the grace), then close."""
@@ -102,14 +157,14 @@ class ServerProtocol(H2Protocol):
             goaway.error_code = 0
             self._transport.write(goaway.serialize())
         if h2.open_inbound_streams and loop.time() < self._retire_by:
-            loop.call_later(_IDLE_CHECK, self._retire)
+            self._later("age", _IDLE_CHECK, self._retire)
             return
         if h2.open_inbound_streams:
             log.info("closing a connection past its age and grace with calls still running")
         # Closing at once could reset the connection (unread data makes the
         # kernel send RST) and lose the GOAWAY: give the client a moment.
         self._gone_away = True
-        loop.call_later(_GOAWAY_LINGER, self._transport.close)
+        self._later("close", _GOAWAY_LINGER, self._transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self._gone_away:
@@ -127,6 +182,8 @@ class ServerProtocol(H2Protocol):
         assert isinstance(h2, H2ServerConnection)
         if h2.failure is not None:
             self._abandon(f"closing a connection: {h2.failure}")
+        elif self.processor.streams:
+            self._idle_since = asyncio.get_running_loop().time()
 
     def _abandon(self, reason: str) -> None:
         """Send what h2 queued (its GOAWAY), end every call, stop reading, close soon.
@@ -134,6 +191,8 @@ class ServerProtocol(H2Protocol):
         Closing at once with unread data would make the kernel reset the
         connection, and the client might never read the GOAWAY.
         """
+        if self.connection.is_closing():
+            return  # closed already (grpclib closes on the client's GOAWAY)
         log.info("%s", reason)
         assert self._transport is not None
         self._gone_away = True
@@ -141,4 +200,4 @@ class ServerProtocol(H2Protocol):
         self.handler.close()  # cancels the calls: their streams and jobs are released
         if not self._transport.is_closing():
             self._transport.pause_reading()
-        asyncio.get_running_loop().call_later(_GOAWAY_LINGER, self._transport.close)
+        self._later("close", _GOAWAY_LINGER, self._transport.close)

@@ -133,6 +133,27 @@ class ConnectionLimits(Settings):
         ),
     )
 
+    handshake_timeout: float = field(
+        default=10.0,
+        metadata=_serve(
+            "--handshake-timeout",
+            parse_float,
+            is_positive_seconds,
+            "seconds a new connection has to send the HTTP/2 preface and its SETTINGS "
+            "(after TLS) before it is closed",
+        ),
+    )
+    max_connection_idle: float = field(
+        default=300.0,
+        metadata=_serve(
+            "--max-connection-idle",
+            parse_float,
+            is_positive_seconds,
+            "close a connection (GOAWAY, then close) once no call has been open on it for "
+            "this many seconds (up to twice as long); clients reconnect when they need to",
+        ),
+    )
+
 
 @dataclass(frozen=True)
 class ConnectionAge(Settings):
