@@ -189,6 +189,8 @@ SERVE_SAMPLES: dict[str, tuple[str, Any]] = {
     "--max-message-size": ("32MiB", lambda o: o.server.limits.max_message_size == 32 * 2**20),
     "--max-pixels": ("20M", lambda o: o.server.limits.max_pixels == 20_000_000),
     "--max-queue": ("5", lambda o: o.server.limits.max_queue == 5),
+    "--body-timeout": ("3", lambda o: o.server.limits.body_timeout == 3),
+    "--max-receiving": ("64MiB", lambda o: o.server.limits.max_receiving == 64 * 2**20),
     "--max-concurrent-streams": (
         "9",
         lambda o: o.server.connections.max_concurrent_streams == 9,

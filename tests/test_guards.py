@@ -16,13 +16,14 @@ from pathlib import Path
 
 from conftest import StartServer
 from grpclib.client import Channel
+from grpclib.const import Status
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from h2client import RawConnection, framed
+from h2client import Outcome, RawConnection, framed
 from hyperframe.frame import ContinuationFrame, HeadersFrame, SettingsFrame
 
 from emotion import PipelineStub, Request, Server
-from emotion.config import ConnectionLimits
+from emotion.config import ConnectionLimits, Limits
 from emotion.contract import RUN_PIPELINE_PATH
 
 MiB = 1024 * 1024
@@ -312,3 +313,82 @@ async def test_idle_connections_are_closed_and_busy_ones_kept(
     assert 0.4 < seconds < 3
     assert _goaway_code(received) == ErrorCodes.NO_ERROR
     assert busy_connections == 2  # the idle one, and the busy one kept
+
+
+# --- Slow bodies: no place in the queue until the message is in, and a time limit --------
+
+
+async def test_slow_bodies_hold_no_place_and_are_cut_off_in_time(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(threads=1, limits=Limits(max_queue=1, body_timeout=1.0))
+    assert server.admission.capacity == 2
+
+    def slow(count: int) -> tuple[list[Outcome], float]:
+        connection = RawConnection(server.port)
+        try:
+            started = time.monotonic()
+            streams = [connection.open(connection.headers()) for _ in range(count)]
+            for stream in streams:  # 100 bytes of 10 kB, then nothing
+                connection.h2.send_data(stream, framed(b"\x0a" + bytes(95), declared=10_000))
+            connection.sock.sendall(connection.h2.data_to_send())
+            outcomes = [connection.finish(stream) for stream in streams]
+            return outcomes, time.monotonic() - started
+        finally:
+            connection.close()
+
+    def silent() -> Outcome:
+        connection = RawConnection(server.port)
+        try:
+            return connection.finish(connection.open(connection.headers()))
+        finally:
+            connection.close()
+
+    attack = asyncio.ensure_future(asyncio.to_thread(slow, 20))
+    quiet = asyncio.ensure_future(asyncio.to_thread(silent))
+    await asyncio.sleep(0.3)
+    for _ in range(3):  # while 21 calls wait for their bodies, with room for 2
+        await legitimate(server, connect, jpeg)
+    outcomes, seconds = await attack
+    nothing = await quiet
+
+    assert seconds < 5
+    assert {(o.status, o.message) for o in outcomes} == {
+        (
+            str(Status.DEADLINE_EXCEEDED.value),
+            "the 10000-byte request message did not arrive within 1.2s (1s, plus 1s per 65536 "
+            "bytes)",
+        )
+    }
+    assert (nothing.status, nothing.message) == (
+        str(Status.DEADLINE_EXCEEDED.value),
+        "no request message came within 1.0s of the call",
+    )
+    assert server.admission.admitted == 0
+
+
+async def test_bodies_arriving_at_once_are_bounded_by_the_receive_budget(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(limits=Limits(max_receiving=100_000, body_timeout=2.0))
+
+    def two_halves() -> list[Outcome]:
+        connection = RawConnection(server.port)
+        try:
+            streams = [connection.open(connection.headers()) for _ in range(2)]
+            for stream in streams:
+                connection.h2.send_data(stream, framed(b"\x0a" + bytes(95), declared=60_000))
+                connection.sock.sendall(connection.h2.data_to_send())
+                time.sleep(0.2)
+            return [connection.finish(stream) for stream in streams]
+        finally:
+            connection.close()
+
+    first, second = await asyncio.to_thread(two_halves)
+
+    assert first.status == str(Status.DEADLINE_EXCEEDED.value)  # it never finished
+    assert second.status == str(Status.RESOURCE_EXHAUSTED.value)
+    assert second.message == (
+        "server is busy: 60000 bytes of other requests are arriving; retry with backoff"
+    )
+    await legitimate(server, connect, jpeg)

@@ -16,7 +16,8 @@ Modules, one concern each:
 - ``connection``: H2ServerConnection, h2's connection with 1 MiB frames,
   DATA frames that format cheaply, and the guards fed each frame.
 - ``guards``: the per-connection policies against HTTP/2 abuse (no internals).
-- ``messages``: receive_message, a request read with its size checked first.
+- ``messages``: receive_message, a request read with its size checked first,
+  in the time its size allows, within the worker's receive budget.
 - ``client``: told_to_go_away, whether a channel's connection got a GOAWAY.
 
 Nothing here changes anything process-wide, at import or later: importing
@@ -86,6 +87,10 @@ from emotion._grpclib.messages import (
     CompressedMessage,
     MalformedMessage,
     MessageTooLarge,
+    Patience,
+    ReceiveBudget,
+    ReceivingFull,
+    SlowMessage,
     receive_message,
 )
 from emotion._grpclib.server import GrpcServer
@@ -96,6 +101,10 @@ __all__ = [
     "GrpcServer",
     "MalformedMessage",
     "MessageTooLarge",
+    "Patience",
+    "ReceiveBudget",
+    "ReceivingFull",
+    "SlowMessage",
     "receive_message",
     "told_to_go_away",
 ]

@@ -89,6 +89,27 @@ class Limits(Settings):
             "calls a worker takes beyond its inference threads before answering RESOURCE_EXHAUSTED",
         ),
     )
+    body_timeout: float = field(
+        default=10.0,
+        metadata=_serve(
+            "--body-timeout",
+            parse_float,
+            is_positive_seconds,
+            "seconds a call's request message may take to arrive, plus one per 64 KiB of it; "
+            "a later one gets DEADLINE_EXCEEDED",
+        ),
+    )
+    max_receiving: int = field(
+        default=256 * 1024 * 1024,
+        metadata=_serve(
+            "--max-receiving",
+            parse_size,
+            at_least(1, "a size in bytes"),
+            "bytes of request messages a worker buffers at once while they arrive; a message "
+            "that would pass it gets RESOURCE_EXHAUSTED before its body is read",
+            default_text="256 MiB",
+        ),
+    )
 
 
 @dataclass(frozen=True)
