@@ -47,6 +47,8 @@ class RawConnection:
     settings: dict[int, int] = field(default_factory=dict)
     #: The error code of the server's GOAWAY, once one came.
     goaway: ErrorCodes | int | None = None
+    #: Whether to give the server's DATA back to its windows (WINDOW_UPDATE) as it is read.
+    acknowledge: bool = True
 
     def __post_init__(self) -> None:
         self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -205,7 +207,8 @@ class RawConnection:
                 self.settings.update({k: v.new_value for k, v in event.changed_settings.items()})
             elif isinstance(event, DataReceived):
                 self._outcomes[event.stream_id].data += event.data
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if self.acknowledge:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, (ResponseReceived, TrailersReceived)):
                 # An error may come as "trailers only": status in the first HEADERS.
                 headers = {str(k): str(v) for k, v in event.headers}

@@ -178,6 +178,10 @@ STATIC = [
         "an enum with RECV_HEADERS",
     ),
     Expect("Connection.flush", grpclib.protocol.Connection, "flush", FUNCTION, "a method"),
+    Expect("Handler.cancel", grpclib.server.Handler, "cancel", FUNCTION, "a method"),
+    Expect(
+        "Stream.__terminated__", grpclib.protocol.Stream, "__terminated__", FUNCTION, "a method"
+    ),
     Expect(
         "h2.connection.ConnectionState", h2.connection, "ConnectionState", of_type(type), "a class"
     ),
@@ -462,6 +466,20 @@ def instance_expectations(served: Served) -> list[Expect]:
             "a grpclib.protocol.Stream with recv_data",
         ),
         Expect("Stream._codec", stream, "_codec", of_type(CodecBase), "a CodecBase"),
+        Expect(
+            "Stream.window_updated",
+            getattr(stream, "_stream", None),
+            "window_updated",
+            of_type(asyncio.Event),
+            "an asyncio.Event",
+        ),
+        Expect(
+            "Connection.write_ready",
+            connection,
+            "write_ready",
+            of_type(asyncio.Event),
+            "an asyncio.Event",
+        ),
         Expect(
             "Stream._dispatch",
             stream,

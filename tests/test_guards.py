@@ -392,3 +392,42 @@ async def test_bodies_arriving_at_once_are_bounded_by_the_receive_budget(
         "server is busy: 60000 bytes of other requests are arriving; retry with backoff"
     )
     await legitimate(server, connect, jpeg)
+
+
+# --- Answers the client will not read ---------------------------------------------------------
+
+
+async def test_an_answer_the_client_will_not_read_ends_its_call_and_frees_its_place(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(
+        threads=1, limits=Limits(max_queue=1), connections=ConnectionLimits(send_timeout=1.0)
+    )
+    message = framed(bytes(Request(image=jpeg)))
+
+    def never_read(count: int) -> tuple[list[Outcome], float]:
+        connection = RawConnection(server.port)
+        try:
+            # A window of one byte per stream, never widened: no answer can be sent.
+            connection.acknowledge = False
+            connection.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1})
+            connection.sock.sendall(connection.h2.data_to_send())
+            started = time.monotonic()
+            streams = [connection.open(connection.headers()) for _ in range(count)]
+            for stream in streams:
+                connection.h2.send_data(stream, message, end_stream=True)
+            connection.sock.sendall(connection.h2.data_to_send())
+            outcomes = [connection.finish(stream) for stream in streams]
+            return outcomes, time.monotonic() - started
+        finally:
+            connection.close()
+
+    attack = asyncio.ensure_future(asyncio.to_thread(never_read, 2))
+    await asyncio.sleep(0.5)
+    assert server.admission.admitted == 2  # both places held by answers nobody reads
+    outcomes, seconds = await attack
+
+    assert [(o.reset_code, o.status) for o in outcomes] == [(ErrorCodes.CANCEL, None)] * 2
+    assert seconds < 4
+    assert server.admission.admitted == 0
+    await legitimate(server, connect, jpeg)

@@ -50,6 +50,11 @@ grpclib
       queued, a GOAWAY included).
     - ``H2Protocol.processor`` and its ``EventsProcessor.streams`` (the calls
       open on a connection, for the idle timeout).
+    - ending a call whose answer waits on a client that reads nothing, as
+      grpclib ends one the client reset: ``Stream.window_updated`` (clear
+      while an answer waits for window), ``Stream.__terminated__``,
+      ``Handler.cancel``; and ``Connection.write_ready`` (clear while the
+      socket's buffer is full).
 
 h2
     - ``H2Connection._receive_frame``: overridden, to give DATA frames a

@@ -69,3 +69,22 @@ class PrematureResets:
                 f"{self.premature} of {self.streams} streams reset within "
                 f"{self._min_lifetime:g}s of opening (limit {self.limit})"
             )
+
+
+class Stalls:
+    """Since when each of some things (streams, a transport) has been stalled.
+
+    :meth:`update` is told which are stalled now, at each check, and answers
+    those stalled for ``limit`` seconds or more. Something that moved between
+    two checks starts again from zero.
+    """
+
+    def __init__(self, limit: float, *, clock: Clock = time.monotonic) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._since: dict[int, float] = {}
+
+    def update(self, stalled: list[int]) -> list[int]:
+        now = self._clock()
+        self._since = {key: self._since.get(key, now) for key in stalled}
+        return [key for key, since in self._since.items() if now - since >= self.limit]

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpclib.protocol
 from grpclib.protocol import H2Protocol
+from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from hyperframe.frame import GoAwayFrame
 
 from emotion._grpclib.connection import H2ServerConnection
+from emotion._grpclib.guards import Stalls
 from emotion.config import ConnectionLimits
 
 if TYPE_CHECKING:
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 
 _IDLE_CHECK = 0.1
 _GOAWAY_LINGER = 1.0
+#: What a connection may have waiting to be written. grpclib writes answers
+#: only while asyncio's transport is under its high-water mark (64 KiB), but
+#: h2 answers PINGs, SETTINGS and resets whatever the buffer holds: a client
+#: that sends them and reads nothing would grow it without end.
+MAX_WRITE_BUFFER = 4 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,7 @@ class ServerProtocol(H2Protocol):
         # connection is lost (a pending timer would keep this connection alive).
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._idle_since = 0.0
+        self._stalls = Stalls(self._limits.send_timeout)
 
     def connection_made(self, transport: BaseTransport) -> None:
         self._transport = cast(Transport, transport)  # as grpclib casts it
@@ -87,6 +95,7 @@ class ServerProtocol(H2Protocol):
         self._idle_since = asyncio.get_running_loop().time()
         self._later("handshake", self._limits.handshake_timeout, self._check_handshake)
         self._later("idle", self._limits.max_connection_idle, self._check_idle)
+        self._later("sending", self._limits.send_timeout / 4, self._check_sending)
         if self._age is not None:
             jitter = random.uniform(0.9, 1.1)  # noqa: S311 - spreading reconnects, not security
             self._later("age", self._age.limit * jitter, self._retire)
@@ -130,6 +139,56 @@ class ServerProtocol(H2Protocol):
             self._go_away(f"closing a connection idle for {limit:g}s")
         else:
             self._later("idle", limit - idle, self._check_idle)
+
+    def _check_sending(self) -> None:
+        """End the calls whose answers have waited ``send_timeout`` for a client that reads nothing.
+
+        An answer waits on its stream's flow-control window (the client sends
+        no WINDOW_UPDATE) or on the connection's socket (the client does not
+        read): either way its call holds its place in the queue, and its
+        answer, for as long as the client likes. A stalled stream is reset
+        and its call cancelled; a stalled socket ends the connection.
+        """
+        if self._gone_away or self.connection.is_closing():
+            return
+        h2 = self.connection._connection
+        stalled = []
+        for stream_id, stream in list(self.processor.streams.items()):
+            with contextlib.suppress(ProtocolError):  # closed in h2: not waiting to send
+                if not stream.window_updated.is_set() and (
+                    h2.local_flow_control_window(stream_id) <= 0
+                ):
+                    stalled.append(stream_id)
+        if not self.connection.write_ready.is_set():
+            stalled.append(0)
+        for stream_id in self._stalls.update(stalled):
+            if stream_id == 0:
+                self._drop("a client that reads nothing")
+                return
+            self._end_stalled(stream_id)
+        self._later("sending", self._limits.send_timeout / 4, self._check_sending)
+
+    def _end_stalled(self, stream_id: int) -> None:
+        stream = self.processor.streams.get(stream_id)
+        if stream is None:
+            return
+        reason = f"the client read no answer for {self._limits.send_timeout:g}s"
+        log.info("ending a call: %s", reason)
+        with contextlib.suppress(ProtocolError):
+            self.connection._connection.reset_stream(stream_id, ErrorCodes.CANCEL)
+        self.connection.flush()
+        # As grpclib does for a reset from the client: the call is cancelled,
+        # and CallHandler releases its stream.
+        stream.__terminated__(reason)
+        self.handler.cancel(stream)
+
+    def _drop(self, who: str) -> None:
+        """Close a connection at once, discarding what it has not read: it will not read it."""
+        log.info("closing a connection: %s", who)
+        assert self._transport is not None
+        self._gone_away = True
+        self.handler.close()
+        self._transport.abort()
 
     def _go_away(self, reason: str) -> None:
         """GOAWAY(NO_ERROR), then close: the client did nothing wrong, and reconnects at need."""
@@ -182,6 +241,10 @@ class ServerProtocol(H2Protocol):
         assert isinstance(h2, H2ServerConnection)
         if h2.failure is not None:
             self._abandon(f"closing a connection: {h2.failure}")
+        elif self._transport is not None and (
+            self._transport.get_write_buffer_size() > MAX_WRITE_BUFFER
+        ):
+            self._drop(f"a client that left over {MAX_WRITE_BUFFER} bytes unread")
         elif self.processor.streams:
             self._idle_since = asyncio.get_running_loop().time()
 

@@ -164,6 +164,16 @@ class ConnectionLimits(Settings):
             "(after TLS) before it is closed",
         ),
     )
+    send_timeout: float = field(
+        default=30.0,
+        metadata=_serve(
+            "--send-timeout",
+            parse_float,
+            is_positive_seconds,
+            "seconds an answer may wait for a client that reads nothing (no flow-control "
+            "window, or a full socket) before its call is ended and its place freed",
+        ),
+    )
     max_connection_idle: float = field(
         default=300.0,
         metadata=_serve(
