@@ -200,6 +200,8 @@ SERVE_SAMPLES: dict[str, tuple[str, Any]] = {
         lambda o: o.server.connections.max_header_list_size == 32 * 1024,
     ),
     "--handshake-timeout": ("2.5", lambda o: o.server.connections.handshake_timeout == 2.5),
+    "--max-control-rate": ("20", lambda o: o.server.connections.max_control_rate == 20),
+    "--max-connections": ("50", lambda o: o.server.connections.max_connections == 50),
     "--send-timeout": ("5", lambda o: o.server.connections.send_timeout == 5),
     "--max-connection-idle": ("60", lambda o: o.server.connections.max_connection_idle == 60),
     "--max-premature-resets": (

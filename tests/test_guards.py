@@ -20,7 +20,7 @@ from grpclib.const import Status
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from h2client import Outcome, RawConnection, framed
-from hyperframe.frame import ContinuationFrame, HeadersFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
 from emotion import PipelineStub, Request, Server
 from emotion.config import ConnectionLimits, Limits
@@ -431,3 +431,86 @@ async def test_an_answer_the_client_will_not_read_ends_its_call_and_frees_its_pl
     assert seconds < 4
     assert server.admission.admitted == 0
     await legitimate(server, connect, jpeg)
+
+
+# --- PING and SETTINGS floods, connections per worker, the backlog, closed handlers -----------
+
+
+def _control_flood(port: int, frame: bytes, count: int) -> tuple[ErrorCodes | int | None, bool]:
+    return _header_flood(port, [frame] * count)
+
+
+async def test_ping_and_settings_floods_get_goaway(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server()
+    ping = PingFrame(0, b"12345678").serialize()
+    settings = SettingsFrame(0, {SettingCodes.ENABLE_PUSH: 0}).serialize()
+
+    for goaway, closed in await asyncio.gather(
+        asyncio.to_thread(_control_flood, server.port, ping, 5000),
+        asyncio.to_thread(_control_flood, server.port, settings, 5000),
+    ):
+        assert (goaway, closed) == (ErrorCodes.ENHANCE_YOUR_CALM, True)
+    await legitimate(server, connect, jpeg)
+
+
+async def test_a_few_pings_a_second_are_fine(start_server: StartServer) -> None:
+    server = await start_server()
+
+    def pings() -> tuple[ErrorCodes | int | None, bool]:
+        connection = RawConnection(server.port)
+        try:
+            for _ in range(30):  # keepalive-like, well under the limit
+                connection.h2.ping(b"12345678")
+                connection.sock.sendall(connection.h2.data_to_send())
+                connection.drain(wait=0.05)
+            return connection.goaway, connection.closed
+        finally:
+            connection.close()
+
+    assert await asyncio.to_thread(pings) == (None, False)
+
+
+async def test_connections_over_the_limit_get_goaway_and_the_others_stay(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(connections=ConnectionLimits(max_connections=3))
+
+    held = await asyncio.gather(*[asyncio.to_thread(RawConnection, server.port) for _ in range(3)])
+    over = await asyncio.to_thread(RawConnection, server.port)
+    await asyncio.to_thread(over.wait_closed, 5)
+    over.close()
+    held[0].close()
+    await asyncio.sleep(0.2)
+    await legitimate(server, connect, jpeg)  # in the place of the one that left
+
+    assert (over.goaway, over.closed) == (ErrorCodes.NO_ERROR, True)
+    for connection in held[1:]:
+        connection.drain()
+        assert (connection.goaway, connection.closed) == (None, False)
+        connection.close()
+
+
+async def test_the_listening_backlog_is_1024(server: Server) -> None:
+    listing = await asyncio.create_subprocess_exec(
+        "ss", "-ltnH", f"sport = :{server.port}", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await listing.communicate()
+
+    assert out.split()[2] == b"1024"  # Send-Q of a listening socket: its backlog
+
+
+async def test_closed_connections_free_their_handlers_at_once(
+    start_server: StartServer, jpeg: bytes
+) -> None:
+    server = await start_server()
+    assert server._grpc is not None
+
+    for _ in range(3):
+        channel = Channel("127.0.0.1", server.port)
+        await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
+        channel.close()
+    await asyncio.sleep(0.2)
+
+    assert server._grpc.handlers == 0  # grpclib alone keeps them to every tenth connection

@@ -23,12 +23,13 @@ from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
     HeadersFrame,
+    PingFrame,
     PushPromiseFrame,
     RstStreamFrame,
     SettingsFrame,
 )
 
-from emotion._grpclib.guards import Abuse, PrematureResets
+from emotion._grpclib.guards import Abuse, PrematureResets, Rate
 from emotion.config import ConnectionLimits
 
 if TYPE_CHECKING:
@@ -130,6 +131,9 @@ class H2ServerConnection(H2Connection):
         # h2 dispatches on the exact class of a frame.
         self._frame_dispatch_table[QuietDataFrame] = self._frame_dispatch_table[DataFrame]
         self._resets = PrematureResets(limits.max_premature_resets)
+        rate = limits.max_control_rate
+        self._pings = Rate("PING", rate, burst=10 * rate)
+        self._settings = Rate("SETTINGS", rate, burst=10 * rate)
         #: The protocol error that ended the connection (h2 has queued its GOAWAY), if any.
         self.failure: ProtocolError | None = None
 
@@ -149,10 +153,14 @@ class H2ServerConnection(H2Connection):
             return []
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
-        if frame.__class__ is DataFrame:
+        kind = frame.__class__
+        if kind is DataFrame:
             frame.__class__ = QuietDataFrame
-        elif frame.__class__ is SettingsFrame:
+        elif kind is PingFrame and "ACK" not in frame.flags:
+            self._pings.spend()
+        elif kind is SettingsFrame and "ACK" not in frame.flags:
             self.handshaken = True  # h2 has read the preface before any frame
+            self._settings.spend()
         return super()._receive_frame(frame)
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:

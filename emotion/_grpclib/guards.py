@@ -88,3 +88,31 @@ class Stalls:
         now = self._clock()
         self._since = {key: self._since.get(key, now) for key in stalled}
         return [key for key, since in self._since.items() if now - since >= self.limit]
+
+
+class Rate:
+    """At most ``burst`` frames of a kind at once, and ``per_second`` on average (a token bucket).
+
+    For frames that cost the server work and the client nothing: each PING
+    and SETTINGS frame makes h2 write an acknowledgement. Conforming
+    clients send a few (keepalive, BDP probes); a flood trips this.
+    """
+
+    def __init__(
+        self, what: str, per_second: float, *, burst: float, clock: Clock = time.monotonic
+    ) -> None:
+        self._what = what
+        self._per_second = per_second
+        self._burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def spend(self) -> None:
+        """Count one frame; raises Abuse when the bucket is empty."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_second)
+        self._at = now
+        if self._tokens < 1:
+            raise Abuse(f"more than {self._per_second:g} {self._what} frames a second")
+        self._tokens -= 1

@@ -75,11 +75,15 @@ class ServerProtocol(H2Protocol):
         *args: Any,
         age: ConnectionAge | None = None,
         limits: ConnectionLimits | None = None,
+        refuse: bool = False,
+        on_lost: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._age = age
         self._limits = limits or ConnectionLimits()
+        self._refuse = refuse
+        self._on_lost = on_lost
         self._retire_by = 0.0
         self._gone_away = False
         self._transport: Transport | None = None
@@ -92,6 +96,11 @@ class ServerProtocol(H2Protocol):
     def connection_made(self, transport: BaseTransport) -> None:
         self._transport = cast(Transport, transport)  # as grpclib casts it
         _grpclib_connection_made(self._limits)(self, transport)
+        if self._refuse:
+            limit = self._limits.max_connections
+            # At debug: a flood of connections would flood the log too.
+            self._go_away(f"refusing a connection: {limit} are open", logging.DEBUG)
+            return
         self._idle_since = asyncio.get_running_loop().time()
         self._later("handshake", self._limits.handshake_timeout, self._check_handshake)
         self._later("idle", self._limits.max_connection_idle, self._check_idle)
@@ -104,6 +113,9 @@ class ServerProtocol(H2Protocol):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        if self._on_lost is not None:
+            self._on_lost()
+            self._on_lost = None
         super().connection_lost(exc)
 
     def _later(self, name: str, delay: float, callback: Callable[[], None]) -> None:
@@ -190,12 +202,12 @@ class ServerProtocol(H2Protocol):
         self.handler.close()
         self._transport.abort()
 
-    def _go_away(self, reason: str) -> None:
+    def _go_away(self, reason: str, level: int = logging.INFO) -> None:
         """GOAWAY(NO_ERROR), then close: the client did nothing wrong, and reconnects at need."""
         # A ProtocolError: h2 closed the connection already, and queued its GOAWAY.
         with contextlib.suppress(ProtocolError):
             self.connection._connection.close_connection()
-        self._abandon(reason)
+        self._abandon(reason, level)
 
     def _retire(self) -> None:
         """Announce GOAWAY, let running calls finish (up to the grace), then close."""
@@ -248,7 +260,7 @@ class ServerProtocol(H2Protocol):
         elif self.processor.streams:
             self._idle_since = asyncio.get_running_loop().time()
 
-    def _abandon(self, reason: str) -> None:
+    def _abandon(self, reason: str, level: int = logging.INFO) -> None:
         """Send what h2 queued (its GOAWAY), end every call, stop reading, close soon.
 
         Closing at once with unread data would make the kernel reset the
@@ -256,7 +268,7 @@ class ServerProtocol(H2Protocol):
         """
         if self.connection.is_closing():
             return  # closed already (grpclib closes on the client's GOAWAY)
-        log.info("%s", reason)
+        log.log(level, "%s", reason)
         assert self._transport is not None
         self._gone_away = True
         self.connection.flush()

@@ -154,6 +154,25 @@ class ConnectionLimits(Settings):
         ),
     )
 
+    max_control_rate: int = field(
+        default=10,
+        metadata=_serve(
+            "--max-control-rate",
+            parse_int,
+            at_least(1),
+            "PING and SETTINGS frames a connection may send a second, in bursts of ten times "
+            "as many, before GOAWAY ENHANCE_YOUR_CALM closes it",
+        ),
+    )
+    max_connections: int = field(
+        default=1000,
+        metadata=_serve(
+            "--max-connections",
+            parse_int,
+            at_least(1),
+            "client connections a worker keeps open; one more gets GOAWAY at once and is closed",
+        ),
+    )
     handshake_timeout: float = field(
         default=10.0,
         metadata=_serve(
