@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import StartServer
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -23,6 +24,7 @@ from h2client import Outcome, RawConnection, framed
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
 from emotion import PipelineStub, Request, Server
+from emotion._grpclib.guards import Abuse, PrematureResets, Rate
 from emotion.config import ConnectionLimits, Limits
 from emotion.contract import RUN_PIPELINE_PATH
 
@@ -514,3 +516,52 @@ async def test_closed_connections_free_their_handlers_at_once(
     await asyncio.sleep(0.2)
 
     assert server._grpc.handlers == 0  # grpclib alone keeps them to every tenth connection
+
+
+# --- The policies alone -----------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_client_that_cancels_one_call_in_ten_never_trips_the_reset_guard() -> None:
+    clock = Clock()
+    resets = PrematureResets(100, clock=clock)
+
+    for stream_id in range(1, 200_001, 2):  # 100,000 calls, 10,000 cancelled at once
+        resets.opened(stream_id)
+        clock.now += 0.001
+        if stream_id % 20 == 1:
+            resets.reset(stream_id)
+
+    assert resets.premature == 10_000
+
+
+def test_a_reset_after_a_second_is_not_premature() -> None:
+    clock = Clock()
+    resets = PrematureResets(1, clock=clock)
+
+    for stream_id in (1, 3, 5):
+        resets.opened(stream_id)
+        clock.now += 1.0
+        resets.reset(stream_id)
+
+    assert resets.premature == 0
+
+
+def test_the_rate_allows_its_burst_then_its_rate() -> None:
+    clock = Clock()
+    rate = Rate("PING", 10, burst=100, clock=clock)
+
+    for _ in range(100):
+        rate.spend()
+    with pytest.raises(Abuse, match="more than 10 PING frames a second"):
+        rate.spend()
+    for _ in range(50):  # under ten a second goes on for ever
+        clock.now += 0.125
+        rate.spend()
