@@ -1,4 +1,4 @@
-"""Admission: whether a call may start, decided from its headers before its body is read."""
+"""Admission: whether a call may start (at its headers), and its place (once its message came)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Admission:
     """Checks a call's credentials, the server's state, and room for one more call.
 
     ``capacity`` bounds the calls in progress at once: those in the model,
-    and those waiting for it or still sending their image. A call over it is
+    and those waiting for it or answering it. A call over it is
     refused at once rather than queued, so a client learns to back off
     instead of timing out.
     """
@@ -54,11 +54,11 @@ class Admission:
         """Refuse every new call; those admitted go on."""
         self._state = State.DRAINING
 
-    @contextlib.contextmanager
-    def admit(self, authorization: str | None) -> Iterator[None]:
-        """Hold a place for one call, or raise why it cannot have one.
+    def check(self, authorization: str | None) -> None:
+        """Raise why a call may not start: its credentials, or the server's state.
 
         ``authorization`` is the call's ``authorization`` header, if any.
+        Checked at the headers, before the body is read.
         """
         if self._tokens is not None:
             self._tokens.check(authorization)
@@ -66,6 +66,21 @@ class Admission:
             raise NotServing("model is still loading; retry shortly")
         if self._state is State.DRAINING:
             raise NotServing("server is shutting down; retry on another")
+
+    @contextlib.contextmanager
+    def admit(self, authorization: str | None) -> Iterator[None]:
+        """:meth:`check`, then :meth:`hold`."""
+        self.check(authorization)
+        with self.hold():
+            yield
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold a place for one call, or raise Busy.
+
+        Taken once the call's message has arrived, not at its headers: a
+        client that sends its body slowly, or never, holds no place.
+        """
         if self._admitted >= self.capacity:
             raise Busy(
                 f"server is busy: {self._admitted} calls are in progress; retry with backoff"

@@ -9,7 +9,13 @@ from __future__ import annotations
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from emotion._grpclib import CompressedMessage, MalformedMessage, MessageTooLarge
+from emotion._grpclib import (
+    CompressedMessage,
+    MalformedMessage,
+    MessageTooLarge,
+    ReceivingFull,
+    SlowMessage,
+)
 from emotion.admission import Busy, NotServing
 from emotion.codec import InvalidMessage
 from emotion.decode import InvalidImage
@@ -25,6 +31,8 @@ STATUSES: tuple[tuple[type[Exception], Status, str], ...] = (
     (NotServing, Status.UNAVAILABLE, "{}"),
     (Busy, Status.RESOURCE_EXHAUSTED, "{}"),
     (MessageTooLarge, Status.RESOURCE_EXHAUSTED, "{}"),
+    (ReceivingFull, Status.RESOURCE_EXHAUSTED, "{}"),
+    (SlowMessage, Status.DEADLINE_EXCEEDED, "{}"),
     (CompressedMessage, Status.UNIMPLEMENTED, "{}"),
     (MalformedMessage, Status.INVALID_ARGUMENT, _REQUEST),
     (InvalidMessage, Status.INVALID_ARGUMENT, "request is {}"),

@@ -136,7 +136,11 @@ class Server:
             [self.service, Health({self.service: [self._health]})],
             pool=_reflection_pool(),
         )
-        self._grpc = GrpcServer(services, connection_age=self.config.max_connection_age)
+        self._grpc = GrpcServer(
+            services,
+            connection_age=self.config.max_connection_age,
+            limits=self.config.connections,
+        )
         listener = bound_socket(
             self.config.host, self.config.port, reuse_port=self.config.reuse_port
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from emotion._grpclib import receive_message
+from emotion._grpclib import Patience, ReceiveBudget, receive_message
 from emotion.admission import Admission
 from emotion.batching import Batcher
 from emotion.calls import Calls, metadata
@@ -39,10 +40,12 @@ if TYPE_CHECKING:
 class PipelineService(PipelineBase):
     """Answers Pipeline calls with one model instance.
 
-    Each call is admitted from its headers, its messages are read with the
-    size limit, and each image is decoded and run through the model as one
-    job of the inference queue. ``batcher``, if given, runs the model on
-    several calls' images at once instead.
+    Each call is checked at its headers, its messages are read with the size
+    limit, in time, within the worker's receive budget; it takes its place in
+    the queue once its first message has arrived, and each image is decoded
+    and run through the model as one job of the inference queue.
+    ``batcher``, if given, runs the model on several calls' images at once
+    instead.
     """
 
     def __init__(
@@ -62,6 +65,8 @@ class PipelineService(PipelineBase):
         self._inference = inference
         self._calls = calls
         self.limits = limits
+        self._patience = Patience(limits.body_timeout)
+        self._receiving = ReceiveBudget(limits.max_receiving)
         # Images of one stream in progress at once: enough to keep the threads busy.
         self._window = window
         self._batcher = batcher
@@ -83,10 +88,11 @@ class PipelineService(PipelineBase):
         return response
 
     async def _answer_one(self, stream: Stream[Request, Response]) -> None:
-        with self._admission.admit(metadata(stream, "authorization")):
-            request = await self._receive(stream)
-            if request is None:
-                raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
+        self._admission.check(metadata(stream, "authorization"))
+        request = await self._receive(stream, first=True)
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
+        with self._admission.hold():
             await stream.send_message(await self.run_pipeline(request, stream.deadline))
 
     async def _answer_stream(self, stream: Stream[Request, Response]) -> None:
@@ -96,13 +102,34 @@ class PipelineService(PipelineBase):
         read only when the oldest has been answered, so HTTP/2 flow control
         holds back a client that sends faster than the model runs.
         """
-        with self._admission.admit(metadata(stream, "authorization")):
-            frames = _InOrder(stream, self._window, self._receive, self._frame)
+        self._admission.check(metadata(stream, "authorization"))
+        with contextlib.ExitStack() as place:
+            first = True
+
+            async def receive(stream: Stream[Request, Response]) -> Request | None:
+                # The place in the queue is taken once the first image has arrived.
+                nonlocal first
+                request = await self._receive(stream, first=first)
+                if first and request is not None:
+                    place.enter_context(self._admission.hold())
+                first = False
+                return request
+
+            frames = _InOrder(stream, self._window, receive, self._frame)
             await frames.answer()
 
-    async def _receive(self, stream: Stream[Request, Response]) -> Request | None:
+    async def _receive(
+        self, stream: Stream[Request, Response], *, first: bool = False
+    ) -> Request | None:
         """The call's next request message, or None at its end."""
-        return await receive_message(stream, Request, limit=self.limits.max_message_size)
+        return await receive_message(
+            stream,
+            Request,
+            limit=self.limits.max_message_size,
+            patience=self._patience,
+            first=first,
+            budget=self._receiving,
+        )
 
     async def _frame(
         self, request: Request, index: int, stream: Stream[Request, Response]

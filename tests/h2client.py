@@ -7,13 +7,16 @@ generator, and watches what the server does with its flow-control window.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
 from h2.events import (
+    ConnectionTerminated,
     DataReceived,
+    Event,
     RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
@@ -21,7 +24,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import StreamClosedError
+from h2.exceptions import ProtocolError, StreamClosedError
 
 
 @dataclass
@@ -31,6 +34,8 @@ class Outcome:
     status: str | None = None
     message: str | None = None
     reset: bool = False
+    #: The error code of the server's RST_STREAM, if it reset the stream.
+    reset_code: ErrorCodes | int | None = None
     data: bytes = b""
     sent: int = 0
     frames: int = 0
@@ -40,6 +45,10 @@ class Outcome:
 class RawConnection:
     port: int
     settings: dict[int, int] = field(default_factory=dict)
+    #: The error code of the server's GOAWAY, once one came.
+    goaway: ErrorCodes | int | None = None
+    #: Whether to give the server's DATA back to its windows (WINDOW_UPDATE) as it is read.
+    acknowledge: bool = True
 
     def __post_init__(self) -> None:
         self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -47,11 +56,95 @@ class RawConnection:
         self.h2.initiate_connection()
         self.sock.sendall(self.h2.data_to_send())
         self._outcomes: dict[int, Outcome] = {}
+        self._unread = b""
+        self.closed = False
         while SettingsWanted(self):
             self._pump()
 
     def close(self) -> None:
         self.sock.close()
+
+    def headers(self, path: str = "/emotion.v1.Pipeline/RunPipeline") -> list[tuple[str, str]]:
+        return [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", f"127.0.0.1:{self.port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+
+    def open(self, headers: list[tuple[str, str]]) -> int:
+        """Send HEADERS for a new stream; its body is up to the caller."""
+        stream = self.h2.get_next_available_stream_id()
+        self._outcomes[stream] = Outcome()
+        self.h2.send_headers(stream, headers)
+        self.sock.sendall(self.h2.data_to_send())
+        return stream
+
+    def outcome(self, stream: int) -> Outcome:
+        return self._outcomes[stream]
+
+    def until(self, done: Callable[[], bool], timeout: float = 10) -> None:
+        """Read what the server sends until ``done()``, or the timeout, or the connection's end."""
+        self.sock.settimeout(timeout)
+        try:
+            while not done() and not self.closed:
+                self._pump()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self.sock.settimeout(30)
+
+    def finish(self, stream: int) -> Outcome:
+        """Read until ``stream`` has its status or was reset."""
+        outcome = self._outcomes[stream]
+        while outcome.status is None and not outcome.reset:
+            self._pump()
+        return outcome
+
+    def reset_early(self, body: bytes) -> int:
+        """Rapid Reset: HEADERS, as much of ``body`` as the windows allow, then RST_STREAM.
+
+        Reads whatever the server sent meanwhile without waiting. Returns the
+        bytes of body sent.
+        """
+        stream = self.h2.get_next_available_stream_id()
+        self._outcomes[stream] = Outcome()
+        self.h2.send_headers(stream, self.headers())
+        room = min(len(body), self.h2.local_flow_control_window(stream))
+        sent = 0
+        while sent < room:
+            chunk = body[sent : sent + min(room - sent, self.h2.max_outbound_frame_size)]
+            self.h2.send_data(stream, chunk)
+            sent += len(chunk)
+        self.h2.reset_stream(stream, ErrorCodes.CANCEL)
+        self.sock.sendall(self.h2.data_to_send())
+        self.drain()
+        return sent
+
+    def drain(self, wait: float = 0.0) -> None:
+        """Read what the server sent, waiting up to ``wait`` seconds for the first bytes."""
+        self.sock.settimeout(wait)
+        try:
+            while not self.closed:
+                self._pump()
+                self.sock.settimeout(0)
+        except (BlockingIOError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            self.sock.settimeout(30)
+
+    def wait_closed(self, timeout: float = 10) -> None:
+        """Read until the server closes the connection (or ``timeout`` passes)."""
+        self.sock.settimeout(timeout)
+        try:
+            while not self.closed:
+                self._pump()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self.sock.settimeout(30)
 
     def call(
         self, path: str, body: Iterator[bytes], metadata: dict[str, str] | None = None
@@ -96,15 +189,26 @@ class RawConnection:
         return outcome
 
     def _pump(self) -> None:
-        data = self.sock.recv(1 << 16)
+        try:
+            data = self.sock.recv(1 << 16)
+        except ConnectionResetError:
+            data = b""
         if not data:
+            self.closed = True
             raise ConnectionError("server closed the connection")
-        for event in self.h2.receive_data(data):
+        for event in self._events(data):
+            if isinstance(event, ConnectionTerminated):
+                self.goaway = event.error_code
+                continue
+            stream_id = getattr(event, "stream_id", 0)
+            if stream_id and stream_id not in self._outcomes:
+                self._outcomes[stream_id] = Outcome()
             if isinstance(event, RemoteSettingsChanged):
                 self.settings.update({k: v.new_value for k, v in event.changed_settings.items()})
             elif isinstance(event, DataReceived):
                 self._outcomes[event.stream_id].data += event.data
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if self.acknowledge:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, (ResponseReceived, TrailersReceived)):
                 # An error may come as "trailers only": status in the first HEADERS.
                 headers = {str(k): str(v) for k, v in event.headers}
@@ -114,9 +218,26 @@ class RawConnection:
                     outcome.message = headers.get("grpc-message")
             elif isinstance(event, StreamReset):
                 self._outcomes[event.stream_id].reset = True
+                self._outcomes[event.stream_id].reset_code = event.error_code
             elif isinstance(event, (StreamEnded, WindowUpdated)):
                 pass
         self.sock.sendall(self.h2.data_to_send())
+
+    def _events(self, data: bytes) -> list[Event]:
+        """h2's events for ``data``, fed a frame at a time: after a GOAWAY, h2 refuses
+        the frames that follow it, and would drop the GOAWAY's own event with them."""
+        self._unread += data
+        events: list[Event] = []
+        while len(self._unread) >= 9 and self.h2.state_machine.state is not ConnectionState.CLOSED:
+            size = 9 + int.from_bytes(self._unread[:3], "big")
+            if len(self._unread) < size:
+                break
+            frame, self._unread = self._unread[:size], self._unread[size:]
+            try:
+                events += self.h2.receive_data(frame)
+            except ProtocolError:
+                break
+        return events
 
 
 def SettingsWanted(connection: RawConnection) -> bool:

@@ -26,6 +26,7 @@ import grpclib.client
 import grpclib.protocol
 import grpclib.server
 import h2.connection
+import h2.stream
 import hyperframe.frame
 import pytest
 from conftest import subprocess_env
@@ -40,11 +41,13 @@ from grpclib.protocol import Buffer, H2Protocol
 from h2.config import DummyLogger, H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.events import DataReceived
+from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import DataFrame, Frame
 
 import emotion._grpclib
 from emotion._grpclib import GrpcServer, receive_message, told_to_go_away
 from emotion._grpclib.connection import H2ServerConnection, QuietDataFrame
+from emotion._grpclib.handler import CallHandler
 from emotion._grpclib.server import GRPCLIB_PROTOCOL_FACTORY, normalized_source
 
 ECHO_PATH = "/test.Echo/Echo"
@@ -105,6 +108,80 @@ STATIC = [
         "h2's H2Connection",
     ),
     Expect("H2Connection._receive_frame", H2Connection, "_receive_frame", FUNCTION, "a method"),
+    Expect(
+        "H2Connection._receive_headers_frame",
+        H2Connection,
+        "_receive_headers_frame",
+        FUNCTION,
+        "a method",
+    ),
+    Expect(
+        "H2Connection._receive_rst_stream_frame",
+        H2Connection,
+        "_receive_rst_stream_frame",
+        FUNCTION,
+        "a method",
+    ),
+    Expect("H2Connection.receive_data", H2Connection, "receive_data", FUNCTION, "a method"),
+    Expect("H2Connection.streams", H2, "streams", of_type(dict), "a dict"),
+    Expect(
+        "H2Stream.closed",
+        h2.stream.H2Stream,
+        "closed",
+        of_type(property),
+        "a property",
+    ),
+    Expect("Handler.accept", grpclib.server.Handler, "accept", FUNCTION, "a method"),
+    Expect(
+        "H2Connection.incoming_buffer",
+        H2,
+        "incoming_buffer",
+        of_type(FrameBuffer),
+        "an h2 FrameBuffer",
+    ),
+    Expect(
+        "FrameBuffer._update_header_buffer",
+        FrameBuffer,
+        "_update_header_buffer",
+        FUNCTION,
+        "a method",
+    ),
+    Expect(
+        "FrameBuffer._headers_buffer",
+        FrameBuffer(),
+        "_headers_buffer",
+        of_type(list),
+        "a list of frames",
+    ),
+    Expect(
+        "h2.connection._decode_headers", h2.connection, "_decode_headers", FUNCTION, "a function"
+    ),
+    Expect(
+        "H2Connection._closed_streams",
+        H2,
+        "_closed_streams",
+        lambda v: isinstance(v, dict),
+        "a dict of stream id to StreamClosedBy",
+    ),
+    Expect(
+        "h2.stream.StreamClosedBy",
+        h2.stream,
+        "StreamClosedBy",
+        lambda v: hasattr(v, "SEND_RST_STREAM"),
+        "an enum with SEND_RST_STREAM",
+    ),
+    Expect(
+        "h2.connection.ConnectionInputs",
+        h2.connection,
+        "ConnectionInputs",
+        lambda v: hasattr(v, "RECV_HEADERS"),
+        "an enum with RECV_HEADERS",
+    ),
+    Expect("Connection.flush", grpclib.protocol.Connection, "flush", FUNCTION, "a method"),
+    Expect("Handler.cancel", grpclib.server.Handler, "cancel", FUNCTION, "a method"),
+    Expect(
+        "Stream.__terminated__", grpclib.protocol.Stream, "__terminated__", FUNCTION, "a method"
+    ),
     Expect(
         "h2.connection.ConnectionState", h2.connection, "ConnectionState", of_type(type), "a class"
     ),
@@ -280,6 +357,7 @@ def instance_expectations(served: Served) -> list[Expect]:
     server = served.server
     protocol = next(iter(server._protocols), None)
     connection = getattr(protocol, "connection", None)
+    handler = getattr(protocol, "handler", None)
     h2_connection = getattr(connection, "_connection", None)
     stream = next(iter(served.echo.streams), None)
     client_protocol = getattr(served.channel, "_protocol", None)
@@ -324,6 +402,24 @@ def instance_expectations(served: Served) -> list[Expect]:
             of_type(H2ServerConnection),
             "our H2ServerConnection (built through grpclib.protocol.H2Connection)",
         ),
+        Expect("H2Protocol.handler", protocol, "handler", of_type(CallHandler), "our CallHandler"),
+        Expect(
+            "H2Protocol.processor",
+            protocol,
+            "processor",
+            of_type(grpclib.protocol.EventsProcessor),
+            "an EventsProcessor",
+        ),
+        Expect(
+            "EventsProcessor.streams",
+            getattr(protocol, "processor", None),
+            "streams",
+            of_type(dict),
+            "a dict of stream id to stream",
+        ),
+        Expect("Handler._tasks", handler, "_tasks", of_type(dict), "a dict of stream to task"),
+        Expect("Handler._cancelled", handler, "_cancelled", of_type(set), "a set of tasks"),
+        Expect("Handler.closing", handler, "closing", of_type(bool), "a bool"),
         Expect(
             "Connection._transport",
             connection,
@@ -370,6 +466,20 @@ def instance_expectations(served: Served) -> list[Expect]:
             "a grpclib.protocol.Stream with recv_data",
         ),
         Expect("Stream._codec", stream, "_codec", of_type(CodecBase), "a CodecBase"),
+        Expect(
+            "Stream.window_updated",
+            getattr(stream, "_stream", None),
+            "window_updated",
+            of_type(asyncio.Event),
+            "an asyncio.Event",
+        ),
+        Expect(
+            "Connection.write_ready",
+            connection,
+            "write_ready",
+            of_type(asyncio.Event),
+            "an asyncio.Event",
+        ),
         Expect(
             "Stream._dispatch",
             stream,

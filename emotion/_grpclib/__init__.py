@@ -8,12 +8,16 @@ versions, failing with the name of the one that moved.
 Modules, one concern each:
 
 - ``server``: GrpcServer, grpclib's Server with shutdown in steps
-  (stop listening, drain, GOAWAY) and our protocol per connection.
+  (stop listening, drain, GOAWAY) and our handler and protocol per connection.
+- ``handler``: CallHandler, grpclib's Handler releasing a call's stream
+  when its task ends, however it ends, and forgetting closed connections.
 - ``protocol``: ServerProtocol, grpclib's H2Protocol building our h2
-  connection and retiring connections by age.
-- ``connection``: H2ServerConnection, h2's connection with 1 MiB frames and
-  DATA frames that format cheaply.
-- ``messages``: receive_message, a request read with its size checked first.
+  connection, retiring connections by age, closing abusive ones with GOAWAY.
+- ``connection``: H2ServerConnection, h2's connection with 1 MiB frames,
+  DATA frames that format cheaply, and the guards fed each frame.
+- ``guards``: the per-connection policies against HTTP/2 abuse (no internals).
+- ``messages``: receive_message, a request read with its size checked first,
+  in the time its size allows, within the worker's receive budget.
 - ``client``: told_to_go_away, whether a channel's connection got a GOAWAY.
 
 Nothing here changes anything process-wide, at import or later: importing
@@ -40,11 +44,39 @@ grpclib
       ``Stream._dispatch``, ``Stream._messages_received``,
       ``Connection.messages_received``, ``Connection.last_message_received``.
     - ``grpclib.client.Channel._protocol``.
+    - ``Handler.accept``: extended; it reads ``Handler._tasks`` (the task of
+      each stream) and ``Handler._cancelled``, and ``Handler.closing``.
+    - ``H2Protocol.handler``, and ``Connection.flush`` (writes what h2
+      queued, a GOAWAY included).
+    - ``H2Protocol.processor`` and its ``EventsProcessor.streams`` (the calls
+      open on a connection, for the idle timeout).
+    - ending a call whose answer waits on a client that reads nothing, as
+      grpclib ends one the client reset: ``Stream.window_updated`` (clear
+      while an answer waits for window), ``Stream.__terminated__``,
+      ``Handler.cancel``; and ``Connection.write_ready`` (clear while the
+      socket's buffer is full).
 
 h2
     - ``H2Connection._receive_frame``: overridden, to give DATA frames a
       cheap repr before h2 formats them.
     - ``H2Connection._frame_dispatch_table``: keyed by exact frame class.
+    - ``H2Connection._receive_headers_frame`` and
+      ``H2Connection._receive_rst_stream_frame``: extended, to count streams
+      opened and reset (the dispatch table holds them as bound methods, made
+      after the subclass overrides them).
+    - ``H2Connection.receive_data``: extended, to keep a ProtocolError (h2
+      has queued its GOAWAY) instead of raising it to grpclib.
+    - ``H2Connection.streams`` (the open h2 streams by id) and
+      ``H2Stream.closed``.
+    - ``H2Connection.incoming_buffer``: replaced by our h2 ``FrameBuffer``
+      subclass, which extends ``FrameBuffer._update_header_buffer`` and reads
+      ``FrameBuffer._headers_buffer`` (the frames of an unfinished header
+      block).
+    - refusing a stream over the limit, as h2 handles a stream it reset:
+      ``h2.connection._decode_headers`` (keeps HPACK in step),
+      ``H2Connection._closed_streams`` (marked ``StreamClosedBy``
+      ``SEND_RST_STREAM``, from ``h2.stream.StreamClosedBy``), and the state
+      machine fed ``h2.connection.ConnectionInputs``.
     - ``H2Connection.highest_inbound_stream_id``,
       ``H2Connection.state_machine`` and ``h2.connection.ConnectionState``.
 
@@ -60,6 +92,10 @@ from emotion._grpclib.messages import (
     CompressedMessage,
     MalformedMessage,
     MessageTooLarge,
+    Patience,
+    ReceiveBudget,
+    ReceivingFull,
+    SlowMessage,
     receive_message,
 )
 from emotion._grpclib.server import GrpcServer
@@ -70,6 +106,10 @@ __all__ = [
     "GrpcServer",
     "MalformedMessage",
     "MessageTooLarge",
+    "Patience",
+    "ReceiveBudget",
+    "ReceivingFull",
+    "SlowMessage",
     "receive_message",
     "told_to_go_away",
 ]

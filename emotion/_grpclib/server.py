@@ -16,8 +16,10 @@ import grpclib.server
 from grpclib.config import Configuration
 from grpclib.server import Handler
 
+from emotion._grpclib.handler import CallHandler
 from emotion._grpclib.protocol import ServerProtocol
 from emotion.codec import ProtobufCodec
+from emotion.config import ConnectionLimits
 
 if TYPE_CHECKING:
     import socket
@@ -43,6 +45,10 @@ self._handlers.add(handler)
 return H2Protocol(handler, self._config, self._h2_config)"""
 
 
+#: Connections the kernel queues for accept() on the listening socket.
+BACKLOG = 1024
+
+
 def normalized_source(function: Callable[..., Any]) -> str:
     """The source of ``function`` without indentation, blank lines or comments."""
     lines = (line.split("#", 1)[0].strip() for line in inspect.getsource(function).splitlines())
@@ -58,22 +64,63 @@ class GrpcServer(grpclib.server.Server):
         *,
         config: Configuration | None = None,
         connection_age: ConnectionAge | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         super().__init__(handlers, config=config, codec=ProtobufCodec())
         self._protocols: weakref.WeakSet[ServerProtocol] = weakref.WeakSet()
         self._connection_age = connection_age
+        self._limits = limits or ConnectionLimits()
         #: Connections accepted since the start.
         self.connections_accepted = 0
+        #: Connections open now (accepted, not yet lost).
+        self.connections_open = 0
 
     def _protocol_factory(self) -> H2Protocol:
-        # GRPCLIB_PROTOCOL_FACTORY, with our protocol and its bookkeeping.
+        # GRPCLIB_PROTOCOL_FACTORY, with our handler, protocol and their bookkeeping.
         self.__gc_step__()
-        handler = Handler(self._mapping, self._codec, self._status_details_codec, self.__dispatch__)
+        handler = CallHandler(
+            self._mapping,
+            self._codec,
+            self._status_details_codec,
+            self.__dispatch__,
+            on_closed=self._handler_closed,
+        )
         self._handlers.add(handler)
-        protocol = ServerProtocol(handler, self._config, self._h2_config, age=self._connection_age)
+        refuse = self.connections_open >= self._limits.max_connections
+        protocol = ServerProtocol(
+            handler,
+            self._config,
+            self._h2_config,
+            age=self._connection_age,
+            limits=self._limits,
+            refuse=refuse,
+            on_lost=self._connection_lost,
+        )
         self._protocols.add(protocol)
         self.connections_accepted += 1
+        self.connections_open += 1
         return protocol
+
+    def _connection_lost(self) -> None:
+        self.connections_open -= 1
+
+    @property
+    def handlers(self) -> int:
+        """grpclib handlers alive: one per open connection, and closed ones with calls ending."""
+        return len(self._handlers)
+
+    async def start(self, *args: Any, backlog: int = BACKLOG, **kwargs: Any) -> None:
+        """grpclib's start, with a backlog of :data:`BACKLOG`.
+
+        grpclib's default is 100, and asyncio calls ``listen(backlog)`` on a
+        socket it is given, replacing the backlog it was listening with: a
+        burst of new connections would wait for the kernel to retry them.
+        """
+        await super().start(*args, backlog=backlog, **kwargs)
+
+    def _handler_closed(self, handler: Handler) -> None:
+        """A closed connection's calls have all ended: forget its handler now, not at a gc step."""
+        self._handlers.discard(handler)
 
     def stop_listening(self) -> None:
         """Refuse new connections; calls on open connections go on."""
