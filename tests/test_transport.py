@@ -119,11 +119,13 @@ async def test_a_message_cut_short_by_the_end_of_the_call_is_invalid_argument(
     server = await start_server()
 
     cut = await asyncio.to_thread(_one_call, server.port, framed(b"\x0a\x03ab", declared=100))
+    no_body = await asyncio.to_thread(_one_call, server.port, framed(b"", declared=100))
     prefix = await asyncio.to_thread(_one_call, server.port, b"\x00\x00\x00")
     bad_flag = await asyncio.to_thread(_one_call, server.port, framed(b"", flag=7))
 
     for outcome, message in [
         (cut, "the call ended inside a 100-byte message"),
+        (no_body, "the call ended inside a 100-byte message"),
         (prefix, "the call ended inside a message's 5-byte prefix"),
         (bad_flag, "a message's compression flag is 7, not 0 or 1"),
     ]:

@@ -133,6 +133,8 @@ async def receive_message(
         raise MalformedMessage("the call ended inside a message's 5-byte prefix") from None
     if not prefix:
         return None
+    if len(prefix) < 5:  # grpclib's Buffer gives what there is when the call ends
+        raise MalformedMessage("the call ended inside a message's 5-byte prefix")
     flag, length = struct.unpack(">BI", prefix)
     if flag == 1:
         raise CompressedMessage("compressed messages are not supported; send them uncompressed")
@@ -153,6 +155,8 @@ async def receive_message(
             body = await _within(h2_stream.recv_data(length), allowed, late)
         except AssertionError:
             raise MalformedMessage(f"the call ended inside a {length}-byte message") from None
+        if len(body) < length:  # grpclib's Buffer gives what there is when the call ends
+            raise MalformedMessage(f"the call ended inside a {length}-byte message")
     decoded: T = stream._codec.decode(body, message_type)
     dispatched: tuple[T] = await stream._dispatch.recv_message(decoded)
     stream._messages_received += 1
