@@ -116,9 +116,13 @@ def _log(
     request_id: str,
     failure: BaseException | None,
 ) -> None:
-    level = logging.DEBUG if status is Status.OK else logging.WARNING
+    level = logging.WARNING
     if status in {Status.INTERNAL, Status.UNKNOWN}:
         level = logging.ERROR
+    elif status in {Status.OK, Status.CANCELLED}:
+        # A client that leaves is no fault of the server's, and a flood of
+        # resets must not become a flood of log lines; the metrics count them.
+        level = logging.DEBUG
     if log.isEnabledFor(level):
         log.log(
             level,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -100,23 +99,19 @@ class PipelineService(PipelineBase):
 
         Up to ``window`` images are decoded and inferred at once; the next is
         read only when the oldest has been answered, so HTTP/2 flow control
-        holds back a client that sends faster than the model runs.
+        holds back a client that sends faster than the model runs. Each image
+        in progress takes a place in the queue, as a unary call does.
         """
         self._admission.check(metadata(stream, "authorization"))
-        with contextlib.ExitStack() as place:
-            first = True
+        first = True
 
-            async def receive(stream: Stream[Request, Response]) -> Request | None:
-                # The place in the queue is taken once the first image has arrived.
-                nonlocal first
-                request = await self._receive(stream, first=first)
-                if first and request is not None:
-                    place.enter_context(self._admission.hold())
-                first = False
-                return request
+        async def receive(stream: Stream[Request, Response]) -> Request | None:
+            nonlocal first
+            request = await self._receive(stream, first=first)
+            first = False
+            return request
 
-            frames = _InOrder(stream, self._window, receive, self._frame)
-            await frames.answer()
+        await _InOrder(stream, self._window, receive, self._frame).answer()
 
     async def _receive(
         self, stream: Stream[Request, Response], *, first: bool = False
@@ -134,10 +129,13 @@ class PipelineService(PipelineBase):
     async def _frame(
         self, request: Request, index: int, stream: Stream[Request, Response]
     ) -> Response:
-        try:
-            return await self.run_pipeline(request, stream.deadline)
-        except InvalidImage as exc:
-            raise InvalidImage(f"image {index}: {exc}") from None
+        # Each image holds a place from its arrival to its answer: a stream that
+        # waits for its next image holds none, however long it waits.
+        with self._admission.hold():
+            try:
+                return await self.run_pipeline(request, stream.deadline)
+            except InvalidImage as exc:
+                raise InvalidImage(f"image {index}: {exc}") from None
 
     def _decode(self, data: bytes) -> Decoded:
         # A bad image is the caller's fault, not the server's: not an ERROR span.

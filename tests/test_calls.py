@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 import pytest
+from conftest import StartServer
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError
+from sample_models import GatedModel
 
 from emotion import PipelineStub, Request, Response, Server
 from emotion.contract import RUN_PIPELINE_PATH
@@ -73,3 +76,23 @@ async def _returned_request_id(channel: Channel, offered: str, image: bytes) -> 
     returned = stream.trailing_metadata["x-request-id"]
     assert isinstance(returned, str)
     return returned
+
+
+async def test_a_call_its_client_cancelled_is_logged_at_debug_only(
+    start_server: StartServer,
+    connect: Callable[[Server], Channel],
+    jpeg: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = GatedModel()
+    stub = PipelineStub(connect(await start_server(model)))
+
+    with caplog.at_level(logging.DEBUG, logger="emotion.calls"):
+        call = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=10))
+        await asyncio.to_thread(model.entered.wait, 10)
+        call.cancel()
+        await asyncio.sleep(0.2)
+    model.gate.set()
+
+    lines = [r for r in caplog.records if r.name == "emotion.calls"]
+    assert [(r.levelname, "status=CANCELLED" in r.getMessage()) for r in lines] == [("DEBUG", True)]

@@ -67,7 +67,7 @@ async def test_a_call_that_ends_early_is_logged_once_by_emotion_not_again_by_grp
     configure_logging("info", "%(message)s")
     model = GatedModel()
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         async with serve_model(model, timeout=0.2, grace=0) as client:
             with pytest.raises(TimeoutError):
                 await client.predict(encode(gradient(), "JPEG"))

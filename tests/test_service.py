@@ -532,3 +532,22 @@ def _raw_call(port: int, path: str, body: bytes) -> Outcome:
         return connection.call(path, iter([body]))
     finally:
         connection.close()
+
+
+async def test_a_stream_waiting_for_its_next_image_holds_no_place_in_the_queue(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(threads=1, limits=Limits(max_queue=0))  # one place in all
+    channel = connect(server)
+
+    async with channel.request(
+        STREAM_PIPELINE_PATH, Cardinality.STREAM_STREAM, Request, Response, timeout=10
+    ) as quiet:
+        await quiet.send_message(Request(image=jpeg))
+        assert await quiet.recv_message() is not None
+        # The stream stays open, sending nothing: another call gets the place.
+        other = await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
+        await quiet.send_message(Request(image=jpeg), end=True)
+        assert await quiet.recv_message() is not None
+
+    assert len(other.response) == 1
