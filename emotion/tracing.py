@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
@@ -100,23 +100,7 @@ class _NoSpan:
         pass
 
 
-class _Propagate:
-    """No span of our own, but the caller's trace (if any) still travels with the call."""
-
-    def __enter__(self) -> dict[str, str] | None:
-        return trace_headers()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        return None
-
-
 _NO_SPAN = _NoSpan()
-_PROPAGATE = _Propagate()
 
 
 class NoTracing:
@@ -129,7 +113,8 @@ class NoTracing:
         return _NO_SPAN
 
     def client_call(self, path: str) -> AbstractContextManager[dict[str, str] | None]:
-        return _PROPAGATE
+        # No span of our own, but the caller's trace (if any) still travels with the call.
+        return nullcontext(trace_headers())
 
     def submit(self, executor: Executor, fn: Callable[..., T], *args: Any) -> Future[T]:
         return executor.submit(fn, *args)

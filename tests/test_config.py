@@ -224,7 +224,8 @@ SERVE_SAMPLES: dict[str, tuple[str, Any]] = {
     "--log-level": ("warning", lambda o: o.log_level == "warning"),
     "--port-file": ("port.txt", lambda o: o.port_file == Path("port.txt")),
 }
-PREDICT_SAMPLES: dict[str, tuple[str, Any]] = {
+# What predict and demo share: where the server is and how to reach it.
+CLIENT_SAMPLES: dict[str, tuple[str, Any]] = {
     "--target": ("host:1234", lambda o: o.target == "host:1234"),
     "--timeout": ("2", lambda o: o.timeout == 2),
     "--tls": ("1", lambda o: o.tls == ClientTls()),
@@ -232,19 +233,15 @@ PREDICT_SAMPLES: dict[str, tuple[str, Any]] = {
     "--tls-cert": ("CERT", lambda o: o.tls is not None and o.tls.cert is not None),
     "--tls-key": ("KEY", lambda o: o.tls is not None and o.tls.key is not None),
     "--token-file": ("TOKEN", lambda o: o.token == "t0k3n"),
+}
+PREDICT_SAMPLES: dict[str, tuple[str, Any]] = {
+    **CLIENT_SAMPLES,
     "--stream": ("true", lambda o: o.stream is True),
     "--annotate": ("out.png", lambda o: o.annotate == Path("out.png")),
     "--max-image-size": ("32MiB", lambda o: o.max_image_size == 32 * 1024 * 1024),
 }
-
 DEMO_SAMPLES: dict[str, tuple[str, Any]] = {
-    "--target": ("host:1234", lambda o: o.target == "host:1234"),
-    "--timeout": ("2", lambda o: o.timeout == 2),
-    "--tls": ("1", lambda o: o.tls == ClientTls()),
-    "--tls-ca": ("CA", lambda o: o.tls is not None and o.tls.ca is not None),
-    "--tls-cert": ("CERT", lambda o: o.tls is not None and o.tls.cert is not None),
-    "--tls-key": ("KEY", lambda o: o.tls is not None and o.tls.key is not None),
-    "--token-file": ("TOKEN", lambda o: o.token == "t0k3n"),
+    **CLIENT_SAMPLES,
     "--host": ("0.0.0.0", lambda o: o.host == "0.0.0.0"),
     "--port": ("8000", lambda o: o.port == 8000),
 }

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import EMOTION, TESTS, subprocess_env
+from serving import free_port
 
 pytest.importorskip("gradio", reason="the demo extra is not installed: pip install '.[demo]'")
 
@@ -49,12 +49,6 @@ GROUP = FIXTURES / "group.jpg"
 # so that a test run leaves the checkout as it was.
 SCREENSHOT = os.environ.get("EMOTION_DEMO_SCREENSHOT")
 MOCK = "emotion.models.mock:MockModel"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Served:

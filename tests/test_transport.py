@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import hyperframe.frame
@@ -19,6 +17,7 @@ from fuzzing import examples
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from guarding import rss
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import RemoteSettingsChanged, TrailersReceived
@@ -35,13 +34,6 @@ from emotion.contract import RUN_PIPELINE_PATH
 from emotion.models.mock import MockModel
 
 MiB = 1024 * 1024
-
-
-def rss() -> int:
-    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 async def test_a_200_mb_request_is_refused_from_its_prefix_without_being_buffered(
