@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from dataclasses import dataclass
@@ -129,8 +130,9 @@ def decode(
     except Exception as exc:
         raise _damaged(image.format, exc) from None
 
+    decoded_size = image.size
     upright = _upright(image)
-    turned = upright.size != image.size
+    turned = upright.size != decoded_size
     width, height = (stored_height, stored_width) if turned else (stored_width, stored_height)
     return Decoded(
         image=upright,
@@ -158,11 +160,11 @@ def _reduce_on_decode(image: Image.Image, min_size: int) -> None:
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:
-        # Unreadable EXIF: show the pixels as stored, as browsers do.
-        return image
+    # In place: otherwise Pillow copies every upright image, the usual case.
+    # Unreadable EXIF: show the pixels as stored, as browsers do.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
 
 
 def _too_many_pixels(size: tuple[int, int] | str, limit: int) -> InvalidImage:
