@@ -175,7 +175,7 @@ def serve_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Serve
         age = values.get("max_connection_age", 0)
         server = replace(
             server,
-            threads=server.threads or max(1, available_cpus() // workers),
+            threads=server.threads or available_cpus(),
             max_connection_age=ConnectionAge(age, grace=server.grace) if age else None,
         )
         return from_values(ServeOptions, values, server=server, workers=workers)

@@ -174,10 +174,10 @@ def parse_float(text: str) -> float:
 
 
 def parse_threads(text: str) -> int | None:
-    """A thread count where 0 means: share the CPUs (None)."""
+    """A thread count where 0 means: one per CPU (None)."""
     value = parse_int(text)
     if value < 0:
-        raise ValueError(f"must be 0 (share the CPUs) or more, not {value}")
+        raise ValueError(f"must be 0 (one per CPU) or more, not {value}")
     return value or None
 
 

@@ -188,7 +188,7 @@ async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> Non
         (["serve", "--port", "70000"], {}, "argument --port: must be a port, 0-65535"),
         (["serve"], {"EMOTION_PORT": "abc"}, "EMOTION_PORT must be a whole number, not 'abc'"),
         (["serve"], {"EMOTION_GRACE": "-1"}, "EMOTION_GRACE must be a number of seconds, 0 or"),
-        (["serve", "--threads", "-1"], {}, "argument --threads: must be 0 (share the CPUs) or"),
+        (["serve", "--threads", "-1"], {}, "argument --threads: must be 0 (one per CPU) or"),
         (["serve", "--workers", "0"], {}, "argument --workers: must be a whole number, 1 or more"),
         (["serve"], {"EMOTION_LOG_LEVEL": "trace"}, "EMOTION_LOG_LEVEL must be one of debug,"),
         (["serve", "--tls-key", "k.pem"], {}, "ServerTls.cert (--tls-cert) must be a file path"),
@@ -352,7 +352,7 @@ async def test_predict_stops_at_the_first_unavailable(
     ]
 
 
-def test_threads_flag_sets_the_inference_pool_size_and_0_shares_the_cpus(
+def test_threads_flag_sets_the_inference_pool_size_and_0_gives_every_worker_every_cpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cpus = 6
@@ -363,8 +363,8 @@ def test_threads_flag_sets_the_inference_pool_size_and_0_shares_the_cpus(
 
     assert threads("--threads", "3") == 3
     assert threads("--threads", "0", "--workers", "1") == cpus
-    assert threads("--threads", "0", "--workers", str(cpus)) == 1
-    assert threads("--threads", "0", "--workers", str(cpus * 4)) == 1
+    assert threads("--threads", "0", "--workers", str(cpus)) == cpus
+    assert threads("--workers", str(cpus * 4)) == cpus
 
 
 def test_workers_default_to_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -373,7 +373,7 @@ def test_workers_default_to_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> No
     options = serve_options(build_parser().parse_args(["serve"]), {})
 
     assert options.workers == 7
-    assert options.server.threads == 1
+    assert options.server.threads == 7
 
 
 @pytest.mark.parametrize("reuse_port", [False, True])

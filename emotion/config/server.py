@@ -266,15 +266,17 @@ class ServerConfig(Settings):
             "seconds in-flight calls may take to finish after SIGTERM",
         ),
     )
-    #: Threads running decode and inference; None means one per CPU.
+    #: Threads running decode and inference, started as calls need them; None means one
+    #: per CPU. A client's connection is served by one worker, so with fewer threads
+    #: than CPUs one client could not use the whole machine.
     threads: int | None = field(
         default=None,
         metadata=_serve(
             "--threads",
             parse_threads,
             optional(at_least(1)),
-            "threads per worker for decode and inference; 0 shares the CPUs among the "
-            "workers, at least one each",
+            "threads per worker for decode and inference, started as calls need them; "
+            "0 is one per CPU, so that one client connection can use every core",
             default_text="0",
         ),
     )
