@@ -95,3 +95,21 @@ def overhead(results: list[Result], floors: dict[str, list[float]]) -> str:
             f"| {cpu:.2f} | {(cpu / floor - 1) * 100:+.0f}% |"
         )
     return "\n".join(lines)
+
+
+def throughput(results: list[Result], floors: dict[str, list[float]]) -> str:
+    """Successful req/s served against the images/s the model alone gets on every core."""
+    lines = [
+        "| image | callers | connections | emotion req/s "
+        "| model alone images/s (before, after) | emotion / model alone |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        before, after = floors[result.image]
+        floor = (before + after) / 2
+        lines.append(
+            f"| {result.image} | {result.concurrency} | {result.connections} "
+            f"| {result.ok_rate:.1f} | {floor:.1f} ({before:.1f}, {after:.1f}) "
+            f"| {result.ok_rate / floor:.2f} |"
+        )
+    return "\n".join(lines)

@@ -2,7 +2,7 @@
 
     python benchmarks/serve.py                      # the full sweep, about 10 minutes
     python benchmarks/serve.py --quick              # 8 callers only, about 2.5 minutes
-    python benchmarks/serve.py --model fer          # the real model: serving overhead
+    python benchmarks/serve.py --model fer          # the real model: overhead and floor
     python benchmarks/serve.py --connections 1      # every gRPC caller on one connection
     python benchmarks/serve.py --images small       # only the images whose name says so
 
@@ -19,8 +19,10 @@ connection at a time, so it runs once per point with a connection per caller.
 
 With the mock model all three servers do the blog post's work: decode the
 image and resize it to 128x128. With ``--model fer`` only emotion runs, with
-the default model, and its CPU per request is set against the model's own CPU
-per image measured in-process.
+the default model, set against the model alone in this process, measured
+just before and just after the servers: its CPU per image on one thread
+(against the server's CPU per request) and its images per second on a thread
+per CPU (against the server's req/s).
 
 The parts, one module each: ``images`` (what is sent), ``servers`` (starting
 them, reading their CPU time and memory), ``loadgen`` (the closed-loop
@@ -39,7 +41,7 @@ import time
 import images
 import report
 from loadgen import SAMPLE_EVERY, Result, check_answer, connections_for, drive, wait_ready
-from model_alone import model_cpu_per_image
+from model_alone import loaded, model_cpu_per_image, model_images_per_second
 from servers import MOCK, Memory, Target, targets
 
 from emotion.process import available_cpus
@@ -84,12 +86,24 @@ async def run(args: argparse.Namespace) -> None:
     payloads = choose(payloads, args.images)
     concurrency = [8] if args.quick else args.concurrency
     servers = targets(spec, args.workers, args.emotion_args.split())
+    threads = available_cpus()
     # The machine's speed drifts between runs; measure the model alone just
     # before and just after the servers, and compare with the mean.
-    floors: dict[str, list[float]] = {}
-    if args.model != "mock":
+    cpu_floors: dict[str, list[float]] = {}
+    rate_floors: dict[str, list[float]] = {}
+
+    def measure_floors() -> None:
+        model = loaded(spec)
         for image, payload in payloads.items():
-            floors[image] = [model_cpu_per_image(spec, payload, args.seconds)]
+            cpu_floors.setdefault(image, []).append(
+                model_cpu_per_image(model, payload, args.seconds)
+            )
+            rate_floors.setdefault(image, []).append(
+                model_images_per_second(model, payload, args.seconds, threads)
+            )
+
+    if args.model != "mock":
+        measure_floors()
     results: list[Result] = []
     idle: dict[str, Memory] = {}
     print(
@@ -146,14 +160,20 @@ async def run(args: argparse.Namespace) -> None:
         print("Successful calls per second; gRPC at the same callers and connections.\n")
         print(report.ratios(results))
         return
-    for image, payload in payloads.items():
-        floors[image].append(model_cpu_per_image(spec, payload, args.seconds))
+    measure_floors()
+    print("\n## Throughput: emotion against the model alone on every core\n")
+    print(
+        f"The model alone: decode + process_sample back to back on {threads} threads "
+        "of this process (one per CPU it may use), one loaded model shared, "
+        "before and after the servers ran.\n"
+    )
+    print(report.throughput(results, rate_floors))
     print("\n## Serving overhead: server CPU per request vs the model in-process\n")
     print(
         "The model alone: decode + process_sample on one thread of this process, "
         "before and after the servers ran.\n"
     )
-    print(report.overhead(results, floors))
+    print(report.overhead(results, cpu_floors))
 
 
 def main() -> None:
