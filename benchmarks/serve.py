@@ -1,6 +1,6 @@
 """emotion against a plain grpcio server and a REST server, doing the same work, in one run.
 
-    python benchmarks/serve.py                      # the full sweep, about 10 minutes
+    python benchmarks/serve.py                      # the full sweep, about 8 minutes
     python benchmarks/serve.py --quick              # 8 callers only, about 2.5 minutes
     python benchmarks/serve.py --model fer          # the real model: overhead and floor
     python benchmarks/serve.py --connections 1      # every gRPC caller on one connection
