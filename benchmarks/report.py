@@ -46,6 +46,8 @@ def ratios(results: list[Result]) -> str:
         def ratio(other: Result | None, ours: Result = ours) -> str:
             if other is None:
                 return "-"
+            if other.requests == 0:
+                return "no reference call ended in the window"
             if other.ok_rate == 0:
                 return "reference failed every call"
             return f"{ours.ok_rate / other.ok_rate:.2f}x"
