@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import grpc
-from servers import Target
+from servers import Memory, Target
 
 from emotion import Request, Response
 from emotion.contract import RUN_PIPELINE_PATH
@@ -27,15 +27,23 @@ class Result:
     image: str
     size: int
     concurrency: int
+    connections: int
     requests: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     cpu: float = 0.0
+    client_cpu: float = 0.0
+    peak: Memory = field(default_factory=Memory)
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def ok_rate(self) -> float:
+        """Successful calls per second: a reference that refuses fast must not look fast."""
+        return (self.requests - sum(self.errors.values())) / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -46,6 +54,10 @@ class Result:
     @property
     def cpu_per_request(self) -> float:
         return self.cpu / self.requests * 1000 if self.requests else float("nan")
+
+    @property
+    def client_cpu_per_request(self) -> float:
+        return self.client_cpu / self.requests * 1000 if self.requests else float("nan")
 
 
 Call = Callable[[], Awaitable[str | None]]
@@ -103,29 +115,58 @@ async def rest_caller(
     return [call], session.close
 
 
+def connections_for(kind: str, callers: int, limit: int) -> int:
+    """Connections a point opens: gRPC multiplexes up to ``limit``; HTTP/1.1, one per caller."""
+    return min(callers, limit) if kind == "grpc" else callers
+
+
+SAMPLE_EVERY = 0.2  # seconds between memory samples while a point runs
+
+
 async def drive(
-    target: Target, image: str, payload: bytes, concurrency: int, warmup: float, seconds: float
+    target: Target,
+    image: str,
+    payload: bytes,
+    concurrency: int,
+    connections: int,
+    warmup: float,
+    seconds: float,
 ) -> Result:
-    result = Result(target.name, image, len(payload), concurrency)
-    # HTTP/1.1 carries one call per connection at a time; gRPC multiplexes.
-    connections = min(concurrency, 8) if target.kind == "grpc" else concurrency
+    """``concurrency`` closed-loop callers sharing ``connections`` connections (gRPC), round robin.
+
+    The server's memory is sampled through warm-up and measurement alike: both
+    are load, and a peak is a peak.
+    """
+    result = Result(target.name, image, len(payload), concurrency, connections)
     make = grpc_caller if target.kind == "grpc" else rest_caller
     calls, close = await make(target.address, payload, connections)
     loop = asyncio.get_running_loop()
     begin = loop.time() + warmup
     end = begin + seconds
-    cpu_at: dict[str, float] = {}
+    cpu_at: dict[str, tuple[float, float]] = {}
+    pids = target.pids()
 
     async def snapshot(at: float, key: str) -> None:
         await asyncio.sleep(max(0.0, at - loop.time()))
-        cpu_at[key] = target.cpu_seconds()
+        cpu_at[key] = target.cpu_seconds(), time.process_time()
+
+    async def sample() -> None:
+        # Reading smaps_rollup costs a millisecond or so per process: off the loop.
+        while loop.time() < end:
+            now = await asyncio.to_thread(target.memory, pids)
+            result.peak = result.peak.peak(now)
+            await asyncio.sleep(SAMPLE_EVERY)
 
     async def caller(slot: int) -> None:
         call = calls[slot % len(calls)]
         while (started := loop.time()) < end:
             error = await call()
             finished = loop.time()
-            if started >= begin and finished <= end:
+            # Every call that ends in the window counts. Dropping those that
+            # began before it would lose about one latency's worth of calls per
+            # window (40% of a 5 s window at 2 s latency), whose server CPU the
+            # window still counts.
+            if begin <= finished <= end:
                 result.requests += 1
                 result.latencies.append(finished - started)
                 if error is not None:
@@ -134,11 +175,13 @@ async def drive(
     await asyncio.gather(
         snapshot(begin, "begin"),
         snapshot(end, "end"),
+        sample(),
         *(caller(slot) for slot in range(concurrency)),
     )
     await close()
     result.seconds = seconds
-    result.cpu = cpu_at["end"] - cpu_at["begin"]
+    result.cpu = cpu_at["end"][0] - cpu_at["begin"][0]
+    result.client_cpu = cpu_at["end"][1] - cpu_at["begin"][1]
     return result
 
 

@@ -3,59 +3,89 @@
 from __future__ import annotations
 
 from loadgen import Result
+from servers import Memory
+
+MiB = 1024 * 1024
 
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| image | bytes | callers | server | req/s | p50 ms | p90 ms | p99 ms | errors "
-        "| server CPU ms/req |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---|---:|",
+        "| image | bytes | callers | connections | server | req/s | p50 ms | p90 ms | p99 ms "
+        "| errors | server CPU ms/req | client CPU ms/req | peak PSS MiB |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in results:
         errors = ", ".join(f"{n} {k}" for k, n in r.errors.items()) or "0"
         lines.append(
-            f"| {r.image} | {r.size:,} | {r.concurrency} | {r.server} | {r.rate:.1f} | "
-            f"{r.percentile(0.5):.1f} | {r.percentile(0.9):.1f} | {r.percentile(0.99):.1f} | "
-            f"{errors} | {r.cpu_per_request:.2f} |"
+            f"| {r.image} | {r.size:,} | {r.concurrency} | {r.connections} | {r.server} "
+            f"| {r.rate:.1f} | {r.percentile(0.5):.1f} | {r.percentile(0.9):.1f} "
+            f"| {r.percentile(0.99):.1f} | {errors} | {r.cpu_per_request:.2f} "
+            f"| {r.client_cpu_per_request:.2f} | {r.peak.pss / MiB:.0f} |"
         )
     return "\n".join(lines)
 
 
 def ratios(results: list[Result]) -> str:
-    def ok_rate(r: Result) -> float:
-        return (r.requests - sum(r.errors.values())) / r.seconds if r.seconds else 0.0
+    """emotion against grpcio at the same callers and connections, and against REST's one run.
 
-    by_key = {(r.server, r.image, r.concurrency): r for r in results}
+    REST runs once per callers count (HTTP/1.1 needs a connection per caller),
+    so each of emotion's connection counts is set against that same run.
+    """
+    grpcio = {(r.image, r.concurrency, r.connections): r for r in results if r.server == "grpcio"}
+    rest = {(r.image, r.concurrency): r for r in results if r.server == "REST"}
     lines = [
-        "| image | callers | emotion/grpcio req/s | emotion/REST req/s | p99 emotion / grpcio |",
-        "|---|---:|---:|---:|---:|",
+        "| image | callers | connections | emotion/grpcio req/s | emotion/REST req/s "
+        "| p99 emotion / grpcio |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for (server, image, concurrency), ours in by_key.items():
-        if server != "emotion":
+    for ours in results:
+        if ours.server != "emotion":
             continue
-        grpcio = by_key.get(("grpcio", image, concurrency))
-        rest = by_key.get(("REST", image, concurrency))
+        theirs = grpcio.get((ours.image, ours.concurrency, ours.connections))
 
         def ratio(other: Result | None, ours: Result = ours) -> str:
             if other is None:
                 return "-"
-            if ok_rate(other) == 0:
+            if other.requests == 0:
+                return "no reference call ended in the window"
+            if other.ok_rate == 0:
                 return "reference failed every call"
-            return f"{ok_rate(ours) / ok_rate(other):.2f}x"
+            return f"{ours.ok_rate / other.ok_rate:.2f}x"
 
         p99 = "-"
-        if grpcio is not None and ok_rate(grpcio) and not grpcio.errors:
-            p99 = f"{ours.percentile(0.99) / grpcio.percentile(0.99):.2f}"
-        lines.append(f"| {image} | {concurrency} | {ratio(grpcio)} | {ratio(rest)} | {p99} |")
+        if theirs is not None and theirs.ok_rate and not theirs.errors:
+            p99 = f"{ours.percentile(0.99) / theirs.percentile(0.99):.2f}"
+        lines.append(
+            f"| {ours.image} | {ours.concurrency} | {ours.connections} | {ratio(theirs)} "
+            f"| {ratio(rest.get((ours.image, ours.concurrency)))} | {p99} |"
+        )
+    return "\n".join(lines)
+
+
+def memory(idle: dict[str, Memory], results: list[Result]) -> str:
+    """Each server's whole process tree, idle and at its highest sample under load."""
+    lines = [
+        "| server | idle PSS MiB | idle RSS MiB | peak PSS MiB | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for server, quiet in idle.items():
+        peak = Memory()
+        for result in results:
+            if result.server == server:
+                peak = peak.peak(result.peak)
+        lines.append(
+            f"| {server} | {quiet.pss / MiB:.0f} | {quiet.rss / MiB:.0f} "
+            f"| {peak.pss / MiB:.0f} | {peak.rss / MiB:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def overhead(results: list[Result], floors: dict[str, list[float]]) -> str:
     """Server CPU per request against the model's CPU per image (before, after) in-process."""
     lines = [
-        "| image | callers | model alone CPU ms/image (before, after) "
+        "| image | callers | connections | model alone CPU ms/image (before, after) "
         "| server CPU ms/request | overhead |",
-        "|---|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         before, after = floors[result.image]
@@ -63,7 +93,25 @@ def overhead(results: list[Result], floors: dict[str, list[float]]) -> str:
         cpu = result.cpu_per_request
         alone = f"{floor:.2f} ({before:.2f}, {after:.2f})"
         lines.append(
-            f"| {result.image} | {result.concurrency} | {alone} "
+            f"| {result.image} | {result.concurrency} | {result.connections} | {alone} "
             f"| {cpu:.2f} | {(cpu / floor - 1) * 100:+.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def throughput(results: list[Result], floors: dict[str, list[float]]) -> str:
+    """Successful req/s served against the images/s the model alone gets on every core."""
+    lines = [
+        "| image | callers | connections | emotion req/s "
+        "| model alone images/s (before, after) | emotion / model alone |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        before, after = floors[result.image]
+        floor = (before + after) / 2
+        lines.append(
+            f"| {result.image} | {result.concurrency} | {result.connections} "
+            f"| {result.ok_rate:.1f} | {floor:.1f} ({before:.1f}, {after:.1f}) "
+            f"| {result.ok_rate / floor:.2f} |"
         )
     return "\n".join(lines)

@@ -1,23 +1,33 @@
 """emotion against a plain grpcio server and a REST server, doing the same work, in one run.
 
-    python benchmarks/serve.py                      # the full sweep, about 6 minutes
-    python benchmarks/serve.py --quick              # fewer points, about 1 minute
-    python benchmarks/serve.py --model fer          # the real model: serving overhead
+    python benchmarks/serve.py                      # the full sweep, about 8 minutes
+    python benchmarks/serve.py --quick              # 8 callers only, about 2.5 minutes
+    python benchmarks/serve.py --model fer          # the real model: overhead and floor
+    python benchmarks/serve.py --connections 1      # every gRPC caller on one connection
+    python benchmarks/serve.py --images small       # only the images whose name says so
 
 Starts each server itself on 127.0.0.1, drives it with a closed-loop load
 generator (every caller sends its next request when the previous one is
-answered), and prints a markdown report: req/s, latency percentiles, errors
-and server CPU per request, then the ratios emotion/reference.
+answered), and prints a markdown report: req/s, latency percentiles, errors,
+server CPU per request and the server's peak memory, then its memory idle
+and under load, then the ratios emotion/reference.
+
+Each gRPC point runs once per ``--connections`` count N, its callers sharing
+min(callers, N) connections: N=1 is what one client process gets, all its
+calls multiplexed on one HTTP/2 connection. REST is HTTP/1.1, one call per
+connection at a time, so it runs once per point with a connection per caller.
 
 With the mock model all three servers do the blog post's work: decode the
 image and resize it to 128x128. With ``--model fer`` only emotion runs, with
-the default model, and its CPU per request is set against the model's own CPU
-per image measured in-process.
+the default model, set against the model alone in this process, measured
+just before and just after the servers: its CPU per image on one thread
+(against the server's CPU per request) and its images per second on a thread
+per CPU (against the server's req/s).
 
 The parts, one module each: ``images`` (what is sent), ``servers`` (starting
-them, reading their CPU time), ``loadgen`` (the closed-loop callers),
-``model_alone`` (the model in this process) and ``report`` (the tables); this
-file runs them in order.
+them, reading their CPU time and memory), ``loadgen`` (the closed-loop
+callers), ``model_alone`` (the model in this process) and ``report`` (the
+tables); this file runs them in order.
 """
 
 from __future__ import annotations
@@ -30,13 +40,38 @@ import time
 
 import images
 import report
-from loadgen import Result, check_answer, drive, wait_ready
-from model_alone import model_cpu_per_image
-from servers import MOCK, targets
+from loadgen import SAMPLE_EVERY, Result, check_answer, connections_for, drive, wait_ready
+from model_alone import loaded, model_cpu_per_image, model_images_per_second
+from servers import MOCK, Memory, Target, targets
 
 from emotion.process import available_cpus
 
 MODELS = {"mock": MOCK, "fer": "emotion.models.fer:FerModel"}
+
+
+def choose(payloads: dict[str, bytes], words: list[str] | None) -> dict[str, bytes]:
+    """The images whose name holds one of ``words`` (any case); all of them without words."""
+    if not words:
+        return payloads
+    chosen = {
+        name: data
+        for name, data in payloads.items()
+        if any(word.lower() in name.lower() for word in words)
+    }
+    if not chosen:
+        raise SystemExit(f"no image matches {words}: choose among {list(payloads)}")
+    return chosen
+
+
+def plan(servers: list[Target], callers: int, limits: list[int]) -> list[tuple[Target, int]]:
+    """The runs of one point, like with like side by side: (server, connections) once each."""
+    runs: list[tuple[Target, int]] = []
+    for limit in limits:
+        for target in servers:
+            pair = (target, connections_for(target.kind, callers, limit))
+            if pair not in runs:
+                runs.append(pair)
+    return runs
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -48,25 +83,42 @@ async def run(args: argparse.Namespace) -> None:
         }
     else:
         payloads = images.make_images(args.quick)
+    payloads = choose(payloads, args.images)
     concurrency = [8] if args.quick else args.concurrency
     servers = targets(spec, args.workers, args.emotion_args.split())
+    threads = available_cpus()
     # The machine's speed drifts between runs; measure the model alone just
     # before and just after the servers, and compare with the mean.
-    floors: dict[str, list[float]] = {}
-    if args.model != "mock":
+    cpu_floors: dict[str, list[float]] = {}
+    rate_floors: dict[str, list[float]] = {}
+
+    def measure_floors() -> None:
+        model = loaded(spec)
         for image, payload in payloads.items():
-            floors[image] = [model_cpu_per_image(spec, payload, args.seconds)]
+            cpu_floors.setdefault(image, []).append(
+                model_cpu_per_image(model, payload, args.seconds)
+            )
+            rate_floors.setdefault(image, []).append(
+                model_images_per_second(model, payload, args.seconds, threads)
+            )
+
+    if args.model != "mock":
+        measure_floors()
     results: list[Result] = []
+    idle: dict[str, Memory] = {}
     print(
         f"# emotion serving benchmark ({platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')})\n"
     )
+    limits = ", ".join(f"min(callers, {n})" for n in args.connections)
     print(
         f"Model `{spec}`, emotion with {args.workers} workers"
         f"{' and ' + args.emotion_args if args.emotion_args else ''}; closed loop, "
         f"{args.warmup:g} s warm-up then {args.seconds:g} s measured per point; "
         "the load generator runs on the same machine. "
-        "gRPC callers share up to 8 connections; REST callers a pool of as many.\n",
+        f"Each gRPC point runs on {limits} connections, its callers shared among them; "
+        "REST (HTTP/1.1) on one connection per caller. "
+        "Memory is PSS summed over each server's processes.\n",
         flush=True,
     )
     for target in servers:
@@ -76,13 +128,18 @@ async def run(args: argparse.Namespace) -> None:
         for target in servers:
             await wait_ready(target, first)
             await check_answer(target, first)
+        for target in servers:
+            idle[target.name] = target.memory()
         for image, payload in payloads.items():
             for callers in concurrency:
-                for target in servers:
-                    result = await drive(target, image, payload, callers, args.warmup, args.seconds)
+                for target, connections in plan(servers, callers, args.connections):
+                    result = await drive(
+                        target, image, payload, callers, connections, args.warmup, args.seconds
+                    )
                     results.append(result)
                     print(
-                        f"<!-- {target.name} {image} c={callers}: {result.rate:.1f} req/s -->",
+                        f"<!-- {target.name} {image} c={callers} n={connections}: "
+                        f"{result.rate:.1f} req/s -->",
                         flush=True,
                     )
     finally:
@@ -91,18 +148,32 @@ async def run(args: argparse.Namespace) -> None:
 
     print("\n## Results\n")
     print(report.table(results))
+    print("\n## Memory\n")
+    print(
+        "Each server's processes together, PSS (shared pages counted once) and RSS "
+        "(counted in every process that maps them): idle once warm, and the highest "
+        f"sample (every {SAMPLE_EVERY:g} s) under load.\n"
+    )
+    print(report.memory(idle, results))
     if args.model == "mock":
         print("\n## emotion relative to the references\n")
+        print("Successful calls per second; gRPC at the same callers and connections.\n")
         print(report.ratios(results))
-    else:
-        for image, payload in payloads.items():
-            floors[image].append(model_cpu_per_image(spec, payload, args.seconds))
-        print("\n## Serving overhead: server CPU per request vs the model in-process\n")
-        print(
-            "The model alone: decode + process_sample on one thread of this process, "
-            "before and after the servers ran.\n"
-        )
-        print(report.overhead(results, floors))
+        return
+    measure_floors()
+    print("\n## Throughput: emotion against the model alone on every core\n")
+    print(
+        f"The model alone: decode + process_sample back to back on {threads} threads "
+        "of this process (one per CPU it may use), one loaded model shared, "
+        "before and after the servers ran.\n"
+    )
+    print(report.throughput(results, rate_floors))
+    print("\n## Serving overhead: server CPU per request vs the model in-process\n")
+    print(
+        "The model alone: decode + process_sample on one thread of this process, "
+        "before and after the servers ran.\n"
+    )
+    print(report.overhead(results, cpu_floors))
 
 
 def main() -> None:
@@ -117,7 +188,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--connections",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="gRPC connections per point: each N runs the callers on min(callers, N) of them",
+    )
     parser.add_argument("--quick", action="store_true", help="8 callers only, no PNG")
+    parser.add_argument(
+        "--images", nargs="+", metavar="WORD", help="only the images whose name holds a WORD"
+    )
     parser.add_argument(
         "--emotion-args", default="", help="more `emotion serve` flags, e.g. '--max-batch-size 4'"
     )

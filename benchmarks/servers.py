@@ -1,4 +1,4 @@
-"""The servers under test: started as subprocesses on free ports, their CPU time read from /proc."""
+"""The servers under test: started as subprocesses on free ports; CPU and memory from /proc."""
 
 from __future__ import annotations
 
@@ -54,6 +54,35 @@ class Target:
         assert self.process is not None
         return sum(_cpu_of(pid) for pid in _tree(self.process.pid))
 
+    def pids(self) -> list[int]:
+        """The server and all its descendants (its workers), found once: scanning /proc is slow."""
+        assert self.process is not None
+        return list(_tree(self.process.pid))
+
+    def memory(self, pids: list[int] | None = None) -> Memory:
+        """Memory of the whole process tree now (of ``pids``, as ``pids()`` found them)."""
+        return sum((_memory_of(pid) for pid in pids or self.pids()), Memory())
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes of a process tree: PSS and RSS, each summed over its processes.
+
+    Workers forked from one parent share the pages they have not written
+    since, so summing RSS counts those pages once per worker. PSS divides
+    each shared page among the processes that map it, so its sum is what
+    the tree really holds; RSS is kept beside it to show the sharing.
+    """
+
+    pss: int = 0
+    rss: int = 0
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(self.pss + other.pss, self.rss + other.rss)
+
+    def peak(self, other: Memory) -> Memory:
+        return Memory(max(self.pss, other.pss), max(self.rss, other.rss))
+
 
 def _tree(root: int) -> Iterator[int]:
     parents: dict[int, list[int]] = {}
@@ -75,6 +104,23 @@ def _cpu_of(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
+
+
+def _memory_of(pid: int) -> Memory:
+    """PSS and RSS of one process from smaps_rollup; RSS for both where that is unreadable."""
+    fields: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            name, value, *_ = line.split()
+            fields[name] = int(value) * 1024
+    if "Pss:" in fields and "Rss:" in fields:
+        return Memory(fields["Pss:"], fields["Rss:"])
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+                return Memory(rss, rss)
+    return Memory()  # the process has gone
 
 
 def targets(model: str, workers: int, extra: list[str]) -> list[Target]:
