@@ -1,8 +1,9 @@
 """The model alone, in this process: the floors a server is set against.
 
-Two of them: the CPU one image costs on one thread (what a server's CPU per
-request should approach), and the images per second every core gets with
-nothing but the model running (what a server's req/s should approach).
+Measured on one thread and on one thread per CPU: the images per second
+every core gets with nothing but the model running (what a server's req/s
+should approach), and the CPU each image costs with as many images at once
+as the server has in flight (what its CPU per request should approach).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from emotion.decode import decode
 from emotion.model import Model, load_model
@@ -26,31 +28,32 @@ def infer(model: Model, payload: bytes) -> None:
     model.process_sample(decode(payload, min_size=model.min_size).image)
 
 
-def model_cpu_per_image(model: Model, payload: bytes, seconds: float) -> float:
-    """CPU ms per image of decode + process_sample in this process, one thread."""
-    for _ in range(3):
-        infer(model, payload)
-    count, cpu0, stop = 0, time.process_time(), time.perf_counter() + seconds
-    while time.perf_counter() < stop:
-        infer(model, payload)
-        count += 1
-    return (time.process_time() - cpu0) / count * 1000
+@dataclass(frozen=True)
+class Alone:
+    """The model alone on some threads: images per second, and CPU ms each image took."""
+
+    rate: float
+    cpu_ms: float
 
 
-def model_images_per_second(model: Model, payload: bytes, seconds: float, threads: int) -> float:
-    """Images per second of decode + process_sample on ``threads`` threads, back to back.
+def model_alone(model: Model, payload: bytes, seconds: float, threads: int) -> Alone:
+    """decode + process_sample on ``threads`` threads, back to back.
 
     One loaded model serves every thread, as in a server's worker: the
     default model's Runner gives each thread an interpreter of its own. Each
     thread warms its interpreter first; the clock starts when all have, and
-    stops when the last call that began in time has finished.
+    stops when the last call that began in time has finished. The CPU is the
+    whole process's: on a shared core, an image costs more than alone, and a
+    server running as many images at once pays the same.
     """
     counts = [0] * threads
     window: list[float] = []
+    cpu: list[float] = []
 
     def start() -> None:
         now = time.perf_counter()
         window[:] = [now, now + seconds]
+        cpu.append(time.process_time())
 
     ready = threading.Barrier(threads, action=start)
 
@@ -64,4 +67,8 @@ def model_images_per_second(model: Model, payload: bytes, seconds: float, thread
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(loop, range(threads)))
-    return sum(counts) / (time.perf_counter() - window[0])
+    images = sum(counts)
+    return Alone(
+        rate=images / (time.perf_counter() - window[0]),
+        cpu_ms=(time.process_time() - cpu[0]) / images * 1000,
+    )

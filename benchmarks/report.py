@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from loadgen import Result
+from model_alone import Alone
 from servers import Memory
 
 MiB = 1024 * 1024
@@ -80,26 +81,35 @@ def memory(idle: dict[str, Memory], results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def overhead(results: list[Result], floors: dict[str, list[float]]) -> str:
-    """Server CPU per request against the model's CPU per image (before, after) in-process."""
+def _floor(
+    floors: dict[tuple[str, int], list[Alone]], image: str, threads: int
+) -> tuple[Alone, Alone, Alone]:
+    """The mean of the before and after runs, then each of them."""
+    before, after = floors[(image, threads)]
+    mean = Alone((before.rate + after.rate) / 2, (before.cpu_ms + after.cpu_ms) / 2)
+    return mean, before, after
+
+
+def overhead(results: list[Result], floors: dict[tuple[str, int], list[Alone]], cpus: int) -> str:
+    """Server CPU per request against the model's CPU per image with as many images in flight."""
     lines = [
-        "| image | callers | connections | model alone CPU ms/image (before, after) "
+        "| image | callers | connections | model alone: threads, CPU ms/image (before, after) "
         "| server CPU ms/request | overhead |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for result in results:
-        before, after = floors[result.image]
-        floor = (before + after) / 2
+        threads = min(result.concurrency, cpus)
+        floor, before, after = _floor(floors, result.image, threads)
         cpu = result.cpu_per_request
-        alone = f"{floor:.2f} ({before:.2f}, {after:.2f})"
+        alone = f"{threads}: {floor.cpu_ms:.2f} ({before.cpu_ms:.2f}, {after.cpu_ms:.2f})"
         lines.append(
             f"| {result.image} | {result.concurrency} | {result.connections} | {alone} "
-            f"| {cpu:.2f} | {(cpu / floor - 1) * 100:+.0f}% |"
+            f"| {cpu:.2f} | {(cpu / floor.cpu_ms - 1) * 100:+.0f}% |"
         )
     return "\n".join(lines)
 
 
-def throughput(results: list[Result], floors: dict[str, list[float]]) -> str:
+def throughput(results: list[Result], floors: dict[tuple[str, int], list[Alone]], cpus: int) -> str:
     """Successful req/s served against the images/s the model alone gets on every core."""
     lines = [
         "| image | callers | connections | emotion req/s "
@@ -107,11 +117,10 @@ def throughput(results: list[Result], floors: dict[str, list[float]]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for result in results:
-        before, after = floors[result.image]
-        floor = (before + after) / 2
+        floor, before, after = _floor(floors, result.image, cpus)
         lines.append(
             f"| {result.image} | {result.concurrency} | {result.connections} "
-            f"| {result.ok_rate:.1f} | {floor:.1f} ({before:.1f}, {after:.1f}) "
-            f"| {result.ok_rate / floor:.2f} |"
+            f"| {result.ok_rate:.1f} | {floor.rate:.1f} ({before.rate:.1f}, {after.rate:.1f}) "
+            f"| {result.ok_rate / floor.rate:.2f} |"
         )
     return "\n".join(lines)

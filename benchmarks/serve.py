@@ -41,7 +41,7 @@ import time
 import images
 import report
 from loadgen import SAMPLE_EVERY, Result, check_answer, connections_for, drive, wait_ready
-from model_alone import loaded, model_cpu_per_image, model_images_per_second
+from model_alone import Alone, loaded, model_alone
 from servers import MOCK, Memory, Target, targets
 
 from emotion.process import available_cpus
@@ -89,18 +89,15 @@ async def run(args: argparse.Namespace) -> None:
     threads = available_cpus()
     # The machine's speed drifts between runs; measure the model alone just
     # before and just after the servers, and compare with the mean.
-    cpu_floors: dict[str, list[float]] = {}
-    rate_floors: dict[str, list[float]] = {}
+    floors: dict[tuple[str, int], list[Alone]] = {}
 
     def measure_floors() -> None:
         model = loaded(spec)
         for image, payload in payloads.items():
-            cpu_floors.setdefault(image, []).append(
-                model_cpu_per_image(model, payload, args.seconds)
-            )
-            rate_floors.setdefault(image, []).append(
-                model_images_per_second(model, payload, args.seconds, threads)
-            )
+            for count in sorted({1, threads}):
+                floors.setdefault((image, count), []).append(
+                    model_alone(model, payload, args.seconds, count)
+                )
 
     if args.model != "mock":
         measure_floors()
@@ -167,13 +164,15 @@ async def run(args: argparse.Namespace) -> None:
         "of this process (one per CPU it may use), one loaded model shared, "
         "before and after the servers ran.\n"
     )
-    print(report.throughput(results, rate_floors))
+    print(report.throughput(results, floors, threads))
     print("\n## Serving overhead: server CPU per request vs the model in-process\n")
     print(
-        "The model alone: decode + process_sample on one thread of this process, "
-        "before and after the servers ran.\n"
+        "The model alone with as many images at once as the server had in flight: "
+        "one thread for one caller, one per CPU for more; its CPU per image, before "
+        "and after the servers ran. Images that share the cores each cost more CPU "
+        "than one image alone, in a server as in this process.\n"
     )
-    print(report.overhead(results, cpu_floors))
+    print(report.overhead(results, floors, threads))
 
 
 def main() -> None:
