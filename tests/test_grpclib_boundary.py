@@ -49,6 +49,7 @@ from emotion._grpclib import GrpcServer, receive_message, told_to_go_away
 from emotion._grpclib.connection import H2ServerConnection, QuietDataFrame
 from emotion._grpclib.handler import CallHandler
 from emotion._grpclib.server import GRPCLIB_PROTOCOL_FACTORY, normalized_source
+from emotion._grpclib.writes import CoalescingTransport
 
 ECHO_PATH = "/test.Echo/Echo"
 SEE = "see emotion/_grpclib/__init__.py for what relies on it"
@@ -424,8 +425,8 @@ def instance_expectations(served: Served) -> list[Expect]:
             "Connection._transport",
             connection,
             "_transport",
-            of_type(asyncio.Transport),
-            "a Transport",
+            of_type(CoalescingTransport),
+            "the CoalescingTransport it was given",
         ),
         Expect(
             "Connection.messages_received", connection, "messages_received", of_type(int), "an int"

@@ -323,3 +323,21 @@ def test_a_crowded_group_gives_exactly_its_faces(model: FerModel) -> None:
     faces = model.process_sample(picture).response
 
     assert len(faces) == len(truth)
+
+
+def test_a_face_no_tile_holds_whole_is_found_by_the_whole_image_pass(model: FerModel) -> None:
+    # 2x2 tiles each span 5/8 of a side: a face across the middle third is cut by all four.
+    x1, y1, x2, y2 = FACES["astronaut.jpg"]
+    scale = 0.3 * 1024 / (x2 - x1)
+    source = photo("astronaut.jpg")
+    head = source.resize((round(source.width * scale), round(source.height * scale)))
+    canvas = Image.new("RGB", (1024, 1024), (110, 120, 130))
+    dx, dy = round(512 - (x1 + x2) / 2 * scale), round(512 - (y1 + y2) / 2 * scale)
+    canvas.paste(head, (dx, dy))
+    where = (x1 * scale + dx, y1 * scale + dy, x2 * scale + dx, y2 * scale + dy)
+
+    faces = model.process_sample(canvas).response
+
+    assert len(faces) == 1
+    assert iou(box(faces[0]), where) > 0.5
+    assert top(faces[0]) == "happiness"

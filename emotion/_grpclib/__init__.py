@@ -16,6 +16,7 @@ Modules, one concern each:
 - ``connection``: H2ServerConnection, h2's connection with 1 MiB frames,
   DATA frames that format cheaply, and the guards fed each frame.
 - ``guards``: the per-connection policies against HTTP/2 abuse (no internals).
+- ``writes``: CoalescingTransport, a connection's writes sent once per loop pass.
 - ``messages``: receive_message, a request read with its size checked first,
   in the time its size allows, within the worker's receive budget.
 - ``client``: told_to_go_away, whether a channel's connection got a GOAWAY.
@@ -38,7 +39,7 @@ grpclib
     - ``H2Protocol.connection_made``: its code is run with the module-level
       name ``grpclib.protocol.H2Connection`` bound to our h2 connection.
     - ``H2Protocol.connection``, ``grpclib.protocol.Connection._connection``
-      (the h2 connection) and ``Connection._transport``.
+      (the h2 connection) and ``Connection._transport`` (our CoalescingTransport).
     - ``grpclib.server.Stream._stream`` (its ``recv_data``, which raises
       AssertionError when a call ends short), ``Stream._codec``,
       ``Stream._dispatch``, ``Stream._messages_received``,

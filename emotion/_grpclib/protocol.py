@@ -24,6 +24,7 @@ from hyperframe.frame import GoAwayFrame
 
 from emotion._grpclib.connection import H2ServerConnection
 from emotion._grpclib.guards import Stalls
+from emotion._grpclib.writes import CoalescingTransport
 from emotion.config import ConnectionLimits
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class ServerProtocol(H2Protocol):
         self._on_lost = on_lost
         self._retire_by = 0.0
         self._gone_away = False
-        self._transport: Transport | None = None
+        self._transport: CoalescingTransport | None = None
         # By name, so that one replaces its predecessor; all cancelled when the
         # connection is lost (a pending timer would keep this connection alive).
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -94,8 +95,11 @@ class ServerProtocol(H2Protocol):
         self._stalls = Stalls(self._limits.send_timeout)
 
     def connection_made(self, transport: BaseTransport) -> None:
-        self._transport = cast(Transport, transport)  # as grpclib casts it
-        _grpclib_connection_made(self._limits)(self, transport)
+        self._transport = CoalescingTransport(
+            cast(Transport, transport),  # as grpclib casts it
+            asyncio.get_running_loop(),
+        )
+        _grpclib_connection_made(self._limits)(self, self._transport)
         if self._refuse:
             limit = self._limits.max_connections
             # At debug: a flood of connections would flood the log too.
