@@ -99,16 +99,32 @@ def parse(message_type: type[M], data: bytes) -> M:
         raise InvalidMessage(reader.type_name, str(exc)) from None
 
 
+class Encoded:
+    """A message already written, sent as its bytes by :class:`ProtobufCodec`.
+
+    Writing a message is Python work that holds the GIL; done in the thread
+    that made the message, it leaves the event loop free for the network.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 class ProtobufCodec(CodecBase):
     """grpclib's codec for generated messages: written by betterproto2, read by :func:`parse`.
 
     Messages of protobuf's own classes (grpclib's health and reflection
-    services) are written and read by protobuf, as grpclib's ProtoCodec does.
+    services) are written and read by protobuf, as grpclib's ProtoCodec does;
+    an :class:`Encoded` one is sent as it is.
     """
 
     __content_subtype__ = "proto"
 
     def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, Encoded):
+            return message.data
         if not isinstance(message, message_type):
             raise TypeError(f"message must be of type {message_type!r}, not {type(message)!r}")
         if isinstance(message, betterproto2.Message):

@@ -81,7 +81,6 @@ def run_sample(model: Model, image: Image.Image) -> Response:
         raise ModelFailure(
             f"model {model.name} returned {type(response).__name__}, not emotion.v1.Response"
         )
-    _check_encodable(response, model.name)
     return response
 
 
@@ -103,17 +102,16 @@ def run_batch(model: Model, images: Sequence[Image.Image]) -> list[Response]:
                 f"model {model.name}.process_batch returned {_a(response)} in its list, "
                 "not emotion.v1.Response"
             )
-        _check_encodable(response, model.name)
     return responses
 
 
-def _check_encodable(response: Response, name: str) -> None:
-    """Encode once in the worker thread: a field of the wrong type fails here, as INTERNAL."""
+def encode_response(response: Response, model: Model) -> bytes:
+    """The answer written for the wire; a field of the wrong type fails here, as INTERNAL."""
     try:
-        bytes(response)
+        return bytes(response)
     except Exception as exc:
         raise ModelFailure(
-            f"model {name} returned a Response that cannot be encoded: {type(exc).__name__}"
+            f"model {model.name} returned a Response that cannot be encoded: {type(exc).__name__}"
         ) from exc
 
 

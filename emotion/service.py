@@ -7,7 +7,7 @@ import collections
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpclib.const
 from grpclib.const import Status
@@ -18,6 +18,7 @@ from emotion._grpclib import Patience, ReceiveBudget, receive_message
 from emotion.admission import Admission
 from emotion.batching import Batcher
 from emotion.calls import Calls, metadata
+from emotion.codec import Encoded
 from emotion.config import Limits
 from emotion.contract import (
     LEGACY_RUN_PIPELINE_PATH,
@@ -29,11 +30,21 @@ from emotion.contract import (
 )
 from emotion.decode import Decoded, InvalidImage, decode, to_full_size
 from emotion.inference import Inference
-from emotion.model import Model, run_sample
+from emotion.model import Model, encode_response, run_sample
 from emotion.tracing import BATCH, DECODE, MODEL, NoTracing, Tracer
 
 if TYPE_CHECKING:
     from grpclib.metadata import Deadline
+
+#: A Pipeline call's stream; answers go out already encoded (emotion.codec.Encoded).
+_Stream = Stream[Request, Response | Encoded]
+
+
+class _Answer(NamedTuple):
+    """An image's answer, and its bytes, written in the thread that made it."""
+
+    response: Response
+    encoded: Encoded
 
 
 class PipelineService(PipelineBase):
@@ -77,6 +88,9 @@ class PipelineService(PipelineBase):
         A call whose ``deadline`` passes while it waits for an inference
         thread never reaches the model.
         """
+        return (await self._answer_image(message, deadline)).response
+
+    async def _answer_image(self, message: Request, deadline: Deadline | None) -> _Answer:
         instant = None if deadline is None else time.monotonic() + deadline.time_remaining()
         if self._batcher is None:
             return await self._inference.run(self._decode_and_run, message.image, deadline=instant)
@@ -84,17 +98,18 @@ class PipelineService(PipelineBase):
         with self._tracing.span(BATCH):
             response = await self._batcher.submit(decoded.image, deadline=instant)
         to_full_size(response, decoded)
-        return response
+        return _Answer(response, Encoded(encode_response(response, self._model)))
 
-    async def _answer_one(self, stream: Stream[Request, Response]) -> None:
+    async def _answer_one(self, stream: _Stream) -> None:
         self._admission.check(metadata(stream, "authorization"))
         request = await self._receive(stream, first=True)
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
         with self._admission.hold():
-            await stream.send_message(await self.run_pipeline(request, stream.deadline))
+            answer = await self._answer_image(request, stream.deadline)
+            await stream.send_message(answer.encoded)
 
-    async def _answer_stream(self, stream: Stream[Request, Response]) -> None:
+    async def _answer_stream(self, stream: _Stream) -> None:
         """Answer each image of the stream in order, a few at a time.
 
         Up to ``window`` images are decoded and inferred at once; the next is
@@ -105,7 +120,7 @@ class PipelineService(PipelineBase):
         self._admission.check(metadata(stream, "authorization"))
         first = True
 
-        async def receive(stream: Stream[Request, Response]) -> Request | None:
+        async def receive(stream: _Stream) -> Request | None:
             nonlocal first
             request = await self._receive(stream, first=first)
             first = False
@@ -113,9 +128,7 @@ class PipelineService(PipelineBase):
 
         await _InOrder(stream, self._window, receive, self._frame).answer()
 
-    async def _receive(
-        self, stream: Stream[Request, Response], *, first: bool = False
-    ) -> Request | None:
+    async def _receive(self, stream: _Stream, *, first: bool = False) -> Request | None:
         """The call's next request message, or None at its end."""
         return await receive_message(
             stream,
@@ -126,14 +139,12 @@ class PipelineService(PipelineBase):
             budget=self._receiving,
         )
 
-    async def _frame(
-        self, request: Request, index: int, stream: Stream[Request, Response]
-    ) -> Response:
+    async def _frame(self, request: Request, index: int, stream: _Stream) -> Encoded:
         # Each image holds a place from its arrival to its answer: a stream that
         # waits for its next image holds none, however long it waits.
         with self._admission.hold():
             try:
-                return await self.run_pipeline(request, stream.deadline)
+                return (await self._answer_image(request, stream.deadline)).encoded
             except InvalidImage as exc:
                 raise InvalidImage(f"image {index}: {exc}") from None
 
@@ -142,12 +153,12 @@ class PipelineService(PipelineBase):
         with self._tracing.span(DECODE, errors=False):
             return decode(data, min_size=self._model.min_size, max_pixels=self.limits.max_pixels)
 
-    def _decode_and_run(self, data: bytes) -> Response:
+    def _decode_and_run(self, data: bytes) -> _Answer:
         decoded = self._decode(data)
         with self._tracing.span(MODEL):
             response = run_sample(self._model, decoded.image)
         to_full_size(response, decoded)
-        return response
+        return _Answer(response, Encoded(encode_response(response, self._model)))
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         unary = grpclib.const.Cardinality.UNARY_UNARY
@@ -173,16 +184,16 @@ class _InOrder:
 
     def __init__(
         self,
-        stream: Stream[Request, Response],
+        stream: _Stream,
         window: int,
-        receive: Callable[[Stream[Request, Response]], Awaitable[Request | None]],
-        infer: Callable[[Request, int, Stream[Request, Response]], Awaitable[Response]],
+        receive: Callable[[_Stream], Awaitable[Request | None]],
+        infer: Callable[[Request, int, _Stream], Awaitable[Encoded]],
     ) -> None:
         self._stream = stream
         self._receive = receive
         self._infer = infer
         self._room = asyncio.Semaphore(window)
-        self._in_order: collections.deque[asyncio.Task[Response]] = collections.deque()
+        self._in_order: collections.deque[asyncio.Task[Encoded]] = collections.deque()
         self._arrived = asyncio.Event()
         self._ended: list[BaseException | None] = []
 

@@ -10,7 +10,7 @@ import pytest
 from fuzzing import examples
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
-from emotion.codec import InvalidMessage, ProtobufCodec, parse
+from emotion.codec import Encoded, InvalidMessage, ProtobufCodec, parse
 from emotion.contract import BBox, Expression, Request, Response, Result
 
 VARINT_ONE = b"\x08\x01"  # field 1, wire type varint, value 1
@@ -149,3 +149,12 @@ def test_the_codec_writes_generated_messages_and_leaves_protobuf_ones_to_protobu
         codec.encode(Response(), Request)
     with pytest.raises(InvalidMessage):
         codec.decode(VARINT_ONE, Request)
+
+
+def test_a_message_encoded_beforehand_is_sent_as_its_bytes() -> None:
+    response = Response(response=[Result(bbox=BBox(x1=1.0, y1=2.0, x2=3.0, y2=4.0))])
+
+    sent = ProtobufCodec().encode(Encoded(bytes(response)), Response)
+
+    assert sent == bytes(response)
+    assert parse(Response, sent) == response
