@@ -34,6 +34,14 @@ class Alone:
 
     rate: float
     cpu_ms: float
+    #: The runs this one is the mean of.
+    runs: tuple[Alone, ...] = ()
+
+    @classmethod
+    def mean(cls, *runs: Alone) -> Alone:
+        return cls(
+            sum(r.rate for r in runs) / len(runs), sum(r.cpu_ms for r in runs) / len(runs), runs
+        )
 
 
 def model_alone(model: Model, payload: bytes, seconds: float, threads: int) -> Alone:

@@ -81,46 +81,23 @@ def memory(idle: dict[str, Memory], results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _floor(
-    floors: dict[tuple[str, int], list[Alone]], image: str, threads: int
-) -> tuple[Alone, Alone, Alone]:
-    """The mean of the before and after runs, then each of them."""
-    before, after = floors[(image, threads)]
-    mean = Alone((before.rate + after.rate) / 2, (before.cpu_ms + after.cpu_ms) / 2)
-    return mean, before, after
-
-
-def overhead(results: list[Result], floors: dict[tuple[str, int], list[Alone]], cpus: int) -> str:
-    """Server CPU per request against the model's CPU per image with as many images in flight."""
+def against_alone(results: list[Result], alone: list[Alone], cpus: int) -> str:
+    """Each point's req/s and CPU per request against the model alone, measured around it."""
     lines = [
-        "| image | callers | connections | model alone: threads, CPU ms/image (before, after) "
-        "| server CPU ms/request | overhead |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| image | callers | connections | threads alone | emotion req/s "
+        "| alone images/s (before, after) | req/s ratio | emotion CPU ms/req "
+        "| alone CPU ms/image (before, after) | overhead |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for result in results:
-        threads = min(result.concurrency, cpus)
-        floor, before, after = _floor(floors, result.image, threads)
+    for result, floor in zip(results, alone, strict=True):
+        before, after = floor.runs
         cpu = result.cpu_per_request
-        alone = f"{threads}: {floor.cpu_ms:.2f} ({before.cpu_ms:.2f}, {after.cpu_ms:.2f})"
-        lines.append(
-            f"| {result.image} | {result.concurrency} | {result.connections} | {alone} "
-            f"| {cpu:.2f} | {(cpu / floor.cpu_ms - 1) * 100:+.0f}% |"
-        )
-    return "\n".join(lines)
-
-
-def throughput(results: list[Result], floors: dict[tuple[str, int], list[Alone]], cpus: int) -> str:
-    """Successful req/s served against the images/s the model alone gets on every core."""
-    lines = [
-        "| image | callers | connections | emotion req/s "
-        "| model alone images/s (before, after) | emotion / model alone |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for result in results:
-        floor, before, after = _floor(floors, result.image, cpus)
         lines.append(
             f"| {result.image} | {result.concurrency} | {result.connections} "
-            f"| {result.ok_rate:.1f} | {floor.rate:.1f} ({before.rate:.1f}, {after.rate:.1f}) "
-            f"| {result.ok_rate / floor.rate:.2f} |"
+            f"| {min(result.concurrency, cpus)} | {result.ok_rate:.1f} "
+            f"| {floor.rate:.1f} ({before.rate:.1f}, {after.rate:.1f}) "
+            f"| {result.ok_rate / floor.rate:.2f} | {cpu:.2f} "
+            f"| {floor.cpu_ms:.2f} ({before.cpu_ms:.2f}, {after.cpu_ms:.2f}) "
+            f"| {(cpu / floor.cpu_ms - 1) * 100:+.0f}% |"
         )
     return "\n".join(lines)

@@ -99,6 +99,21 @@ def parse(message_type: type[M], data: bytes) -> M:
         raise InvalidMessage(reader.type_name, str(exc)) from None
 
 
+def encode(message: betterproto2.Message) -> bytes:
+    """``message`` written by protobuf's C encoder.
+
+    betterproto2's own writer looks up every field's default under
+    ``warnings.catch_warnings`` (a change to process-wide state, taken under
+    the GIL): about 0.5 ms for a one-face Response on the development
+    machine, against tens of microseconds here. A value of the wrong type
+    raises TypeError or ValueError, as betterproto2 would.
+    """
+    writer = _writer(type(message))
+    built = writer.protobuf_class()
+    writer.fill(message, built)
+    return built.SerializeToString()
+
+
 class Encoded:
     """A message already written, sent as its bytes by :class:`ProtobufCodec`.
 
@@ -128,13 +143,52 @@ class ProtobufCodec(CodecBase):
         if not isinstance(message, message_type):
             raise TypeError(f"message must be of type {message_type!r}, not {type(message)!r}")
         if isinstance(message, betterproto2.Message):
-            return bytes(message)
+            return encode(message)
         return message.SerializeToString()  # type: ignore[no-any-return]
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if issubclass(message_type, betterproto2.Message):
             return parse(message_type, data)
         return message_type.FromString(data)
+
+
+class _Writer:
+    """Copies one generated dataclass into protobuf's message of the same type."""
+
+    def __init__(self, message_type: type[betterproto2.Message]) -> None:
+        reader = _reader(message_type)  # it refuses the field kinds neither supports
+        self.protobuf_class = reader.protobuf_class
+        descriptor: Descriptor = getattr(message_type, "DESCRIPTOR")  # noqa: B009 - a static property
+        meta = _field_table(message_type)
+        #: (dataclass attribute, protobuf field, repeated, nested message type or None)
+        self._fields: list[tuple[str, str, bool, type[betterproto2.Message] | None]] = []
+        for field in descriptor.fields:
+            name = meta.field_name_by_number[field.number]
+            nested = None
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                nested = meta.cls_by_field[name]
+            self._fields.append((name, field.name, _is_repeated(field), nested))
+
+    def fill(self, message: betterproto2.Message, target: ProtobufMessage) -> None:
+        for name, field, repeated, nested in self._fields:
+            value = getattr(message, name)
+            if value is None:
+                continue
+            if nested is None:
+                if repeated:
+                    getattr(target, field).extend(value)
+                else:
+                    setattr(target, field, value)
+                continue
+            writer = _writer(nested)
+            if repeated:
+                items = getattr(target, field)
+                for item in value:
+                    writer.fill(item, items.add())
+            else:
+                inner = getattr(target, field)
+                inner.SetInParent()  # present even when every field inside is a default
+                writer.fill(value, inner)
 
 
 class _FieldError(Exception):
@@ -202,6 +256,11 @@ def _field_table(message_type: Any) -> ProtoClassMetadata:
 @functools.cache
 def _reader(message_type: type[betterproto2.Message]) -> _Reader:
     return _Reader(message_type)
+
+
+@functools.cache
+def _writer(message_type: type[betterproto2.Message]) -> _Writer:
+    return _Writer(message_type)
 
 
 def _each(read_one: Callable[[Any, str], Any]) -> Callable[[Any, str], list[Any]]:

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from PIL import Image
 
+from emotion.codec import encode
 from emotion.contract import Response
 
 
@@ -108,7 +109,7 @@ def run_batch(model: Model, images: Sequence[Image.Image]) -> list[Response]:
 def encode_response(response: Response, model: Model) -> bytes:
     """The answer written for the wire; a field of the wrong type fails here, as INTERNAL."""
     try:
-        return bytes(response)
+        return encode(response)
     except Exception as exc:
         raise ModelFailure(
             f"model {model.name} returned a Response that cannot be encoded: {type(exc).__name__}"
