@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from loadgen import Result
 from model_alone import Alone
 from servers import Memory
@@ -26,41 +28,87 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def ratios(results: list[Result]) -> str:
+Key = tuple[str, str, int, int]
+
+
+def key(result: Result) -> Key:
+    return result.server, result.image, result.concurrency, result.connections
+
+
+def median_runs(rounds: list[list[Result]]) -> list[Result]:
+    """Each point's run with the median req/s over the rounds, in the order of the first round."""
+    runs: dict[Key, list[Result]] = {}
+    for results in rounds:
+        for result in results:
+            runs.setdefault(key(result), []).append(result)
+    return [sorted(r, key=lambda x: x.ok_rate)[(len(r) - 1) // 2] for r in runs.values()]
+
+
+def _spread(values: list[float], unit: str = "x") -> str:
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:.2f}{unit}"
+    return f"{middle:.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
+
+
+def ratios(rounds: list[list[Result]]) -> str:
     """emotion against grpcio at the same callers and connections, and against REST's one run.
 
+    Each round's ratio sets runs made minutes apart at most, so the machine's
+    drift cancels; the median over the rounds is shown, with the range.
     REST runs once per callers count (HTTP/1.1 needs a connection per caller),
     so each of emotion's connection counts is set against that same run.
     """
-    grpcio = {(r.image, r.concurrency, r.connections): r for r in results if r.server == "grpcio"}
-    rest = {(r.image, r.concurrency): r for r in results if r.server == "REST"}
+    found: dict[tuple[str, int, int], dict[str, list[float] | str]] = {}
+    for results in rounds:
+        grpcio = {
+            (r.image, r.concurrency, r.connections): r for r in results if r.server == "grpcio"
+        }
+        rest = {(r.image, r.concurrency): r for r in results if r.server == "REST"}
+        for ours in results:
+            if ours.server != "emotion":
+                continue
+            point = found.setdefault((ours.image, ours.concurrency, ours.connections), {})
+            theirs = grpcio.get((ours.image, ours.concurrency, ours.connections))
+            for name, other in (
+                ("grpcio", theirs),
+                ("REST", rest.get((ours.image, ours.concurrency))),
+            ):
+                _add(point, name, ours.ok_rate, other)
+            if theirs is not None and theirs.ok_rate and not theirs.errors:
+                p99 = ours.percentile(0.99) / theirs.percentile(0.99)
+                _add_value(point, "p99", p99)
     lines = [
         "| image | callers | connections | emotion/grpcio req/s | emotion/REST req/s "
         "| p99 emotion / grpcio |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for ours in results:
-        if ours.server != "emotion":
-            continue
-        theirs = grpcio.get((ours.image, ours.concurrency, ours.connections))
-
-        def ratio(other: Result | None, ours: Result = ours) -> str:
-            if other is None:
-                return "-"
-            if other.requests == 0:
-                return "no reference call ended in the window"
-            if other.ok_rate == 0:
-                return "reference failed every call"
-            return f"{ours.ok_rate / other.ok_rate:.2f}x"
-
-        p99 = "-"
-        if theirs is not None and theirs.ok_rate and not theirs.errors:
-            p99 = f"{ours.percentile(0.99) / theirs.percentile(0.99):.2f}"
-        lines.append(
-            f"| {ours.image} | {ours.concurrency} | {ours.connections} | {ratio(theirs)} "
-            f"| {ratio(rest.get((ours.image, ours.concurrency)))} | {p99} |"
-        )
+    for (image, callers, connections), point in found.items():
+        cells = []
+        for name in ("grpcio", "REST", "p99"):
+            value = point.get(name, "-")
+            cells.append(
+                value if isinstance(value, str) else _spread(value, "" if name == "p99" else "x")
+            )
+        lines.append(f"| {image} | {callers} | {connections} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _add(point: dict[str, list[float] | str], name: str, ours: float, other: Result | None) -> None:
+    if other is None:
+        point.setdefault(name, "-")
+    elif other.requests == 0:
+        point[name] = "no reference call ended in the window"
+    elif other.ok_rate == 0:
+        point[name] = "reference failed every call"
+    else:
+        _add_value(point, name, ours / other.ok_rate)
+
+
+def _add_value(point: dict[str, list[float] | str], name: str, value: float) -> None:
+    values = point.setdefault(name, [])
+    if isinstance(values, list):
+        values.append(value)
 
 
 def memory(idle: dict[str, Memory], results: list[Result]) -> str:
@@ -81,23 +129,38 @@ def memory(idle: dict[str, Memory], results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def against_alone(results: list[Result], alone: list[Alone], cpus: int) -> str:
-    """Each point's req/s and CPU per request against the model alone, measured around it."""
+def against_alone(rounds: list[list[Result]], alone: list[list[Alone]], cpus: int) -> str:
+    """Each point's req/s and CPU per request against the model alone, measured around it.
+
+    The row shown is the round with the median req/s ratio; the range of the
+    ratio over the rounds is beside it.
+    """
+    points: dict[Key, list[tuple[Result, Alone]]] = {}
+    for results, floors in zip(rounds, alone, strict=True):
+        for result, floor in zip(results, floors, strict=True):
+            points.setdefault(key(result), []).append((result, floor))
     lines = [
         "| image | callers | connections | threads alone | emotion req/s "
         "| alone images/s (before, after) | req/s ratio | emotion CPU ms/req "
         "| alone CPU ms/image (before, after) | overhead |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for result, floor in zip(results, alone, strict=True):
+    for runs in points.values():
+        runs.sort(key=lambda run: run[0].ok_rate / run[1].rate)
+        result, floor = runs[(len(runs) - 1) // 2]
         before, after = floor.runs
         cpu = result.cpu_per_request
+        rate_ratios = [r.ok_rate / f.rate for r, f in runs]
+        overheads = [(r.cpu_per_request / f.cpu_ms - 1) * 100 for r, f in runs]
+        overhead = f"{(cpu / floor.cpu_ms - 1) * 100:+.0f}%"
+        if len(runs) > 1:
+            overhead += f" ({min(overheads):+.0f} to {max(overheads):+.0f})"
         lines.append(
             f"| {result.image} | {result.concurrency} | {result.connections} "
             f"| {min(result.concurrency, cpus)} | {result.ok_rate:.1f} "
             f"| {floor.rate:.1f} ({before.rate:.1f}, {after.rate:.1f}) "
-            f"| {result.ok_rate / floor.rate:.2f} | {cpu:.2f} "
+            f"| {_spread(rate_ratios, '')} | {cpu:.2f} "
             f"| {floor.cpu_ms:.2f} ({before.cpu_ms:.2f}, {after.cpu_ms:.2f}) "
-            f"| {(cpu / floor.cpu_ms - 1) * 100:+.0f}% |"
+            f"| {overhead} |"
         )
     return "\n".join(lines)

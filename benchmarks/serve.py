@@ -90,8 +90,8 @@ async def run(args: argparse.Namespace) -> None:
     # The machine's speed drifts, by 20% within minutes on a shared VM: each
     # point is set against the model alone measured just before and just after it.
     model = None if args.model == "mock" else loaded(spec)
-    alone: list[Alone] = []
-    results: list[Result] = []
+    rounds: list[list[Result]] = []
+    alone: list[list[Alone]] = []
     idle: dict[str, Memory] = {}
     print(
         f"# emotion serving benchmark ({platform.machine()}, {os.cpu_count()} CPUs, "
@@ -117,41 +117,52 @@ async def run(args: argparse.Namespace) -> None:
             await check_answer(target, first)
         for target in servers:
             idle[target.name] = target.memory()
-        for image, payload in payloads.items():
-            for callers in concurrency:
-                threads = min(callers, cpus)
-                for target, connections in plan(servers, callers, args.connections):
-                    if model is not None:
-                        before = model_alone(model, payload, args.seconds, threads)
-                    result = await drive(
-                        target, image, payload, callers, connections, args.warmup, args.seconds
-                    )
-                    results.append(result)
-                    if model is not None:
-                        after = model_alone(model, payload, args.seconds, threads)
-                        alone.append(Alone.mean(before, after))
-                    print(
-                        f"<!-- {target.name} {image} c={callers} n={connections}: "
-                        f"{result.rate:.1f} req/s -->",
-                        flush=True,
-                    )
+        for _ in range(args.rounds):
+            results: list[Result] = []
+            floors: list[Alone] = []
+            rounds.append(results)
+            alone.append(floors)
+            for image, payload in payloads.items():
+                for callers in concurrency:
+                    threads = min(callers, cpus)
+                    for target, connections in plan(servers, callers, args.connections):
+                        if model is not None:
+                            before = model_alone(model, payload, args.seconds, threads)
+                        result = await drive(
+                            target, image, payload, callers, connections, args.warmup, args.seconds
+                        )
+                        results.append(result)
+                        if model is not None:
+                            after = model_alone(model, payload, args.seconds, threads)
+                            floors.append(Alone.mean(before, after))
+                        print(
+                            f"<!-- {target.name} {image} c={callers} n={connections}: "
+                            f"{result.rate:.1f} req/s -->",
+                            flush=True,
+                        )
     finally:
         for target in servers:
             target.stop()
 
+    every = [result for results in rounds for result in results]
     print("\n## Results\n")
-    print(report.table(results))
+    if args.rounds > 1:
+        print(f"Each point's round with the median req/s of {args.rounds}.\n")
+    print(report.table(report.median_runs(rounds)))
     print("\n## Memory\n")
     print(
         "Each server's processes together, PSS (shared pages counted once) and RSS "
         "(counted in every process that maps them): idle once warm, and the highest "
         f"sample (every {SAMPLE_EVERY:g} s) under load.\n"
     )
-    print(report.memory(idle, results))
+    print(report.memory(idle, every))
     if args.model == "mock":
         print("\n## emotion relative to the references\n")
-        print("Successful calls per second; gRPC at the same callers and connections.\n")
-        print(report.ratios(results))
+        print(
+            "Successful calls per second; gRPC at the same callers and connections. "
+            "With several rounds, the median of the rounds' ratios and their range.\n"
+        )
+        print(report.ratios(rounds))
         return
     print("\n## emotion against the model alone\n")
     print(
@@ -162,7 +173,7 @@ async def run(args: argparse.Namespace) -> None:
         "CPU per image (images sharing the cores each cost more than one alone) what "
         "the server's CPU per request should.\n"
     )
-    print(report.against_alone(results, alone, cpus))
+    print(report.against_alone(rounds, alone, cpus))
 
 
 def main() -> None:
@@ -183,6 +194,12 @@ def main() -> None:
         nargs="+",
         default=[1, 8],
         help="gRPC connections per point: each N runs the callers on min(callers, N) of them",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every point this many times, interleaved; tables show medians and ranges",
     )
     parser.add_argument("--quick", action="store_true", help="8 callers only, no PNG")
     parser.add_argument(
