@@ -12,6 +12,11 @@ wire type is refused by name. protobuf would keep it as an unknown field and
 read the field as unset, which hides a peer built from another schema behind
 an empty value. Unknown field numbers are ignored, as protobuf ignores them,
 so that peers can add fields.
+
+Messages are written the same way round: copied into protobuf's message and
+written by its C encoder: the bytes betterproto2 writes (save the sign of
+-0.0, which protobuf keeps), without its per-field bookkeeping in Python
+(see :func:`encode`).
 """
 
 from __future__ import annotations
@@ -128,7 +133,7 @@ class Encoded:
 
 
 class ProtobufCodec(CodecBase):
-    """grpclib's codec for generated messages: written by betterproto2, read by :func:`parse`.
+    """grpclib's codec for generated messages: written by :func:`encode`, read by :func:`parse`.
 
     Messages of protobuf's own classes (grpclib's health and reflection
     services) are written and read by protobuf, as grpclib's ProtoCodec does;
