@@ -63,7 +63,8 @@ def model_alone(model: Model, payload: bytes, seconds: float, threads: int) -> A
         window[:] = [now, now + seconds]
         cpu.append(time.process_time())
 
-    ready = threading.Barrier(threads, action=start)
+    # A thread that fails to warm up breaks the barrier for the others instead of hanging them.
+    ready = threading.Barrier(threads, action=start, timeout=120)
 
     def loop(slot: int) -> None:
         for _ in range(2):
@@ -75,7 +76,7 @@ def model_alone(model: Model, payload: bytes, seconds: float, threads: int) -> A
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(loop, range(threads)))
-    images = sum(counts)
+    images = max(1, sum(counts))
     return Alone(
         rate=images / (time.perf_counter() - window[0]),
         cpu_ms=(time.process_time() - cpu[0]) / images * 1000,

@@ -45,7 +45,7 @@ def median_runs(rounds: list[list[Result]]) -> list[Result]:
 
 
 def _spread(values: list[float], unit: str = "x") -> str:
-    middle = statistics.median(values)
+    middle = statistics.median_low(values)  # the row shown is that round's
     if len(values) == 1:
         return f"{middle:.2f}{unit}"
     return f"{middle:.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
@@ -59,7 +59,9 @@ def ratios(rounds: list[list[Result]]) -> str:
     REST runs once per callers count (HTTP/1.1 needs a connection per caller),
     so each of emotion's connection counts is set against that same run.
     """
-    found: dict[tuple[str, int, int], dict[str, list[float] | str]] = {}
+    found: dict[tuple[str, int, int], dict[str, list[float]]] = {}
+    # Why a ratio could not be taken, by point and column; shown only if no round had one.
+    missing: dict[tuple[tuple[str, int, int], str], str] = {}
     for results in rounds:
         grpcio = {
             (r.image, r.concurrency, r.connections): r for r in results if r.server == "grpcio"
@@ -68,47 +70,48 @@ def ratios(rounds: list[list[Result]]) -> str:
         for ours in results:
             if ours.server != "emotion":
                 continue
-            point = found.setdefault((ours.image, ours.concurrency, ours.connections), {})
-            theirs = grpcio.get((ours.image, ours.concurrency, ours.connections))
+            where = (ours.image, ours.concurrency, ours.connections)
+            point = found.setdefault(where, {})
+            theirs = grpcio.get(where)
             for name, other in (
                 ("grpcio", theirs),
                 ("REST", rest.get((ours.image, ours.concurrency))),
             ):
-                _add(point, name, ours.ok_rate, other)
-            if theirs is not None and theirs.ok_rate and not theirs.errors:
+                why = _no_ratio(other)
+                if why is None and other is not None:
+                    point.setdefault(name, []).append(ours.ok_rate / other.ok_rate)
+                else:
+                    missing[(where, name)] = why or "-"
+            if theirs is not None and theirs.ok_rate and not theirs.errors and ours.latencies:
                 p99 = ours.percentile(0.99) / theirs.percentile(0.99)
-                _add_value(point, "p99", p99)
+                point.setdefault("p99", []).append(p99)
     lines = [
         "| image | callers | connections | emotion/grpcio req/s | emotion/REST req/s "
         "| p99 emotion / grpcio |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for (image, callers, connections), point in found.items():
+    for where, point in found.items():
         cells = []
         for name in ("grpcio", "REST", "p99"):
-            value = point.get(name, "-")
-            cells.append(
-                value if isinstance(value, str) else _spread(value, "" if name == "p99" else "x")
-            )
+            values = point.get(name)
+            if values:
+                cells.append(_spread(values, "" if name == "p99" else "x"))
+            else:
+                cells.append(missing.get((where, name), "-"))
+        image, callers, connections = where
         lines.append(f"| {image} | {callers} | {connections} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _add(point: dict[str, list[float] | str], name: str, ours: float, other: Result | None) -> None:
+def _no_ratio(other: Result | None) -> str | None:
+    """Why emotion cannot be set against ``other``'s run, or None if it can."""
     if other is None:
-        point.setdefault(name, "-")
-    elif other.requests == 0:
-        point[name] = "no reference call ended in the window"
-    elif other.ok_rate == 0:
-        point[name] = "reference failed every call"
-    else:
-        _add_value(point, name, ours / other.ok_rate)
-
-
-def _add_value(point: dict[str, list[float] | str], name: str, value: float) -> None:
-    values = point.setdefault(name, [])
-    if isinstance(values, list):
-        values.append(value)
+        return "-"
+    if other.requests == 0:
+        return "no reference call ended in the window"
+    if other.ok_rate == 0:
+        return "reference failed every call"
+    return None
 
 
 def memory(idle: dict[str, Memory], results: list[Result]) -> str:

@@ -143,14 +143,18 @@ def metadata(stream: Stream[Any, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# Unique enough to find a call in the logs, without a system call per call (as
+# os.urandom makes); not the module's generator, which a model may seed.
+_IDS = random.Random()  # noqa: S311
+
+
 def _request_id(stream: Stream[Any, Any]) -> str:
     """The client's x-request-id if it sent a sensible one, else a new one."""
     offered = metadata(stream, "x-request-id")
     # Only characters that cannot pass for another field of the log line.
     if offered and len(offered) <= 64 and _REQUEST_ID.fullmatch(offered):
         return offered
-    # Unique enough to find a call in the logs; os.urandom would cost a system call per call.
-    return f"{random.getrandbits(64):016x}"
+    return f"{_IDS.getrandbits(64):016x}"
 
 
 def _peer(stream: Stream[Any, Any]) -> str:

@@ -15,8 +15,8 @@ so that peers can add fields.
 
 Messages are written the same way round: copied into protobuf's message and
 written by its C encoder: the bytes betterproto2 writes (save the sign of
--0.0, which protobuf keeps), without its per-field bookkeeping in Python
-(see :func:`encode`).
+-0.0, which protobuf keeps, and floats past float32's range), without its
+per-field bookkeeping in Python (see :func:`encode`).
 """
 
 from __future__ import annotations
@@ -105,17 +105,24 @@ def parse(message_type: type[M], data: bytes) -> M:
 
 
 def encode(message: betterproto2.Message) -> bytes:
-    """``message`` written by protobuf's C encoder.
+    """``message`` written by protobuf's C encoder, or by betterproto2 if protobuf refuses a value.
 
     betterproto2's own writer looks up every field's default under
     ``warnings.catch_warnings`` (a change to process-wide state, taken under
     the GIL): about 0.5 ms for a one-face Response on the development
-    machine, against tens of microseconds here. A value of the wrong type
-    raises TypeError or ValueError, as betterproto2 would.
+    machine, against tens of microseconds here. protobuf takes only its own
+    types, where betterproto2 converts what it can (a 0-d numpy array in a
+    float field, a bytearray in a bytes field): those messages, and values
+    neither can write, go to betterproto2, which writes them or raises as it
+    always did. Float fields differ in one way: a value past float32's range
+    is written as infinity, where betterproto2 raises.
     """
     writer = _writer(type(message))
     built = writer.protobuf_class()
-    writer.fill(message, built)
+    try:
+        writer.fill(message, built)
+    except (TypeError, ValueError):
+        return bytes(message)
     return built.SerializeToString()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 
 import pytest
@@ -57,6 +58,19 @@ async def test_a_request_id_that_could_forge_log_fields_is_replaced(
 
     assert returned != offered
     assert len(returned) == 16
+
+
+async def test_new_request_ids_differ_even_when_a_model_seeds_the_random_module(
+    server: Server, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    returned = []
+    for _ in range(2):
+        random.seed(0)  # as a model might, for reproducible results
+        # An offered id that is replaced, so the server makes a new one.
+        returned.append(await _returned_request_id(connect(server), "not an id", jpeg))
+
+    assert returned[0] != returned[1]
+    assert all(len(request_id) == 16 for request_id in returned)
 
 
 async def _returned_request_id(channel: Channel, offered: str, image: bytes) -> str:

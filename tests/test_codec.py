@@ -6,6 +6,7 @@ import struct
 
 import hypothesis
 import hypothesis.strategies as st
+import numpy as np
 import pytest
 from fuzzing import examples
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
@@ -129,8 +130,23 @@ def test_fuzz_every_response_reads_back_as_written(results: list[Result]) -> Non
 def test_encoding_writes_present_empty_messages_and_refuses_values_of_the_wrong_type() -> None:
     assert encode(Response(response=[Result(bbox=BBox())])) == b"\n\x02\n\x00"
     assert encode(Request()) == b""
-    with pytest.raises(TypeError):
+    with pytest.raises(struct.error):
         encode(Response(response=[Result(bbox=BBox(x1="left"))]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # numpy.asarray gives a 0-d array, which protobuf refuses in a float field.
+        Response(response=[Result(bbox=BBox(x1=np.asarray(1.5), x2=np.float32(2.5)))]),  # type: ignore[arg-type]
+        Request(image=bytearray(b"\xff\xd8")),  # type: ignore[arg-type]
+        Request(image=memoryview(b"\xff\xd8")),  # type: ignore[arg-type]
+    ],
+)
+def test_values_that_betterproto2_converts_are_written_as_it_writes_them(
+    message: Response | Request,
+) -> None:
+    assert encode(message) == bytes(message)
 
 
 @hypothesis.given(st.binary(max_size=64))

@@ -325,16 +325,38 @@ def test_a_crowded_group_gives_exactly_its_faces(model: FerModel) -> None:
     assert len(faces) == len(truth)
 
 
-def test_a_face_no_tile_holds_whole_is_found_by_the_whole_image_pass(model: FerModel) -> None:
-    # 2x2 tiles each span 5/8 of a side: a face across the middle third is cut by all four.
+def face_at(
+    size: tuple[int, int], width: float, centre: tuple[float, float]
+) -> tuple[Image.Image, Box]:
+    """The astronaut's face ``width`` of the longer side wide, centred at ``centre`` (fractions)."""
     x1, y1, x2, y2 = FACES["astronaut.jpg"]
-    scale = 0.3 * 1024 / (x2 - x1)
+    scale = width * max(size) / (x2 - x1)
     source = photo("astronaut.jpg")
     head = source.resize((round(source.width * scale), round(source.height * scale)))
-    canvas = Image.new("RGB", (1024, 1024), (110, 120, 130))
-    dx, dy = round(512 - (x1 + x2) / 2 * scale), round(512 - (y1 + y2) / 2 * scale)
+    canvas = Image.new("RGB", size, (110, 120, 130))
+    dx = round(centre[0] * size[0] - (x1 + x2) / 2 * scale)
+    dy = round(centre[1] * size[1] - (y1 + y2) / 2 * scale)
     canvas.paste(head, (dx, dy))
-    where = (x1 * scale + dx, y1 * scale + dy, x2 * scale + dx, y2 * scale + dy)
+    return canvas, (x1 * scale + dx, y1 * scale + dy, x2 * scale + dx, y2 * scale + dy)
+
+
+@pytest.mark.parametrize(
+    ("size", "width", "centre", "tiles"),
+    [
+        # 2x2 tiles each span 5/8 of a side: a face across the middle third is cut by all four.
+        ((1024, 1024), 0.3, (0.5, 0.5), 2),
+        # 3x3 tiles overlap by 1/8 of a side: a face on a seam, too small for the short range.
+        ((1024, 1024), 0.11, (0.354, 0.5), 3),
+        # A 3:1 image's tiles overlap by less across its short side.
+        ((1536, 512), 0.10, (0.5, 0.5), 2),
+    ],
+)
+def test_a_face_no_tile_holds_whole_is_found_by_a_whole_image_pass(
+    size: tuple[int, int], width: float, centre: tuple[float, float], tiles: int
+) -> None:
+    model = FerModel(tiles=tiles)
+    model.load()
+    canvas, where = face_at(size, width, centre)
 
     faces = model.process_sample(canvas).response
 
