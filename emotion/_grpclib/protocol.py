@@ -231,6 +231,7 @@ class ServerProtocol(H2Protocol):
             goaway.last_stream_id = h2.highest_inbound_stream_id
             goaway.error_code = 0
             self._transport.write(goaway.serialize())
+            self._transport.flush()
         if h2.open_inbound_streams and loop.time() < self._retire_by:
             self._later("age", _IDLE_CHECK, self._retire)
             return
@@ -276,6 +277,7 @@ class ServerProtocol(H2Protocol):
         assert self._transport is not None
         self._gone_away = True
         self.connection.flush()
+        self._transport.flush()  # now, not a loop pass later: an attacker is still sending
         self.handler.close()  # cancels the calls: their streams and jobs are released
         if not self._transport.is_closing():
             self._transport.pause_reading()
