@@ -5,6 +5,7 @@
     python benchmarks/serve.py --model fer          # the real model: overhead and floor
     python benchmarks/serve.py --connections 1      # every gRPC caller on one connection
     python benchmarks/serve.py --images small       # only the images whose name says so
+    python benchmarks/serve.py --rounds 3           # each point 3 times: medians, ranges
 
 Starts each server itself on 127.0.0.1, drives it with a closed-loop load
 generator (every caller sends its next request when the previous one is
