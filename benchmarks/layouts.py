@@ -28,9 +28,9 @@ from emotion.process import available_cpus
 ONE_WORKER = ("--workers", "1", "--log-level", "warning")
 
 
-def servers(processes: int) -> list[Target]:
+def servers(processes: int, depth: int) -> list[Target]:
     python = sys.executable
-    pool = ("--processes", str(processes))
+    pool = ("--processes", str(processes), "--depth", str(depth))
     return [
         Target(
             "threads",
@@ -58,7 +58,7 @@ async def run(args: argparse.Namespace) -> None:
         for name, data in images.make_images(quick=True).items()
         if any(word in name for word in args.images)
     }
-    targets = servers(args.processes)
+    targets = servers(args.processes, args.depth)
     results: dict[tuple[str, str], list[Result]] = {}
     for target in targets:
         target.start()
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--processes", type=int, default=available_cpus())
+    parser.add_argument("--depth", type=int, default=3, help="images sent to a process at once")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import socket
 import struct
 import subprocess
@@ -48,12 +49,34 @@ def child(fd: int, spec: str) -> None:
             sock.sendall(_LENGTH.pack(len(written)) + written)
 
 
-class Pool:
-    """Idle inference processes; a call takes one, sends its image, reads the answer."""
+class _Child:
+    """One inference process: images go out in order, answers come back in the same order."""
 
-    def __init__(self, spec: str, processes: int) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
+        self._reading = asyncio.ensure_future(self._read(reader))
+
+    def send(self, image: bytes) -> asyncio.Future[bytes]:
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting.append(answer)
+        self._writer.write(_LENGTH.pack(len(image)))
+        self._writer.write(image)
+        return answer
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+            self._waiting.popleft().set_result(await reader.readexactly(size))
+
+
+class Pool:
+    """Inference processes, each sent up to ``depth`` images at once so none waits for the next."""
+
+    def __init__(self, spec: str, processes: int, depth: int) -> None:
         self._sockets: list[socket.socket] = []
         self._children: list[subprocess.Popen[bytes]] = []
+        self._depth = depth
         for _ in range(processes):
             ours, theirs = socket.socketpair()
             self._children.append(
@@ -64,27 +87,25 @@ class Pool:
             )
             theirs.close()
             self._sockets.append(ours)
-        self._idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.Queue()
-        )
+        # A child appears here once per image it may still be sent.
+        self._free: asyncio.Queue[_Child] = asyncio.Queue()
 
     async def open(self) -> None:
         for sock in self._sockets:
-            self._idle.put_nowait(await asyncio.open_connection(sock=sock, limit=1 << 24))
+            child = _Child(*await asyncio.open_connection(sock=sock, limit=1 << 24))
+            for _ in range(self._depth):
+                self._free.put_nowait(child)
 
     async def infer(self, image: bytes) -> bytes:
-        reader, writer = await self._idle.get()
+        child = await self._free.get()
         try:
-            writer.write(_LENGTH.pack(len(image)))
-            writer.write(image)
-            (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-            return await reader.readexactly(size)
+            return await child.send(image)
         finally:
-            self._idle.put_nowait((reader, writer))
+            self._free.put_nowait(child)
 
 
 async def main(args: argparse.Namespace) -> None:
-    pool = Pool(args.model, args.processes)
+    pool = Pool(args.model, args.processes, args.depth)
     await pool.open()
 
     async def answer_image(
@@ -102,6 +123,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=3, help="images sent to a process at once")
     parser.add_argument("--model", default="emotion.models.mock:MockModel")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
