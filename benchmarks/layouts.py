@@ -1,15 +1,15 @@
-"""One network worker with inference threads, or with inference processes: measured, not assumed.
+"""One worker with inference threads, or with inference processes, against grpcio: one connection.
 
     python benchmarks/layouts.py                    # small and medium JPEG, 3 rounds
     python benchmarks/layouts.py --images large --rounds 5
 
 Three servers on one connection with 8 callers, the mock model's work:
-``emotion serve --workers 1`` (inference threads, the shipped layout, which is
-what one connection gets), ``pool_prototype.py`` (the same network worker,
-inference in processes fed raw bytes over Unix sockets), and the plain grpcio
-reference. Every round runs each server once per image, one after another,
-so each round's ratio to grpcio sets runs made seconds apart; the report
-gives the median of the rounds and their range.
+``emotion serve --workers 1`` (inference threads, the default, which is what
+one connection gets), ``emotion serve --workers 1 --inference-processes N``
+(the same worker, decoding and inferring in N processes fed raw bytes over
+socket pairs), and the plain grpcio reference. Every round runs each server
+once per image, one after another, so each round's ratio to grpcio sets runs
+made seconds apart; the report gives the median of the rounds and their range.
 """
 
 from __future__ import annotations
@@ -25,22 +25,17 @@ from servers import HERE, MOCK, Target
 
 from emotion.process import available_cpus
 
-ONE_WORKER = ("--workers", "1", "--log-level", "warning")
 
-
-def servers(processes: int, depth: int) -> list[Target]:
+def servers(processes: int) -> list[Target]:
     python = sys.executable
-    pool = ("--processes", str(processes), "--depth", str(depth))
+    emotion = [python, "-m", "emotion", "serve", "--port", "{port}", "--model", MOCK]
+    one_worker = ["--workers", "1", "--log-level", "warning"]
     return [
+        Target("threads", "grpc", [*emotion, *one_worker]),
         Target(
-            "threads",
+            f"{processes} processes",
             "grpc",
-            [python, "-m", "emotion", "serve", "--port", "{port}", "--model", MOCK, *ONE_WORKER],
-        ),
-        Target(
-            "processes",
-            "grpc",
-            [python, str(HERE / "pool_prototype.py"), "--port", "{port}", *pool],
+            [*emotion, *one_worker, "--inference-processes", str(processes)],
         ),
         Target("grpcio", "grpc", [python, str(HERE / "reference_grpcio.py"), "--port", "{port}"]),
     ]
@@ -58,7 +53,7 @@ async def run(args: argparse.Namespace) -> None:
         for name, data in images.make_images(quick=True).items()
         if any(word in name for word in args.images)
     }
-    targets = servers(args.processes, args.depth)
+    targets = servers(args.processes)
     results: dict[tuple[str, str], list[Result]] = {}
     for target in targets:
         target.start()
@@ -106,7 +101,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--processes", type=int, default=available_cpus())
-    parser.add_argument("--depth", type=int, default=3, help="images sent to a process at once")
     asyncio.run(run(parser.parse_args()))
 
 

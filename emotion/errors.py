@@ -21,6 +21,7 @@ from emotion.codec import InvalidMessage
 from emotion.decode import InvalidImage
 from emotion.inference import Aborted, DeadlinePassed, QueueFull
 from emotion.model import ModelFailure
+from emotion.processes import ProcessExited
 from emotion.security import Unauthenticated
 
 _REQUEST = "request is not a valid emotion.v1.Request: {}"
@@ -40,6 +41,7 @@ STATUSES: tuple[tuple[type[Exception], Status, str], ...] = (
     (QueueFull, Status.RESOURCE_EXHAUSTED, "{}"),
     (DeadlinePassed, Status.DEADLINE_EXCEEDED, "{}"),
     (Aborted, Status.UNAVAILABLE, "{}"),
+    (ProcessExited, Status.UNAVAILABLE, "{}"),
     (ModelFailure, Status.INTERNAL, "{}"),
 )
 

@@ -124,6 +124,17 @@ class ModelLoadError(Exception):
     """The model named on the command line cannot be imported or created."""
 
 
+def spec_of(model: Model) -> str:
+    """The ``module:Class`` that :func:`load_model` makes ``model`` from, in another process."""
+    cls = type(model)
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        raise ModelLoadError(
+            f"model {cls.__qualname__} cannot be loaded by name in another process: "
+            "define it in an importable module"
+        )
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def load_model(spec: str) -> Model:
     """Import ``module:Class`` and return an instance of that Model subclass.
 

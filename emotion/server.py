@@ -28,9 +28,11 @@ from emotion.config import ServerConfig
 from emotion.contract import FILE_DESCRIPTOR
 from emotion.inference import Inference
 from emotion.metrics import Metrics, NoMetrics, serve_metrics
-from emotion.model import Model, run_batch
+from emotion.model import Model, run_batch, spec_of
 from emotion.net import bound_socket, format_address
 from emotion.process import apply_process_settings, available_cpus
+from emotion.processes import DEPTH as PROCESS_DEPTH
+from emotion.processes import InferenceProcesses, StartFailed
 from emotion.security import BearerTokens
 from emotion.service import PipelineService
 from emotion.tracing import NoTracing, Tracer, tracing_from_environment
@@ -76,9 +78,21 @@ class Server:
             self.metrics = Metrics()
         recorder = self.metrics or NoMetrics()
         self._metrics_server: WSGIServer | None = None
+        self.processes: InferenceProcesses | None = None
         # Calls in progress and images in the queue share one bound: the
-        # threads, and as many again as the queue may hold.
+        # threads (or the processes' places), and as many again as the queue may hold.
         capacity = threads + self.config.limits.max_queue
+        if self.config.inference_processes:
+            places = self.config.inference_processes * PROCESS_DEPTH
+            capacity = places + self.config.limits.max_queue
+            self.processes = InferenceProcesses(
+                spec_of(model),
+                self.config.inference_processes,
+                capacity=capacity,
+                max_pixels=self.config.limits.max_pixels,
+                metrics=recorder,
+                log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            )
         tokens = BearerTokens(self.config.tokens) if self.config.tokens else None
         self.admission = Admission(capacity=capacity, tokens=tokens)
         self.inference = Inference(
@@ -104,6 +118,7 @@ class Server:
             window=max(2, threads),
             batcher=batcher,
             tracing=self.tracing,
+            processes=self.processes,
         )
         self._grpc: GrpcServer | None = None
         self._port: int | None = None
@@ -166,7 +181,16 @@ class Server:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._load_model)
+            if self.processes is not None:
+                # They load the model; this process never runs it.
+                await self.processes.start()
+                if self.metrics is not None:
+                    self.metrics.model_load_seconds.set(time.perf_counter() - started)
+            else:
+                await loop.run_in_executor(self._executor, self._load_model)
+        except StartFailed as exc:
+            log.error("%s", exc)
+            raise ModelStartError(str(exc)) from exc
         except Exception as exc:
             log.error("model %s failed to load", self.model.name, exc_info=exc)
             raise ModelStartError(
@@ -231,6 +255,8 @@ class Server:
             if self.calls.active:
                 log.warning("aborting %d call(s) still running", self.calls.active)
                 self.inference.abort()
+                if self.processes is not None:
+                    self.processes.abort()
                 # Calls waiting on their client (a body that never comes) do
                 # not see the abort; closing the server below cancels them.
                 with contextlib.suppress(TimeoutError):
@@ -246,6 +272,8 @@ class Server:
         self._grpc = None
         if self._loaded is not None and not self._loaded.done():
             self._loaded.cancel()
+        if self.processes is not None:
+            await self.processes.close()
         self._release_model()
         # Spans still buffered, within a bound: a collector that is down must not
         # hold up the exit. The tracer is the caller's: flushed, not shut down.

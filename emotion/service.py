@@ -18,7 +18,7 @@ from emotion._grpclib import Patience, ReceiveBudget, receive_message
 from emotion.admission import Admission
 from emotion.batching import Batcher
 from emotion.calls import Calls, metadata
-from emotion.codec import Encoded
+from emotion.codec import Encoded, parse
 from emotion.config import Limits
 from emotion.contract import (
     LEGACY_RUN_PIPELINE_PATH,
@@ -31,6 +31,7 @@ from emotion.contract import (
 from emotion.decode import Decoded, InvalidImage, decode, to_full_size
 from emotion.inference import Inference
 from emotion.model import Model, encode_response, run_sample
+from emotion.processes import InferenceProcesses
 from emotion.tracing import BATCH, DECODE, MODEL, NoTracing, Tracer
 
 if TYPE_CHECKING:
@@ -41,9 +42,12 @@ _Stream = Stream[Request, Response | Encoded]
 
 
 class _Answer(NamedTuple):
-    """An image's answer, and its bytes, written in the thread that made it."""
+    """An image's answer, and its bytes, written in the thread or process that made it.
 
-    response: Response
+    From an inference process only the bytes come back: ``response`` is None.
+    """
+
+    response: Response | None
     encoded: Encoded
 
 
@@ -69,8 +73,10 @@ class PipelineService(PipelineBase):
         window: int = 2,
         batcher: Batcher | None = None,
         tracing: Tracer | None = None,
+        processes: InferenceProcesses | None = None,
     ) -> None:
         self._model = model
+        self._processes = processes
         self._admission = admission
         self._inference = inference
         self._calls = calls
@@ -88,10 +94,15 @@ class PipelineService(PipelineBase):
         A call whose ``deadline`` passes while it waits for an inference
         thread never reaches the model.
         """
-        return (await self._answer_image(message, deadline)).response
+        answer = await self._answer_image(message, deadline)
+        if answer.response is None:
+            return parse(Response, answer.encoded.data)
+        return answer.response
 
     async def _answer_image(self, message: Request, deadline: Deadline | None) -> _Answer:
         instant = None if deadline is None else time.monotonic() + deadline.time_remaining()
+        if self._processes is not None:
+            return _Answer(None, Encoded(await self._processes.run(message.image, instant)))
         if self._batcher is None:
             return await self._inference.run(self._decode_and_run, message.image, deadline=instant)
         decoded = await self._inference.run(self._decode, message.image, deadline=instant)

@@ -80,13 +80,18 @@ class GatedLoadModel(Model):
 class SlowModel(Model):
     """Takes EMOTION_TEST_SECONDS per image; touches EMOTION_TEST_MARKER when it starts.
 
-    Used by the subprocess tests of the graceful drain.
+    Also adds a line to EMOTION_TEST_CALLS for each image it starts, if set.
+    Used by the subprocess tests of the graceful drain and of inference processes.
     """
 
     def process_sample(self, image: Image.Image) -> Response:
         marker = os.environ.get("EMOTION_TEST_MARKER")
         if marker:
             Path(marker).touch()
+        calls = os.environ.get("EMOTION_TEST_CALLS")
+        if calls:
+            with open(calls, "a") as log:
+                log.write(f"{os.getpid()}\n")
         time.sleep(float(os.environ.get("EMOTION_TEST_SECONDS", "2")))
         return Response(response=[Result(bbox=BBox(x2=image.width, y2=image.height))])
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from sample_models import SizeModel
 
-from emotion import Model, ModelLoadError, load_model
+from emotion import Model, ModelLoadError, Response, load_model
+from emotion.model import spec_of
 from emotion.models.mock import MockModel
 
 
@@ -78,3 +80,19 @@ def test_subclasses_are_named_after_their_class_unless_they_say_otherwise() -> N
         pass
 
     assert (Plain.name, Named.name, Child.name) == ("Plain", "fer-2013", "Child")
+
+
+def test_spec_of_names_a_model_another_process_can_load() -> None:
+    spec = spec_of(SizeModel())
+
+    assert spec == "sample_models:SizeModel"
+    assert type(load_model(spec)) is SizeModel
+
+
+def test_spec_of_refuses_a_model_no_other_process_can_import() -> None:
+    class Local(Model):
+        def process_sample(self, image: Image.Image) -> Response:
+            return Response()
+
+    with pytest.raises(ModelLoadError, match="define it in an importable module"):
+        spec_of(Local())

@@ -13,7 +13,7 @@ import pytest
 from conftest import encode, gradient, subprocess_env
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from serving import Served, start_serving, wait_for_port
+from serving import Served, alive, start_serving, wait_for_port
 
 from emotion import PipelineStub, Request
 
@@ -61,14 +61,6 @@ def children(pid: int) -> set[int]:
             if int(fields[1]) == pid and b"spawn_main" in command:
                 found.add(int(entry.name))
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_workers_share_the_port_and_connections_spread_across_them(

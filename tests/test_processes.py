@@ -1,0 +1,270 @@
+"""Inference in processes (--inference-processes): the same answers and refusals as threads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import StartServer, encode, gradient
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from sample_models import (
+    CrashingModel,
+    FailingLoadModel,
+    PidModel,
+    RaisingModel,
+    SizeModel,
+    SlowModel,
+)
+from serving import alive, start_serving
+
+from emotion import PipelineStub, Request, Response, Server
+from emotion.config import Limits
+from emotion.server import ModelStartError
+
+Connect = Callable[[Server], Channel]
+
+
+def x1(response: Response) -> float:
+    box = response.response[0].bbox
+    assert box is not None
+    return box.x1
+
+
+async def test_images_are_decoded_and_inferred_in_other_processes(
+    start_server: StartServer, connect: Connect, jpeg: bytes
+) -> None:
+    server = await start_server(PidModel(), inference_processes=2)
+    assert server.processes is not None
+    pids = set(server.processes.pids)
+    stub = PipelineStub(connect(server))
+
+    answers = await asyncio.gather(
+        *(stub.run_pipeline(Request(image=jpeg), timeout=10) for _ in range(12))
+    )
+
+    served_by = {int(x1(answer)) for answer in answers}
+    assert len(pids) == 2
+    assert os.getpid() not in pids
+    assert served_by <= pids
+    assert served_by
+
+
+async def test_answers_are_the_threads_answers(
+    start_server: StartServer, connect: Connect, jpeg: bytes
+) -> None:
+    threads = PipelineStub(connect(await start_server(SizeModel())))
+    processes = PipelineStub(connect(await start_server(SizeModel(), inference_processes=1)))
+    big = encode(gradient(1600, 1200), "JPEG", quality=90)
+
+    for image in (jpeg, big):
+        expected = await threads.run_pipeline(Request(image=image), timeout=10)
+        assert await processes.run_pipeline(Request(image=image), timeout=10) == expected
+        streamed = [a async for a in processes.stream_pipeline(_twice(image), timeout=10)]
+        assert streamed == [expected, expected]
+
+
+async def _twice(image: bytes):  # type: ignore[no-untyped-def]
+    for _ in range(2):
+        yield Request(image=image)
+
+
+async def test_run_pipeline_in_process_returns_the_response(
+    start_server: StartServer, jpeg: bytes
+) -> None:
+    server = await start_server(SizeModel(), inference_processes=1)
+
+    response = await server.service.run_pipeline(Request(image=jpeg))
+
+    assert isinstance(response, Response)
+    box = response.response[0].bbox
+    assert box is not None
+    assert box.x2 == 320
+
+
+async def test_a_bad_image_is_refused_with_the_decoders_message(
+    start_server: StartServer, connect: Connect
+) -> None:
+    threads = PipelineStub(connect(await start_server(SizeModel())))
+    processes = PipelineStub(connect(await start_server(SizeModel(), inference_processes=1)))
+    errors = []
+
+    for stub in (threads, processes):
+        with pytest.raises(GRPCError) as caught:
+            await stub.run_pipeline(Request(image=b"\xff\xd8\xff\xe0 broken"), timeout=10)
+        errors.append((caught.value.status, caught.value.message))
+
+    assert errors[0] == errors[1]
+    assert errors[1][0] is Status.INVALID_ARGUMENT
+    assert "JPEG" in str(errors[1][1])
+
+
+async def test_a_failing_model_is_internal_and_its_process_keeps_serving(
+    start_server: StartServer, connect: Connect, jpeg: bytes
+) -> None:
+    server = await start_server(RaisingModel(), inference_processes=1)
+    assert server.processes is not None
+    pids = server.processes.pids
+    stub = PipelineStub(connect(server))
+
+    for _ in range(2):
+        with pytest.raises(GRPCError) as caught:
+            await stub.run_pipeline(Request(image=jpeg), timeout=10)
+        assert caught.value.status is Status.INTERNAL
+        assert caught.value.message == "model RaisingModel failed: ZeroDivisionError"
+
+    assert server.processes.pids == pids
+
+
+async def test_a_process_that_dies_fails_its_call_unavailable_and_is_replaced(
+    start_server: StartServer, connect: Connect, jpeg: bytes
+) -> None:
+    server = await start_server(CrashingModel(), inference_processes=1)
+    assert server.processes is not None
+    [first] = server.processes.pids
+    stub = PipelineStub(connect(server))
+
+    with pytest.raises(GRPCError) as caught:
+        # CrashingModel exits its process on an image wider than 1000 pixels.
+        await stub.run_pipeline(Request(image=encode(gradient(1200, 100), "JPEG")), timeout=10)
+
+    assert caught.value.status is Status.UNAVAILABLE
+    assert caught.value.message == "the inference process running this call exited; retry"
+    answer = await stub.run_pipeline(Request(image=jpeg), timeout=30)
+    [second] = server.processes.pids
+    assert int(x1(answer)) == second != first
+    assert not alive(first)
+
+
+async def test_a_deadline_that_passes_before_the_image_is_read_never_reaches_the_model(
+    start_server: StartServer,
+    connect: Connect,
+    jpeg: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("EMOTION_TEST_SECONDS", "1")
+    monkeypatch.setenv("EMOTION_TEST_CALLS", str(calls))
+    stub = PipelineStub(connect(await start_server(SlowModel(), inference_processes=1)))
+
+    # One process, sent 3 at once: it reads the first at 0 s, the second at
+    # 1 s, the third at 2 s, past the 1.5 s deadline of all three.
+    outcomes = await asyncio.gather(
+        *(stub.run_pipeline(Request(image=jpeg), timeout=1.5) for _ in range(3)),
+        return_exceptions=True,
+    )
+    await asyncio.sleep(1.5)  # the second image's run ends
+
+    assert isinstance(outcomes[0], Response)
+    assert [type(o) for o in outcomes[1:]] == [TimeoutError, TimeoutError]
+    assert len(calls.read_text().splitlines()) == 2
+
+
+async def test_images_past_the_capacity_are_refused_at_once(
+    start_server: StartServer,
+    connect: Connect,
+    jpeg: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMOTION_TEST_SECONDS", "1")
+    server = await start_server(SlowModel(), inference_processes=1, limits=Limits(max_queue=1))
+    assert server.processes is not None
+    stub = PipelineStub(connect(server))
+
+    # 3 images in the process and 1 waiting: the capacity.
+    held = [asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))]
+    for _ in range(3):
+        held.append(asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30)))
+    while server.processes.queued < 4:  # noqa: ASYNC110 - a count to watch, not an event
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(GRPCError) as caught:
+        await stub.run_pipeline(Request(image=jpeg), timeout=30)
+
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    assert time.monotonic() - started < 0.9
+    assert all(isinstance(a, Response) for a in await asyncio.gather(*held))
+
+
+async def test_a_model_that_cannot_load_fails_the_start_and_leaves_no_process(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(FailingLoadModel(), inference_processes=2, wait=False)
+
+    with pytest.raises(ModelStartError, match=r"FileNotFoundError: weights\.bin is missing"):
+        await server.wait_loaded()
+
+    assert server.processes is not None
+    assert server.processes.pids == []
+
+
+async def test_stopping_aborts_waiting_calls_and_ends_the_processes(
+    start_server: StartServer, connect: Connect, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMOTION_TEST_SECONDS", "3")
+    server = await start_server(SlowModel(), inference_processes=1)
+    assert server.processes is not None
+    [pid] = server.processes.pids
+    stub = PipelineStub(connect(server))
+    call = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    while not server.processes.queued:  # noqa: ASYNC110 - a count to watch, not an event
+        await asyncio.sleep(0.01)
+
+    await server.stop(grace=0.2)
+
+    with pytest.raises(GRPCError) as caught:
+        await call
+    assert caught.value.status is Status.UNAVAILABLE
+    assert caught.value.message == "server shut down before the call finished; retry"
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110 - no event to wait on
+        await asyncio.sleep(0.05)
+    assert not alive(pid)
+
+
+def command_line(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = {int(child) for child in children}
+    for child in list(found):
+        found |= descendants(child)
+    return found
+
+
+async def test_emotion_serve_with_workers_gives_each_worker_its_processes_and_ends_them(
+    jpeg: bytes,
+) -> None:
+    served = await start_serving(
+        "--port", "0", "--workers", "2", "--inference-processes", "1",
+        "--model", "sample_models:PidModel",
+    )  # fmt: skip
+    tree = descendants(served.process.pid)
+    inference = {pid for pid in tree if b"emotion.inference_process" in command_line(pid)}
+    workers = {parent(pid) for pid in inference}
+    channel = Channel("127.0.0.1", served.port)
+    try:
+        answer = await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
+    finally:
+        channel.close()
+    served.process.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(served.process.wait(), 60)
+
+    assert len(inference) == 2
+    assert len(workers - {served.process.pid}) == 2  # one per worker
+    assert int(x1(answer)) in inference
+    assert code == 0
+    assert not [pid for pid in inference | workers if alive(pid)]
