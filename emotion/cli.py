@@ -32,15 +32,20 @@ from emotion.config import (
 from emotion.model import ModelLoadError, load_model
 from emotion.net import format_address
 from emotion.predict import run as run_predict
-from emotion.process import available_cpus, configure_logging, exit_code, run, write_port_file
+from emotion.process import (
+    LOG_FORMAT,
+    available_cpus,
+    configure_logging,
+    exit_code,
+    run,
+    write_port_file,
+)
 from emotion.security import SecurityConfigError, load_tokens, read_token
 from emotion.server import ModelStartError, serve
 from emotion.settings import Flag, flags, from_values
 from emotion.supervisor import Supervisor, WorkersFailed
 
 T = TypeVar("T")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
 class UsageError(Exception):

@@ -19,17 +19,15 @@ It ends when the worker closes its end, or dies. Its command line is
 from __future__ import annotations
 
 import enum
-import logging
 import signal
 import socket
 import struct
 import time
+import traceback
 
 from emotion.decode import InvalidImage, decode, to_full_size
 from emotion.model import Model, ModelFailure, encode_response, load_model, run_sample
-from emotion.process import apply_process_settings
-
-log = logging.getLogger(__name__)
+from emotion.process import LOG_FORMAT, apply_process_settings, configure_logging
 
 REQUEST = struct.Struct("!dI")
 ANSWER = struct.Struct("!BI")
@@ -40,7 +38,7 @@ class Status(enum.IntEnum):
 
     OK = 0  # the written Response; first, READY
     INVALID_IMAGE = 1  # the message for the client
-    MODEL_FAILED = 2  # the message for the client; the traceback went to this log
+    MODEL_FAILED = 2  # the message for the client, a NUL, the model's traceback
     DEADLINE_PASSED = 3  # the call's deadline passed before its image was read
     START_FAILED = 4  # first answer only: why the model could not load
 
@@ -61,8 +59,10 @@ def answer(model: Model, image: bytes, deadline: float, max_pixels: int) -> tupl
         to_full_size(response, decoded)
         return Status.OK, encode_response(response, model)
     except ModelFailure as exc:
-        log.error("%s", exc, exc_info=exc.__cause__)
-        return Status.MODEL_FAILED, str(exc).encode()
+        # The worker logs the call with this traceback; the client gets the message.
+        cause = exc.__cause__ or exc
+        detail = "".join(traceback.format_exception(cause)).rstrip()
+        return Status.MODEL_FAILED, f"{exc}\0{detail}".encode()
 
 
 def serve(sock: socket.socket, spec: str, max_pixels: int) -> int:
@@ -89,9 +89,12 @@ def serve(sock: socket.socket, spec: str, max_pixels: int) -> int:
 
 def main(argv: list[str]) -> int:
     fd, spec, max_pixels, level = argv
-    # Ctrl-C reaches the whole process group; the worker decides, by closing the socket.
+    # Ctrl-C reaches the whole process group, and a service manager may send
+    # SIGTERM to every process at once: the worker drains its calls first, then
+    # closes the socket, which ends this process (or kills it, if it hangs).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=level.upper(), format="%(levelname)s:%(name)s:%(message)s")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(level, LOG_FORMAT)
     apply_process_settings(max_pixels=int(max_pixels))
     with socket.socket(fileno=int(fd)) as sock:
         try:

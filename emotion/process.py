@@ -21,6 +21,9 @@ from emotion.config import LOOPS
 log = logging.getLogger(__name__)
 
 
+#: Every process's log line: `emotion serve`'s workers, supervisor and inference processes.
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
 #: What grpclib's server logs about a call that emotion.calls logs too, with its status.
 _SAID_BY_CALLS = frozenset({"Deadline exceeded", "Request was cancelled: %s"})
 

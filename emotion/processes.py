@@ -40,7 +40,7 @@ DEPTH = 3
 #: Seconds before starting again a process that died; doubled while starts keep failing.
 _RESTART_DELAY = 0.5
 _MAX_RESTART_DELAY = 30.0
-#: Seconds a process has to exit once its socket is closed, then once terminated.
+#: Seconds a process has to exit once its socket is closed.
 _EXIT_WAIT = 1.0
 # Not `-m emotion.inference_process`: the package imports that module first,
 # and runpy would run a second copy of it.
@@ -52,6 +52,10 @@ class ProcessExited(Exception):
 
     def __init__(self) -> None:
         super().__init__("the inference process running this call exited; retry")
+
+
+class InferenceProcessError(Exception):
+    """What a model raised in an inference process: its traceback there, as text."""
 
 
 class StartFailed(Exception):
@@ -118,12 +122,13 @@ class _Process:
         self._writer.close()
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
-        for stop in (self.process.terminate, self.process.kill):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.process.wait(), _EXIT_WAIT)
-                return
-            with contextlib.suppress(ProcessLookupError):
-                stop()
+        # It ignores SIGTERM (see emotion.inference_process): a process that
+        # does not exit within _EXIT_WAIT of its socket closing is killed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), _EXIT_WAIT)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
         await self.process.wait()
 
     async def _read(self) -> tuple[Status, bytes]:
@@ -199,12 +204,13 @@ class InferenceProcesses:
             self._metrics.queue_depth.dec()
         if status is Status.OK:
             return payload
-        message = payload.decode(errors="replace")
+        message, _, detail = payload.decode(errors="replace").partition("\0")
         if status is Status.INVALID_IMAGE:
             raise InvalidImage(message)
         if status is Status.DEADLINE_PASSED:
             raise DeadlinePassed
-        raise ModelFailure(message)
+        # The model's traceback, from its process: logged with the call, as with threads.
+        raise ModelFailure(message) from InferenceProcessError(detail)
 
     async def _run(self, image: bytes, deadline: float | None) -> tuple[Status, bytes]:
         process = await self._take()
@@ -248,8 +254,10 @@ class InferenceProcesses:
         """Stop every process: each exits when its socket closes."""
         self._closing = True
         self.abort()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(p.close() for p in self._processes), return_exceptions=True)
         self._processes.clear()
         self._free.clear()

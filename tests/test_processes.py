@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -35,6 +36,20 @@ def x1(response: Response) -> float:
     box = response.response[0].bbox
     assert box is not None
     return box.x1
+
+
+async def one_slow_call(
+    start_server: StartServer, connect: Connect, jpeg: bytes
+) -> tuple[Server, int, asyncio.Future[Response]]:
+    """A server with one inference process running SlowModel, and a call it has taken."""
+    server = await start_server(SlowModel(), inference_processes=1)
+    assert server.processes is not None
+    [pid] = server.processes.pids
+    stub = PipelineStub(connect(server))
+    call = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
+    while not server.processes.queued:  # noqa: ASYNC110 - a count to watch, not an event
+        await asyncio.sleep(0.01)
+    return server, pid, call
 
 
 async def test_images_are_decoded_and_inferred_in_other_processes(
@@ -105,21 +120,31 @@ async def test_a_bad_image_is_refused_with_the_decoders_message(
     assert "JPEG" in str(errors[1][1])
 
 
-async def test_a_failing_model_is_internal_and_its_process_keeps_serving(
-    start_server: StartServer, connect: Connect, jpeg: bytes
+async def test_a_failing_model_is_internal_its_traceback_logged_and_its_process_serves_on(
+    start_server: StartServer,
+    connect: Connect,
+    jpeg: bytes,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = await start_server(RaisingModel(), inference_processes=1)
     assert server.processes is not None
     pids = server.processes.pids
     stub = PipelineStub(connect(server))
 
-    for _ in range(2):
-        with pytest.raises(GRPCError) as caught:
-            await stub.run_pipeline(Request(image=jpeg), timeout=10)
-        assert caught.value.status is Status.INTERNAL
-        assert caught.value.message == "model RaisingModel failed: ZeroDivisionError"
+    with caplog.at_level(logging.ERROR):
+        for _ in range(2):
+            with pytest.raises(GRPCError) as caught:
+                await stub.run_pipeline(Request(image=jpeg), timeout=10)
+            assert caught.value.status is Status.INTERNAL
+            assert caught.value.message == "model RaisingModel failed: ZeroDivisionError"
 
     assert server.processes.pids == pids
+    logged = [r for r in caplog.records if r.name == "emotion.calls" and r.exc_info]
+    assert len(logged) == 2
+    assert logged[0].exc_info is not None
+    # The model's own traceback, from its process, for the operator only.
+    assert "secret detail" in str(logged[0].exc_info[1])
+    assert "sample_models.py" in str(logged[0].exc_info[1])
 
 
 async def test_a_process_that_dies_fails_its_call_unavailable_and_is_replaced(
@@ -140,6 +165,21 @@ async def test_a_process_that_dies_fails_its_call_unavailable_and_is_replaced(
     [second] = server.processes.pids
     assert int(x1(answer)) == second != first
     assert not alive(first)
+
+
+async def test_a_process_outlives_a_sigterm_sent_to_every_process_and_finishes_its_call(
+    start_server: StartServer, connect: Connect, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a service manager stopping the whole control group does; the worker
+    # decides when its processes end, after its drain.
+    monkeypatch.setenv("EMOTION_TEST_SECONDS", "1")
+    server, pid, call = await one_slow_call(start_server, connect, jpeg)
+
+    os.kill(pid, signal.SIGTERM)
+
+    assert isinstance(await call, Response)
+    assert server.processes is not None
+    assert server.processes.pids == [pid]
 
 
 async def test_a_deadline_that_passes_before_the_image_is_read_never_reaches_the_model(
@@ -209,13 +249,7 @@ async def test_stopping_aborts_waiting_calls_and_ends_the_processes(
     start_server: StartServer, connect: Connect, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EMOTION_TEST_SECONDS", "3")
-    server = await start_server(SlowModel(), inference_processes=1)
-    assert server.processes is not None
-    [pid] = server.processes.pids
-    stub = PipelineStub(connect(server))
-    call = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
-    while not server.processes.queued:  # noqa: ASYNC110 - a count to watch, not an event
-        await asyncio.sleep(0.01)
+    server, pid, call = await one_slow_call(start_server, connect, jpeg)
 
     await server.stop(grace=0.2)
 
