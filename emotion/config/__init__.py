@@ -8,17 +8,19 @@ environment variable named by :func:`emotion.settings.env_name`.
 """
 
 from emotion.config.client import ClientTls, DemoOptions, PredictOptions
-from emotion.config.server import (
+from emotion.config.limits import (
     DEFAULT_MAX_IMAGE_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_MODEL,
-    DEFAULT_TARGET,
-    LOG_LEVELS,
-    LOOPS,
     REQUEST_OVERHEAD,
     ConnectionAge,
     ConnectionLimits,
     Limits,
+)
+from emotion.config.server import (
+    DEFAULT_MODEL,
+    DEFAULT_TARGET,
+    LOG_LEVELS,
+    LOOPS,
     ServeOptions,
     ServerConfig,
     ServerTls,

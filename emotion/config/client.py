@@ -12,7 +12,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from emotion.config.server import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET
+from emotion.config.limits import DEFAULT_MAX_IMAGE_SIZE
+from emotion.config.server import DEFAULT_TARGET
 from emotion.security import client_context
 from emotion.settings import (
     Settings,
