@@ -33,6 +33,15 @@ class SizeModel(Model):
         )
 
 
+class HalfSizeModel(SizeModel):
+    """Answers like SizeModel from a JPEG decoded at reduced scale (min_size 500).
+
+    Its boxes come back scaled to the full image: a test sees both steps.
+    """
+
+    min_size = 500
+
+
 class SeenModeModel(Model):
     """Reports the image's mode and size through its box, for decode tests."""
 

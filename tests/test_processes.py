@@ -18,6 +18,7 @@ from grpclib.exceptions import GRPCError
 from sample_models import (
     CrashingModel,
     FailingLoadModel,
+    HalfSizeModel,
     PidModel,
     RaisingModel,
     SizeModel,
@@ -74,13 +75,19 @@ async def test_images_are_decoded_and_inferred_in_other_processes(
 async def test_answers_are_the_threads_answers(
     start_server: StartServer, connect: Connect, jpeg: bytes
 ) -> None:
-    threads = PipelineStub(connect(await start_server(SizeModel())))
-    processes = PipelineStub(connect(await start_server(SizeModel(), inference_processes=1)))
+    # A model that wants 500 pixels: the 1600x1200 JPEG is decoded at 1/2 and
+    # its boxes scaled back, in the process as in a thread.
+    threads = PipelineStub(connect(await start_server(HalfSizeModel())))
+    processes = PipelineStub(connect(await start_server(HalfSizeModel(), inference_processes=1)))
     big = encode(gradient(1600, 1200), "JPEG", quality=90)
 
-    for image in (jpeg, big):
+    for image, width in ((jpeg, 320), (big, 1600)):
         expected = await threads.run_pipeline(Request(image=image), timeout=10)
-        assert await processes.run_pipeline(Request(image=image), timeout=10) == expected
+        answer = await processes.run_pipeline(Request(image=image), timeout=10)
+        assert answer == expected
+        box = answer.response[0].bbox
+        assert box is not None
+        assert box.x2 == width
         streamed = [a async for a in processes.stream_pipeline(_twice(image), timeout=10)]
         assert streamed == [expected, expected]
 
