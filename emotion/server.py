@@ -78,13 +78,12 @@ class Server:
             self.metrics = Metrics()
         recorder = self.metrics or NoMetrics()
         self._metrics_server: WSGIServer | None = None
+        # Calls in progress and images in the queue share one bound: the places
+        # of the threads or processes, and as many again as the queue may hold.
+        places = self.config.inference_processes * PROCESS_DEPTH or threads
+        capacity = places + self.config.limits.max_queue
         self.processes: InferenceProcesses | None = None
-        # Calls in progress and images in the queue share one bound: the
-        # threads (or the processes' places), and as many again as the queue may hold.
-        capacity = threads + self.config.limits.max_queue
         if self.config.inference_processes:
-            places = self.config.inference_processes * PROCESS_DEPTH
-            capacity = places + self.config.limits.max_queue
             self.processes = InferenceProcesses(
                 spec_of(model),
                 self.config.inference_processes,
