@@ -1,24 +1,30 @@
-"""An inference process: decodes images and runs the model for the network worker that started it.
+"""An inference process: decodes images and runs the model for every network worker that connects.
 
-One end of a socket pair is its only link (emotion.processes holds the
-other). The worker's process then holds the GIL for HTTP/2 and gRPC alone;
-Pillow's Python (JPEG markers, the decoder's loop), the model and the
-answer's writing run here. The protocol is a length prefix and raw bytes,
-nothing pickled:
+The owner (emotion.pool: the supervisor, or a lone server) starts it with one
+end of a socket pair and a path. The process loads the model, listens on the
+path (a Unix socket, in a directory only this user can enter), and says so on
+the socket pair. Network workers (emotion.processes) connect to the path; each
+worker's process then holds its GIL for HTTP/2 and gRPC alone, while Pillow's
+Python (JPEG markers, the decoder's loop), the model and the answer's writing
+run here. The protocol is a length prefix and raw bytes, nothing pickled:
 
-- first, the process says whether the model loaded: READY, or START_FAILED
-  with the reason;
-- then, for each request, in order: the deadline (a CLOCK_MONOTONIC instant,
-  which every process shares; 0 for none), the image's length and bytes; the
-  answer is a status, a length, and the written Response or the message.
+- to the owner, once: READY, or START_FAILED with the reason;
+- on each worker's connection, for each request, in order: the deadline (a
+  CLOCK_MONOTONIC instant, which every process shares; 0 for none), the
+  image's length and bytes; the answer is a status, a length, and the written
+  Response or the message.
 
-It ends when the worker closes its end, or dies. Its command line is
-``FD MODEL MAX_PIXELS LOG_LEVEL`` (see emotion.processes).
+Connections take turns, one image each, so a busy worker cannot starve
+another. The process ends when its owner closes the socket pair, or dies.
+Its command line is ``FD PATH MODEL MAX_PIXELS LOG_LEVEL``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
+import selectors
 import signal
 import socket
 import struct
@@ -31,16 +37,18 @@ from emotion.process import LOG_FORMAT, apply_process_settings, configure_loggin
 
 REQUEST = struct.Struct("!dI")
 ANSWER = struct.Struct("!BI")
+#: Seconds a worker has to send the rest of an image it began; then it is cut off.
+_BODY_WAIT = 10.0
 
 
 class Status(enum.IntEnum):
     """What an answer holds."""
 
-    OK = 0  # the written Response; first, READY
+    OK = 0  # the written Response; to the owner, READY
     INVALID_IMAGE = 1  # the message for the client
     MODEL_FAILED = 2  # the message for the client, a NUL, the model's traceback
     DEADLINE_PASSED = 3  # the call's deadline passed before its image was read
-    START_FAILED = 4  # first answer only: why the model could not load
+    START_FAILED = 4  # to the owner only: why the model could not load
 
 
 READY = Status.OK
@@ -65,39 +73,78 @@ def answer(model: Model, image: bytes, deadline: float, max_pixels: int) -> tupl
         return Status.MODEL_FAILED, f"{exc}\0{detail}".encode()
 
 
-def serve(sock: socket.socket, spec: str, max_pixels: int) -> int:
-    """Load ``spec``, then answer requests from ``sock`` until it closes; the exit status."""
+def _read_request(conn: socket.socket) -> tuple[float, bytes] | None:
+    """The next request on ``conn``, or None once the worker closed it."""
+    head = conn.recv(REQUEST.size, socket.MSG_WAITALL)
+    if len(head) < REQUEST.size:
+        return None
+    deadline, size = REQUEST.unpack(head)
+    # The worker writes the image right after its head; one that stalls
+    # half-way would hold up every other worker's images.
+    conn.settimeout(_BODY_WAIT)
+    try:
+        image = conn.recv(size, socket.MSG_WAITALL) if size else b""
+    except TimeoutError:
+        return None
+    finally:
+        conn.settimeout(None)
+    return (deadline, image) if len(image) == size else None
+
+
+def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
+    """Load ``spec``, listen on ``path``, answer workers until ``owner`` closes; the exit status."""
     try:
         model = load_model(spec)
         model.load()
     except Exception as exc:
         reason = f"model {spec} failed to load: {type(exc).__name__}: {exc}".encode()
-        sock.sendall(ANSWER.pack(Status.START_FAILED, len(reason)) + reason)
+        owner.sendall(ANSWER.pack(Status.START_FAILED, len(reason)) + reason)
         return 1
-    sock.sendall(ANSWER.pack(READY, 0))
-    with sock.makefile("rb") as incoming:
-        while len(head := incoming.read(REQUEST.size)) == REQUEST.size:
-            deadline, size = REQUEST.unpack(head)
-            image = incoming.read(size)
-            if len(image) < size:
-                break
-            status, payload = answer(model, image, deadline, max_pixels)
-            sock.sendall(ANSWER.pack(status, len(payload)) + payload)
-    model.close()
-    return 0
+    # A process that died before this one left its socket file behind.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    owner.sendall(ANSWER.pack(READY, 0))
+    with selectors.DefaultSelector() as selector, listener:
+        selector.register(owner, selectors.EVENT_READ)
+        selector.register(listener, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select():
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is owner:
+                    model.close()
+                    return 0  # the owner is done with us, or gone
+                if sock is listener:
+                    conn, _ = listener.accept()
+                    selector.register(conn, selectors.EVENT_READ)
+                    continue
+                request = None
+                with contextlib.suppress(ConnectionError):
+                    request = _read_request(sock)
+                if request is not None:
+                    status, payload = answer(model, request[1], request[0], max_pixels)
+                    with contextlib.suppress(ConnectionError):
+                        sock.sendall(ANSWER.pack(status, len(payload)) + payload)
+                        continue
+                selector.unregister(sock)
+                sock.close()
 
 
 def main(argv: list[str]) -> int:
-    fd, spec, max_pixels, level = argv
+    fd, path, spec, max_pixels, level = argv
     # Ctrl-C reaches the whole process group, and a service manager may send
-    # SIGTERM to every process at once: the worker drains its calls first, then
-    # closes the socket, which ends this process (or kills it, if it hangs).
+    # SIGTERM to every process at once: the workers drain their calls first,
+    # then the owner closes its socket, which ends this process (or kills it,
+    # if it hangs).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(level, LOG_FORMAT)
     apply_process_settings(max_pixels=int(max_pixels))
-    with socket.socket(fileno=int(fd)) as sock:
+    with socket.socket(fileno=int(fd)) as owner:
         try:
-            return serve(sock, spec, int(max_pixels))
+            return serve(owner, path, spec, int(max_pixels))
         except (BrokenPipeError, ConnectionResetError):
-            return 0  # the worker went away: nobody to answer
+            return 0  # the owner went away: nobody to answer

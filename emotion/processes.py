@@ -4,15 +4,18 @@ With threads, one worker's event loop shares its GIL with the Python parts
 of decoding and of the model, and one client connection, served by one
 worker, waits on it (benchmarks/README.md, "Inference in processes"). Here
 each image goes to an inference process (emotion.inference_process) over a
-socket pair, as raw bytes, and comes back as the written answer.
+Unix socket, as raw bytes, and comes back as the written answer. The
+processes belong to a pool (emotion.pool) that every worker of the server
+shares; this side only connects to their paths.
 
 What the thread queue (emotion.inference) promises holds here too: at most
 ``capacity`` images waiting or running, refused beyond; a call that leaves
 before its image is sent withdraws it; a deadline that passes before the
 image is read never reaches the model; :meth:`abort` ends every call that
 waits. Each process is sent up to ``depth`` images at once, so it never
-waits for the worker between two. A process that dies fails the calls it
-held with ProcessExited, and is started again.
+waits for this worker between two. When a process dies, the calls it held
+fail with ProcessExited, and the worker connects to the one the pool starts
+in its place.
 """
 
 from __future__ import annotations
@@ -21,15 +24,14 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import socket
-import sys
+import struct
 import time
 from collections.abc import Coroutine
 
 from emotion.decode import InvalidImage
 from emotion.inference import Aborted, DeadlinePassed, QueueFull
-from emotion.inference_process import ANSWER, READY, REQUEST, Status
+from emotion.inference_process import ANSWER, REQUEST, Status
 from emotion.metrics import NoMetrics, Recorder
 from emotion.model import ModelFailure
 
@@ -37,14 +39,12 @@ log = logging.getLogger(__name__)
 
 #: Images a process is sent before it answers the first of them.
 DEPTH = 3
-#: Seconds before starting again a process that died; doubled while starts keep failing.
-_RESTART_DELAY = 0.5
-_MAX_RESTART_DELAY = 30.0
-#: Seconds a process has to exit once its socket is closed.
-_EXIT_WAIT = 1.0
-# Not `-m emotion.inference_process`: the package imports that module first,
-# and runpy would run a second copy of it.
-_CHILD = "import sys; from emotion.inference_process import main; sys.exit(main(sys.argv[1:]))"
+#: Seconds between tries to reach a process being replaced; doubled up to the maximum.
+_RECONNECT_DELAY = 0.05
+_MAX_RECONNECT_DELAY = 2.0
+#: Bytes an answer may have: a Response is far smaller than any image.
+_READ_LIMIT = 2**24
+_PEER = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class ProcessExited(Exception):
@@ -58,35 +58,30 @@ class InferenceProcessError(Exception):
     """What a model raised in an inference process: its traceback there, as text."""
 
 
-class StartFailed(Exception):
-    """An inference process could not load the model; the message says why."""
+class Unreachable(Exception):
+    """No inference process listens at a path the worker was given."""
 
 
 class _Process:
-    """One inference process, and the calls whose images it holds, in the order sent."""
+    """This worker's connection to one inference process, and the calls whose images it holds."""
 
-    def __init__(
-        self,
-        process: asyncio.subprocess.Process,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        self.process = process
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+        sock = writer.get_extra_info("socket")
+        self.pid: int = _PEER.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size)
+        )[0]
         self.alive = True
         self._held: collections.deque[asyncio.Future[tuple[Status, bytes]]] = collections.deque()
 
-    async def ready(self) -> None:
-        """Wait for its first answer: the model loaded, or StartFailed."""
+    @classmethod
+    async def connect(cls, path: str) -> _Process:
         try:
-            status, payload = await self._read()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            raise StartFailed(
-                f"inference process exited while starting ({self.exit_status()})"
-            ) from None
-        if status != READY:
-            raise StartFailed(payload.decode(errors="replace"))
+            reader, writer = await asyncio.open_unix_connection(path, limit=_READ_LIMIT)
+        except OSError as exc:  # no file yet, or nobody listening: it is starting
+            raise Unreachable(f"no inference process at {path}: {exc.strerror}") from None
+        return cls(reader, writer)
 
     def send(self, image: bytes, deadline: float | None) -> asyncio.Future[tuple[Status, bytes]]:
         answer: asyncio.Future[tuple[Status, bytes]] = asyncio.get_running_loop().create_future()
@@ -118,49 +113,30 @@ class _Process:
                 held.set_exception(Aborted())
 
     async def close(self) -> None:
-        """Close its socket: an idle process exits; one still running an image is stopped."""
         self._writer.close()
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
-        # It ignores SIGTERM (see emotion.inference_process): a process that
-        # does not exit within _EXIT_WAIT of its socket closing is killed.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), _EXIT_WAIT)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        await self.process.wait()
 
     async def _read(self) -> tuple[Status, bytes]:
         status, size = ANSWER.unpack(await self._reader.readexactly(ANSWER.size))
         return Status(status), await self._reader.readexactly(size)
 
-    def exit_status(self) -> str:
-        code = self.process.returncode
-        return "still running" if code is None else f"status {code}"
-
 
 class InferenceProcesses:
-    """``count`` inference processes running ``spec``, each sent up to ``depth`` images at once."""
+    """Connections to the inference processes at ``paths``, each sent up to ``depth`` images."""
 
     def __init__(
         self,
-        spec: str,
-        count: int,
+        paths: tuple[str, ...],
         *,
         capacity: int,
-        max_pixels: int,
         depth: int = DEPTH,
         metrics: Recorder | None = None,
-        log_level: str = "warning",
     ) -> None:
-        self.spec = spec
-        self.count = count
+        self.paths = paths
         self.capacity = capacity
         self.depth = depth
-        self._max_pixels = max_pixels
         self._metrics = metrics or NoMetrics()
-        self._log_level = log_level
         self._queued = 0
         # A process appears once per image it may still be sent.
         self._free: collections.deque[_Process] = collections.deque()
@@ -176,17 +152,18 @@ class InferenceProcesses:
 
     @property
     def pids(self) -> list[int]:
-        return [p.process.pid for p in self._processes if p.alive]
+        """The processes this worker is connected to."""
+        return [p.pid for p in self._processes if p.alive]
 
     async def start(self) -> None:
-        """Start every process; raise StartFailed (and stop the others) if one cannot load."""
-        started = await asyncio.gather(
-            *(self._start_one() for _ in range(self.count)), return_exceptions=True
+        """Connect to every process; raise Unreachable if one does not listen."""
+        connected = await asyncio.gather(
+            *(_Process.connect(path) for path in self.paths), return_exceptions=True
         )
-        failure = next((s for s in started if isinstance(s, BaseException)), None)
-        for process in started:
+        failure = next((c for c in connected if isinstance(c, BaseException)), None)
+        for path, process in zip(self.paths, connected, strict=True):
             if isinstance(process, _Process):
-                self._serve(process)
+                self._serve(path, process)
         if failure is not None:
             await self.close()
             raise failure
@@ -251,7 +228,7 @@ class InferenceProcesses:
             process.abort()
 
     async def close(self) -> None:
-        """Stop every process: each exits when its socket closes."""
+        """End every call still waiting, and close the connections."""
         self._closing = True
         self.abort()
         tasks = list(self._tasks)
@@ -287,56 +264,35 @@ class InferenceProcesses:
                 return
         self._free.append(process)
 
-    async def _start_one(self) -> _Process:
-        ours, theirs = socket.socketpair()
-        with theirs:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                _CHILD,
-                str(theirs.fileno()),
-                self.spec,
-                str(self._max_pixels),
-                self._log_level,
-                pass_fds=(theirs.fileno(),),
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-            )
-        reader, writer = await asyncio.open_connection(sock=ours, limit=2**24)
-        started = _Process(process, reader, writer)
-        try:
-            await started.ready()
-        except BaseException:
-            await started.close()
-            raise
-        return started
-
-    def _serve(self, process: _Process) -> None:
+    def _serve(self, path: str, process: _Process) -> None:
         self._processes.add(process)
         for _ in range(self.depth):
             self._give_back(process)
-        self._spawn(self._watch(process))
+        self._spawn(self._watch(path, process))
 
-    async def _watch(self, process: _Process) -> None:
+    async def _watch(self, path: str, process: _Process) -> None:
         await process.answer_all()
         self._processes.discard(process)
         await process.close()
-        if not self._closing:
-            log.warning(
-                "inference process %d exited (%s); starting another",
-                process.process.pid,
-                process.exit_status(),
-            )
-        delay = _RESTART_DELAY
+        if self._closing:
+            return
+        log.warning("inference process %d exited; waiting for its replacement", process.pid)
+        # The pool starts another at the same path; it listens once its model loaded.
+        delay = _RECONNECT_DELAY
         while not self._closing:
             await asyncio.sleep(delay)
             if self._closing:
                 return
             try:
-                self._serve(await self._start_one())
+                replacement = await _Process.connect(path)
+            except Unreachable:
+                delay = min(_MAX_RECONNECT_DELAY, delay * 2)
+                continue
+            if self._closing:
+                await replacement.close()
                 return
-            except StartFailed as exc:
-                log.error("inference process failed to start: %s", exc)
-                delay = min(_MAX_RESTART_DELAY, delay * 2)
+            self._serve(path, replacement)
+            return
 
     def _spawn(self, work: Coroutine[None, None, None]) -> None:
         task = asyncio.ensure_future(work)

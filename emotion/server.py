@@ -30,9 +30,10 @@ from emotion.inference import Inference
 from emotion.metrics import Metrics, NoMetrics, serve_metrics
 from emotion.model import Model, run_batch, spec_of
 from emotion.net import bound_socket, format_address
+from emotion.pool import InferencePool, StartFailed
 from emotion.process import apply_process_settings, available_cpus
 from emotion.processes import DEPTH as PROCESS_DEPTH
-from emotion.processes import InferenceProcesses, StartFailed
+from emotion.processes import InferenceProcesses, Unreachable
 from emotion.security import BearerTokens
 from emotion.service import PipelineService
 from emotion.tracing import NoTracing, Tracer, tracing_from_environment
@@ -50,6 +51,8 @@ _CLOSE_LINGER = 0.1
 _ABORT_WAIT = 1.0
 # At stop, how long the spans still buffered get to reach the collector.
 _FLUSH_WAIT = 5.0
+# How often a server that owns its inference processes looks for one that died.
+_POOL_CHECK_INTERVAL = 0.2
 
 
 class ModelStartError(Exception):
@@ -80,18 +83,24 @@ class Server:
         self._metrics_server: WSGIServer | None = None
         # Calls in progress and images in the queue share one bound: the places
         # of the threads or processes, and as many again as the queue may hold.
-        places = self.config.inference_processes * PROCESS_DEPTH or threads
-        capacity = places + self.config.limits.max_queue
-        self.processes: InferenceProcesses | None = None
-        if self.config.inference_processes:
-            self.processes = InferenceProcesses(
+        # Inference processes are the supervisor's, shared by its workers
+        # (inference_sockets), or this server's own (inference_processes).
+        self.pool: InferencePool | None = None
+        sockets = self.config.inference_sockets
+        if not sockets and self.config.inference_processes:
+            self.pool = InferencePool(
                 spec_of(model),
                 self.config.inference_processes,
-                capacity=capacity,
                 max_pixels=self.config.limits.max_pixels,
-                metrics=recorder,
                 log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
             )
+            sockets = self.pool.paths
+        places = len(sockets) * PROCESS_DEPTH or threads
+        capacity = places + self.config.limits.max_queue
+        self.processes: InferenceProcesses | None = None
+        if sockets:
+            self.processes = InferenceProcesses(sockets, capacity=capacity, metrics=recorder)
+        self._pool_checks: asyncio.Task[None] | None = None
         tokens = BearerTokens(self.config.tokens) if self.config.tokens else None
         self.admission = Admission(capacity=capacity, tokens=tokens)
         self.inference = Inference(
@@ -182,12 +191,15 @@ class Server:
         try:
             if self.processes is not None:
                 # They load the model; this process never runs it.
+                if self.pool is not None:
+                    await asyncio.to_thread(self.pool.start)
+                    self._pool_checks = asyncio.ensure_future(self._check_pool(self.pool))
                 await self.processes.start()
                 if self.metrics is not None:
                     self.metrics.model_load_seconds.set(time.perf_counter() - started)
             else:
                 await loop.run_in_executor(self._executor, self._load_model)
-        except StartFailed as exc:
+        except (StartFailed, Unreachable) as exc:
             log.error("%s", exc)
             raise ModelStartError(str(exc)) from exc
         except Exception as exc:
@@ -203,6 +215,11 @@ class Server:
             self.model.name,
             time.perf_counter() - started,
         )
+
+    async def _check_pool(self, pool: InferencePool) -> None:
+        while True:
+            await asyncio.sleep(_POOL_CHECK_INTERVAL)
+            pool.check()
 
     def _load_model(self) -> None:
         self._loading = True
@@ -273,6 +290,10 @@ class Server:
             self._loaded.cancel()
         if self.processes is not None:
             await self.processes.close()
+        if self._pool_checks is not None:
+            self._pool_checks.cancel()
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
         self._release_model()
         # Spans still buffered, within a bound: a collector that is down must not
         # hold up the exit. The tracer is the caller's: flushed, not shut down.

@@ -314,6 +314,11 @@ def is_path(value: Any) -> None:
         raise ValueError(f"must be a file path, not {value!r}")
 
 
+def is_paths(value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(p, str) and p for p in value):
+        raise ValueError(f"must be a tuple of file paths, not {value!r}")
+
+
 def is_a(*types: type) -> Check:
     def check(value: Any) -> None:
         if not isinstance(value, types):

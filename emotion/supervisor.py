@@ -34,6 +34,8 @@ from emotion.config import ServeOptions, ServerConfig
 from emotion.metrics import MULTIPROCESS_DIR, forget_process, multiprocess_registry, serve_metrics
 from emotion.model import Model, load_model
 from emotion.net import bound_socket, format_address, free_port
+from emotion.pool import InferencePool
+from emotion.pool import StartFailed as PoolStartFailed
 from emotion.process import available_cpus, configure_logging, exit_code, run, write_port_file
 from emotion.server import serve
 
@@ -141,6 +143,8 @@ class Supervisor:
         self._last_signal = ""
         #: Where the workers' summed metrics are served, once running.
         self.metrics_port: int | None = None
+        #: The inference processes every worker shares (--inference-processes).
+        self._pool: InferencePool | None = None
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT and every worker has drained.
@@ -175,6 +179,7 @@ class Supervisor:
             for signum in (signal.SIGTERM, signal.SIGINT)
         }
         try:
+            self._start_pool()
             for slot in range(self.count):
                 self._start(slot)
             self._wait_until_serving()
@@ -192,6 +197,8 @@ class Supervisor:
             self._supervise()
         finally:
             self._stop_all()
+            if self._pool is not None:
+                self._pool.close()
             reservation.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -201,6 +208,27 @@ class Supervisor:
             if metrics_dir is not None:
                 os.environ.pop(MULTIPROCESS_DIR, None)
                 shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _start_pool(self) -> None:
+        """Start the inference processes before the workers, which connect to them."""
+        if not self.config.inference_processes:
+            return
+        self._pool = InferencePool(
+            self.options.model,
+            self.config.inference_processes,
+            max_pixels=self.config.limits.max_pixels,
+            log_level=self.options.log_level,
+        )
+        try:
+            self._pool.start()
+        except PoolStartFailed as exc:
+            raise WorkersFailed(f"inference processes failed to start: {exc}") from exc
+        self.config = replace(self.config, inference_sockets=self._pool.paths)
+        log.info(
+            "%d inference processes ready (pids %s)",
+            self._pool.count,
+            " ".join(str(pid) for pid in self._pool.pids),
+        )
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1
@@ -251,6 +279,8 @@ class Supervisor:
                     log.error("worker %d failed to start: %s", worker.slot, message.reason)
             if self._stopping:
                 continue
+            if self._pool is not None:
+                self._pool.check()
             now = time.monotonic()
             for worker in list(self._workers.values()):
                 if worker.process.is_alive():

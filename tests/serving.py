@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -108,3 +109,25 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = {int(child) for child in children}
+    for child in list(found):
+        found |= descendants(child)
+    return found
+
+
+def inference_processes(pid: int) -> set[int]:
+    """The inference processes (emotion.inference_process) under process ``pid``."""
+    found = set()
+    for child in descendants(pid):
+        with contextlib.suppress(FileNotFoundError):
+            if b"emotion.inference_process" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(child)
+    return found

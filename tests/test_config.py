@@ -38,6 +38,7 @@ WITHOUT_FLAG = {
     "ConnectionAge.limit",
     "ConnectionAge.grace",
     "ServerConfig.record_metrics",
+    "ServerConfig.inference_sockets",
     "ServerConfig.reuse_port",
     "PredictOptions.images",
 }
@@ -74,6 +75,11 @@ WITHOUT_FLAG = {
             lambda: ServerConfig(inference_processes=2, max_batch_size=4),
             "ServerConfig.inference_processes",
             "cannot be combined with max_batch_size > 1",
+        ),
+        (
+            lambda: ServerConfig(inference_sockets=("",)),
+            "ServerConfig.inference_sockets",
+            "tuple of file paths",
         ),
         (lambda: Limits(max_message_size=0), "Limits.max_message_size", "1 or more"),
         (lambda: Limits(max_pixels=0), "Limits.max_pixels", "1 or more"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from sample_models import (
     SizeModel,
     SlowModel,
 )
-from serving import alive, start_serving
+from serving import alive, inference_processes, parent, start_serving
 
 from emotion import PipelineStub, Request, Response, Server
 from emotion.config import Limits
@@ -270,42 +271,52 @@ async def test_stopping_aborts_waiting_calls_and_ends_the_processes(
     assert not alive(pid)
 
 
-def command_line(pid: int) -> bytes:
-    return Path(f"/proc/{pid}/cmdline").read_bytes()
+async def served_by(port: int, jpeg: bytes, calls: int) -> set[int]:
+    """The pids that answered ``calls`` calls, made on as many connections."""
+    channels = [Channel("127.0.0.1", port) for _ in range(calls)]
+    try:
+        answers = await asyncio.gather(
+            *(PipelineStub(c).run_pipeline(Request(image=jpeg), timeout=10) for c in channels)
+        )
+    finally:
+        for channel in channels:
+            channel.close()
+    return {int(x1(answer)) for answer in answers}
 
 
-def parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def descendants(pid: int) -> set[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    found = {int(child) for child in children}
-    for child in list(found):
-        found |= descendants(child)
-    return found
-
-
-async def test_emotion_serve_with_workers_gives_each_worker_its_processes_and_ends_them(
+async def test_emotion_serve_workers_share_the_supervisors_processes_which_it_replaces(
     jpeg: bytes,
 ) -> None:
     served = await start_serving(
-        "--port", "0", "--workers", "2", "--inference-processes", "1",
+        "--port", "0", "--workers", "2", "--inference-processes", "2",
         "--model", "sample_models:PidModel",
     )  # fmt: skip
-    tree = descendants(served.process.pid)
-    inference = {pid for pid in tree if b"emotion.inference_process" in command_line(pid)}
-    workers = {parent(pid) for pid in inference}
-    channel = Channel("127.0.0.1", served.port)
-    try:
-        answer = await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=10)
-    finally:
-        channel.close()
+    inference = inference_processes(served.process.pid)
+    parents = {parent(pid) for pid in inference}
+    first = await served_by(served.port, jpeg, 8)
+    killed = min(inference)
+    os.kill(killed, signal.SIGKILL)
+    later: set[int] = set()
+    deadline = time.monotonic() + 30
+    while not later - inference and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        later |= await served_by(served.port, jpeg, 8)
+    replaced = inference_processes(served.process.pid)
     served.process.send_signal(signal.SIGTERM)
     code = await asyncio.wait_for(served.process.wait(), 60)
+    assert served.process.stderr is not None
+    log = (await served.process.stderr.read()).decode()
 
+    # Two processes for two workers, both children of the supervisor.
     assert len(inference) == 2
-    assert len(workers - {served.process.pid}) == 2  # one per worker
-    assert int(x1(answer)) in inference
+    assert parents == {served.process.pid}
+    assert first <= inference
+    # Each worker was connected to the killed process: each waited for its replacement.
+    waiting = re.findall(rf"\[(\d+)\] emotion.processes: inference process {killed} exited", log)
+    assert len(set(waiting)) == 2
+    assert f"inference process {killed} exited (killed by SIGKILL); starting another" in log
+    new = replaced - inference
+    assert len(new) == 1
+    assert later - inference == new
     assert code == 0
-    assert not [pid for pid in inference | workers if alive(pid)]
+    assert not [pid for pid in replaced | set(map(int, waiting)) if alive(pid)]

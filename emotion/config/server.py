@@ -26,6 +26,7 @@ from emotion.settings import (
     flag_meta,
     is_a,
     is_path,
+    is_paths,
     is_port,
     is_seconds,
     is_text,
@@ -126,18 +127,19 @@ class ServerConfig(Settings):
             "--max-batch-delay", parse_float, is_seconds, "seconds a batch waits to fill"
         ),
     )
-    #: Processes per worker that decode and run the model, each with the model
-    #: loaded; 0 keeps that work in the worker's threads. The worker's event loop
-    #: then has its GIL to itself (benchmarks/README.md, "Inference in processes").
+    #: Processes that decode and run the model, each with the model loaded, shared
+    #: by every worker; 0 keeps that work in each worker's threads. A worker's
+    #: event loop then has its GIL to itself (benchmarks/README.md, "Inference in
+    #: processes").
     inference_processes: int = field(
         default=0,
         metadata=_serve(
             "--inference-processes",
             parse_int,
             at_least(0),
-            "decode and infer in this many processes per worker, each holding the model, "
-            "instead of in the worker's threads: more calls/s on one connection for small "
-            "images, more memory; 0 is threads",
+            "decode and infer in this many processes, each holding the model and shared "
+            "by every worker, instead of in each worker's threads: more calls/s on one "
+            "connection; 0 is threads",
         ),
     )
     limits: Limits = field(default_factory=Limits, metadata=meta(nested=Limits, group="limits"))
@@ -187,12 +189,15 @@ class ServerConfig(Settings):
             raw=True,
         ),
     )
+    #: The paths of inference processes another process owns (emotion.pool): set
+    #: by the supervisor, whose pool every worker shares.
+    inference_sockets: tuple[str, ...] = field(default=(), metadata=meta(check=is_paths))
     #: Share the port with other processes (SO_REUSEPORT); set by the supervisor.
     reuse_port: bool = field(default=False, metadata=meta(check=is_a(bool)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.inference_processes and self.max_batch_size > 1:
+        if (self.inference_processes or self.inference_sockets) and self.max_batch_size > 1:
             raise ValueError(
                 "ServerConfig.inference_processes (--inference-processes) cannot be combined "
                 "with max_batch_size > 1 (--max-batch-size): batches run in the worker's threads"

@@ -1,0 +1,181 @@
+"""The inference pool: processes that load the model, listen at their paths and are replaced."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from serving import alive, inference_processes
+
+from emotion import Response
+from emotion.decode import DEFAULT_MAX_PIXELS
+from emotion.inference_process import ANSWER, REQUEST, Status
+from emotion.pool import InferencePool, StartFailed
+
+Pool = Callable[..., InferencePool]
+
+
+@pytest.fixture
+def pool() -> Iterator[Pool]:
+    """Make pools of a sample model; each is closed after the test."""
+    made: list[InferencePool] = []
+
+    def make(model: str, count: int = 1) -> InferencePool:
+        made.append(InferencePool(f"sample_models:{model}", count, max_pixels=DEFAULT_MAX_PIXELS))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def ask(path: str, image: bytes) -> tuple[Status, bytes]:
+    """One request to the process at ``path``, as a worker sends it."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(30)
+        conn.connect(path)
+        conn.sendall(REQUEST.pack(0.0, len(image)) + image)
+        status, size = ANSWER.unpack(conn.recv(ANSWER.size, socket.MSG_WAITALL))
+        return Status(status), conn.recv(size, socket.MSG_WAITALL)
+
+
+def answered_by(path: str, image: bytes) -> int:
+    status, payload = ask(path, image)
+    assert status is Status.OK
+    box = Response.parse(payload).response[0].bbox
+    assert box is not None
+    return int(box.x1)
+
+
+def wait_for(condition: Callable[[], bool], pool: InferencePool, seconds: float = 30) -> None:
+    """Call ``pool.check()`` as a supervisor does, until ``condition`` holds."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        pool.check()
+        time.sleep(0.05)
+
+
+def test_each_process_loads_the_model_and_answers_at_its_own_path(pool: Pool, jpeg: bytes) -> None:
+    two = pool("PidModel", 2)
+
+    two.start()
+
+    assert len(set(two.pids)) == 2
+    assert os.getpid() not in two.pids
+    assert all(stat.S_ISSOCK(os.stat(path).st_mode) for path in two.paths)
+    assert stat.S_IMODE(os.stat(os.path.dirname(two.paths[0])).st_mode) == 0o700
+    assert {answered_by(path, jpeg) for path in two.paths} == set(two.pids)
+
+
+def test_closing_ends_the_processes_and_removes_their_paths(pool: Pool) -> None:
+    two = pool("PidModel", 2)
+    two.start()
+    pids = two.pids
+
+    two.close()
+
+    assert not [pid for pid in pids if alive(pid)]
+    assert not Path(two.paths[0]).parent.exists()
+
+
+def test_a_model_that_cannot_load_fails_the_start_with_its_reason_and_leaves_nothing(
+    pool: Pool,
+) -> None:
+    two = pool("FailingLoadModel", 2)
+
+    with pytest.raises(StartFailed, match=r"FileNotFoundError: weights\.bin is missing"):
+        two.start()
+
+    assert inference_processes(os.getpid()) == set()
+    assert not Path(two.paths[0]).parent.exists()
+
+
+def test_a_process_that_dies_is_replaced_at_the_same_path(
+    pool: Pool, jpeg: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    one = pool("PidModel")
+    one.start()
+    [first] = one.pids
+    caplog.set_level(logging.WARNING, "emotion.pool")
+
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: bool(one.pids) and one.pids != [first], one)
+
+    [second] = one.pids
+    assert answered_by(one.paths[0], jpeg) == second
+    assert f"inference process {first} exited (killed by SIGKILL); starting another" in caplog.text
+
+
+def test_a_replacement_that_cannot_load_is_logged_and_tried_again_later(
+    pool: Pool,
+    jpeg: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fail = tmp_path / "fail"
+    monkeypatch.setenv("EMOTION_TEST_FAIL_FILE", str(fail))
+    one = pool("CrashingModel")
+    one.start()
+    [first] = one.pids
+    caplog.set_level(logging.WARNING, "emotion.pool")
+
+    fail.touch()  # CrashingModel's load() fails while this file exists
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: caplog.text.count("told to fail by the test") >= 3, one)
+    failed_at = [r.created for r in caplog.records if "told to fail" in r.getMessage()]
+    fail.unlink()
+    wait_for(lambda: bool(one.pids), one)
+
+    # 0.5 s before the second try, 1 s before the third: starts that keep failing back off.
+    first_wait, second_wait = failed_at[1] - failed_at[0], failed_at[2] - failed_at[1]
+    assert second_wait - first_wait >= 0.35
+    assert answered_by(one.paths[0], jpeg) == one.pids[0] != first
+
+
+def answers_waiting(conn: socket.socket) -> int:
+    """How many whole answers ``conn`` has received and not yet read."""
+    waiting = conn.recv(1 << 20, socket.MSG_DONTWAIT)
+    count = 0
+    while len(waiting) >= ANSWER.size:
+        _, size = ANSWER.unpack_from(waiting)
+        if len(waiting) < ANSWER.size + size:
+            break
+        waiting = waiting[ANSWER.size + size :]
+        count += 1
+    return count
+
+
+def test_a_process_takes_its_connections_in_turn(
+    pool: Pool, jpeg: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    monkeypatch.setenv("EMOTION_TEST_SECONDS", "0.3")
+    monkeypatch.setenv("EMOTION_TEST_MARKER", str(started))
+    one = pool("SlowModel")
+    one.start()
+    busy, other = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    with busy, other:
+        for conn in (busy, other):
+            conn.settimeout(30)
+            conn.connect(one.paths[0])
+        request = REQUEST.pack(0.0, len(jpeg)) + jpeg
+        busy.sendall(request * 3)
+        while not started.exists():  # the first of busy's three is running
+            time.sleep(0.01)
+        other.sendall(request)
+
+        status, _ = ANSWER.unpack(other.recv(ANSWER.size, socket.MSG_WAITALL))
+        busy_answered = answers_waiting(busy)
+
+    # Not after all of busy's: a worker with many images cannot starve another.
+    assert status == Status.OK
+    assert busy_answered in {1, 2}
