@@ -74,21 +74,29 @@ def answer(model: Model, image: bytes, deadline: float, max_pixels: int) -> tupl
 
 
 def _read_request(conn: socket.socket) -> tuple[float, bytes] | None:
-    """The next request on ``conn``, or None once the worker closed it."""
+    """The next request on ``conn``, or None once the worker closed it (or stalled)."""
     head = conn.recv(REQUEST.size, socket.MSG_WAITALL)
     if len(head) < REQUEST.size:
         return None
     deadline, size = REQUEST.unpack(head)
     # The worker writes the image right after its head; one that stalls
     # half-way would hold up every other worker's images.
-    conn.settimeout(_BODY_WAIT)
+    image = bytearray(size)
+    view = memoryview(image)
+    received = 0
+    give_up = time.monotonic() + _BODY_WAIT
     try:
-        image = conn.recv(size, socket.MSG_WAITALL) if size else b""
+        while received < size:
+            conn.settimeout(max(0.0, give_up - time.monotonic()))
+            count = conn.recv_into(view[received:])
+            if not count:
+                return None
+            received += count
     except TimeoutError:
         return None
     finally:
         conn.settimeout(None)
-    return (deadline, image) if len(image) == size else None
+    return deadline, bytes(image)
 
 
 def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import encode
+from PIL import Image
 from serving import alive, inference_processes
 
 from emotion import Response
@@ -73,6 +75,22 @@ def test_each_process_loads_the_model_and_answers_at_its_own_path(pool: Pool, jp
     assert all(stat.S_ISSOCK(os.stat(path).st_mode) for path in two.paths)
     assert stat.S_IMODE(os.stat(os.path.dirname(two.paths[0])).st_mode) == 0o700
     assert {answered_by(path, jpeg) for path in two.paths} == set(two.pids)
+
+
+def test_an_image_larger_than_the_sockets_buffer_is_read_whole(pool: Pool) -> None:
+    one = pool("SizeModel")
+    one.start()
+    # Noise does not compress: several MiB, which arrive in many reads.
+    big = encode(Image.frombytes("RGB", (1600, 1200), os.urandom(1600 * 1200 * 3)), "JPEG")
+    with socket.socket(socket.AF_UNIX) as probe:
+        assert len(big) > 4 * probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    status, payload = ask(one.paths[0], big)
+
+    assert status is Status.OK
+    box = Response.parse(payload).response[0].bbox
+    assert box is not None
+    assert (box.x2, box.y2) == (1600, 1200)
 
 
 def test_closing_ends_the_processes_and_removes_their_paths(pool: Pool) -> None:
