@@ -38,6 +38,12 @@ _RESTART_DELAY = 0.5
 _MAX_RESTART_DELAY = 30.0
 #: Seconds a process has to exit once its owner's socket is closed.
 _EXIT_WAIT = 1.0
+#: glibc's malloc returns freed memory above its heap's top to the system at
+#: once, so each image's buffers (a 1.5 MB JPEG's, then its copies) were
+#: faulted in afresh: 700 page faults and 3 ms of a 30 ms decode
+#: (benchmarks/README.md, "One pool for every worker"). Kept at hand instead,
+#: up to this much; other C libraries ignore the variable.
+_MALLOC_TOP_PAD = str(16 * 1024 * 1024)
 # Not `-m emotion.inference_process`: the package imports that module first,
 # and runpy would run a second copy of it.
 _CHILD = "import sys; from emotion.inference_process import main; sys.exit(main(sys.argv[1:]))"
@@ -133,17 +139,21 @@ class InferencePool:
                 if readable:
                     failure = self._hear(slot)
                     if failure is not None:
-                        log.error("inference process failed to start: %s", failure)
-                        self._retire(slot)
+                        log.error(
+                            "inference process failed to start: %s; trying again in %.1fs",
+                            failure,
+                            self._retire(slot),
+                        )
                 continue
             code = slot.process.poll()
             if code is not None:
+                pid = slot.process.pid
                 log.warning(
-                    "inference process %d exited (%s); starting another",
-                    slot.process.pid,
+                    "inference process %d exited (%s); starting another in %.1fs",
+                    pid,
                     _exit_reason(code),
+                    self._retire(slot),
                 )
-                self._retire(slot)
 
     def close(self) -> None:
         """Stop every process: each exits when its owner's socket closes; then remove the paths."""
@@ -173,7 +183,11 @@ class InferencePool:
                     self._log_level,
                 ],
                 pass_fds=(theirs.fileno(),),
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+                env={
+                    "MALLOC_TOP_PAD_": _MALLOC_TOP_PAD,
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+                },
             )
         slot.owner = ours
         slot.ready = False
@@ -198,16 +212,17 @@ class InferencePool:
         slot.process.wait()
         return f"inference process exited while starting ({_exit_reason(slot.process.returncode)})"
 
-    def _retire(self, slot: _Slot) -> None:
-        """Forget a process that died or failed, and set when the next one starts."""
+    def _retire(self, slot: _Slot) -> float:
+        """Forget a process that died or failed; the seconds until the next one starts."""
         if slot.owner is not None:
             slot.owner.close()
         if slot.process is not None:
             _end(slot.process)
-        delay = min(_MAX_RESTART_DELAY, _RESTART_DELAY * 2**slot.failures)
+        delay: float = min(_MAX_RESTART_DELAY, _RESTART_DELAY * 2.0**slot.failures)
         slot.failures += 0 if slot.ready else 1
         slot.process, slot.owner, slot.ready = None, None, False
         slot.restart_at = time.monotonic() + delay
+        return delay
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:

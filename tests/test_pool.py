@@ -93,6 +93,24 @@ def test_an_image_larger_than_the_sockets_buffer_is_read_whole(pool: Pool) -> No
     assert (box.x2, box.y2) == (1600, 1200)
 
 
+def environment(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+
+def test_processes_keep_freed_memory_at_hand_unless_the_operator_says_otherwise(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = pool("PidModel")
+    default.start()
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
+    operators = pool("PidModel")
+    operators.start()
+
+    assert environment(default.pids[0])["MALLOC_TOP_PAD_"] == str(16 * 1024 * 1024)
+    assert environment(operators.pids[0])["MALLOC_TOP_PAD_"] == "0"
+
+
 def test_closing_ends_the_processes_and_removes_their_paths(pool: Pool) -> None:
     two = pool("PidModel", 2)
     two.start()
@@ -129,7 +147,9 @@ def test_a_process_that_dies_is_replaced_at_the_same_path(
 
     [second] = one.pids
     assert answered_by(one.paths[0], jpeg) == second
-    assert f"inference process {first} exited (killed by SIGKILL); starting another" in caplog.text
+    assert f"inference process {first} exited (killed by SIGKILL); starting another in 0.5s" in (
+        caplog.text
+    )
 
 
 def test_a_replacement_that_cannot_load_is_logged_and_tried_again_later(
@@ -149,13 +169,15 @@ def test_a_replacement_that_cannot_load_is_logged_and_tried_again_later(
     fail.touch()  # CrashingModel's load() fails while this file exists
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: caplog.text.count("told to fail by the test") >= 3, one)
-    failed_at = [r.created for r in caplog.records if "told to fail" in r.getMessage()]
+    failures = [r for r in caplog.records if "told to fail" in r.getMessage()]
     fail.unlink()
     wait_for(lambda: bool(one.pids), one)
 
-    # 0.5 s before the second try, 1 s before the third: starts that keep failing back off.
-    first_wait, second_wait = failed_at[1] - failed_at[0], failed_at[2] - failed_at[1]
-    assert second_wait - first_wait >= 0.35
+    # Starts that keep failing back off: 0.5 s, then 1 s, then 2 s.
+    delays = [float(r.getMessage().rsplit(" ", 1)[1].rstrip("s")) for r in failures[:3]]
+    assert delays == [0.5, 1.0, 2.0]
+    assert failures[1].created - failures[0].created >= 0.5
+    assert failures[2].created - failures[1].created >= 1.0
     assert answered_by(one.paths[0], jpeg) == one.pids[0] != first
 
 
