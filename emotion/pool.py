@@ -102,24 +102,39 @@ class InferencePool:
         Raises StartFailed, with the first process's reason, and stops the
         others, when one cannot.
         """
+        self.launch()
+        while not self.started(timeout=1.0):
+            pass
+
+    def launch(self) -> None:
+        """Start every process; :meth:`started` tells when they have loaded the model."""
         with self._lock:
             if self._closed:
                 raise StartFailed("the inference pool was closed before it started")
             for slot in self._slots:
                 self._spawn(slot)
+
+    def started(self, timeout: float = 0.0) -> bool:
+        """Whether every launched process has loaded the model, waiting up to ``timeout``.
+
+        Raises StartFailed, with the first process's reason, and stops the
+        others, when one cannot.
+        """
         try:
-            while not all(slot.ready for slot in self._slots):
-                starting = [s for s in self._slots if not s.ready]
-                owners = [s.owner for s in starting if s.owner is not None]
-                try:
-                    readable, _, _ = select.select(owners, [], [], 1.0)
-                except (OSError, ValueError):  # closed under us
-                    raise StartFailed("the inference pool was closed while starting") from None
-                for slot in starting:
-                    if slot.owner in readable:
-                        failure = self._hear(slot)
-                        if failure is not None:
-                            raise StartFailed(failure)
+            starting = [s for s in self._slots if not s.ready]
+            owners = [s.owner for s in starting if s.owner is not None]
+            if not owners:
+                return True
+            try:
+                readable, _, _ = select.select(owners, [], [], timeout)
+            except (OSError, ValueError):  # closed under us
+                raise StartFailed("the inference pool was closed while starting") from None
+            for slot in starting:
+                if slot.owner in readable:
+                    failure = self._hear(slot)
+                    if failure is not None:
+                        raise StartFailed(failure)
+            return all(slot.ready for slot in self._slots)
         except BaseException:
             self.close()
             raise

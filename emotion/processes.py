@@ -156,17 +156,22 @@ class InferenceProcesses:
         return [p.pid for p in self._processes if p.alive]
 
     async def start(self) -> None:
-        """Connect to every process; raise Unreachable if one does not listen."""
-        connected = await asyncio.gather(
-            *(_Process.connect(path) for path in self.paths), return_exceptions=True
-        )
-        failure = next((c for c in connected if isinstance(c, BaseException)), None)
+        """Connect to every process, waiting for those that are still loading the model.
+
+        Whoever owns the processes decides when a start has failed; this waits.
+        """
+        connected = await asyncio.gather(*(self._connect(path) for path in self.paths))
         for path, process in zip(self.paths, connected, strict=True):
-            if isinstance(process, _Process):
-                self._serve(path, process)
-        if failure is not None:
-            await self.close()
-            raise failure
+            self._serve(path, process)
+
+    async def _connect(self, path: str) -> _Process:
+        delay = _RECONNECT_DELAY
+        while True:
+            try:
+                return await _Process.connect(path)
+            except Unreachable:
+                await asyncio.sleep(delay)
+                delay = min(_MAX_RECONNECT_DELAY, delay * 2)
 
     async def run(self, image: bytes, deadline: float | None) -> bytes:
         """The written Response for ``image``; raises as emotion.inference's queue does."""
@@ -278,21 +283,11 @@ class InferenceProcesses:
             return
         log.warning("inference process %d exited; waiting for its replacement", process.pid)
         # The pool starts another at the same path; it listens once its model loaded.
-        delay = _RECONNECT_DELAY
-        while not self._closing:
-            await asyncio.sleep(delay)
-            if self._closing:
-                return
-            try:
-                replacement = await _Process.connect(path)
-            except Unreachable:
-                delay = min(_MAX_RECONNECT_DELAY, delay * 2)
-                continue
-            if self._closing:
-                await replacement.close()
-                return
-            self._serve(path, replacement)
+        replacement = await self._connect(path)
+        if self._closing:
+            await replacement.close()
             return
+        self._serve(path, replacement)
 
     def _spawn(self, work: Coroutine[None, None, None]) -> None:
         task = asyncio.ensure_future(work)

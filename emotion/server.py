@@ -33,7 +33,7 @@ from emotion.net import bound_socket, format_address
 from emotion.pool import InferencePool, StartFailed
 from emotion.process import apply_process_settings, available_cpus
 from emotion.processes import DEPTH as PROCESS_DEPTH
-from emotion.processes import InferenceProcesses, Unreachable
+from emotion.processes import InferenceProcesses
 from emotion.security import BearerTokens
 from emotion.service import PipelineService
 from emotion.tracing import NoTracing, Tracer, tracing_from_environment
@@ -199,7 +199,7 @@ class Server:
                     self.metrics.model_load_seconds.set(time.perf_counter() - started)
             else:
                 await loop.run_in_executor(self._executor, self._load_model)
-        except (StartFailed, Unreachable) as exc:
+        except StartFailed as exc:
             log.error("%s", exc)
             raise ModelStartError(str(exc)) from exc
         except Exception as exc:

@@ -210,7 +210,7 @@ class Supervisor:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _start_pool(self) -> None:
-        """Start the inference processes before the workers, which connect to them."""
+        """Start the inference processes, which the workers connect to once they listen."""
         if not self.config.inference_processes:
             return
         self._pool = InferencePool(
@@ -219,16 +219,17 @@ class Supervisor:
             max_pixels=self.config.limits.max_pixels,
             log_level=self.options.log_level,
         )
+        self._pool.launch()
+        self.config = replace(self.config, inference_sockets=self._pool.paths)
+
+    def _pool_started(self) -> bool:
+        """Whether the inference processes (if any) have loaded the model; raises if one cannot."""
+        if self._pool is None:
+            return True
         try:
-            self._pool.start()
+            return self._pool.started()
         except PoolStartFailed as exc:
             raise WorkersFailed(f"inference processes failed to start: {exc}") from exc
-        self.config = replace(self.config, inference_sockets=self._pool.paths)
-        log.info(
-            "%d inference processes ready (pids %s)",
-            self._pool.count,
-            " ".join(str(pid) for pid in self._pool.pids),
-        )
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1
@@ -248,10 +249,23 @@ class Supervisor:
         self._workers[slot] = _Worker(slot, process, receive)
 
     def _wait_until_serving(self) -> None:
+        pool_ready = False
         while not all(w.serving for w in self._workers.values()):
             if self._stopping:
                 log.info("all workers stopped")
                 return
+            # The workers listen meanwhile, answering health checks NOT_SERVING.
+            if pool_ready:
+                if self._pool is not None:
+                    self._pool.check()
+            elif self._pool_started():
+                pool_ready = True
+                if self._pool is not None:
+                    log.info(
+                        "%d inference processes ready (pids %s)",
+                        self._pool.count,
+                        " ".join(str(pid) for pid in self._pool.pids),
+                    )
             for worker in self._ready_to_read(timeout=0.2):
                 message = self._read(worker)
                 if message is None or isinstance(message, StartFailed):

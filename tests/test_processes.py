@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import StartServer, encode, gradient
+from conftest import EMOTION, StartServer, encode, gradient, subprocess_env
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from sample_models import (
     CrashingModel,
     FailingLoadModel,
@@ -25,10 +27,11 @@ from sample_models import (
     SizeModel,
     SlowModel,
 )
-from serving import alive, inference_processes, parent, start_serving
+from serving import alive, inference_processes, parent, start_serving, wait_for_port
 
 from emotion import PipelineStub, Request, Response, Server
 from emotion.config import Limits
+from emotion.net import free_port
 from emotion.server import ModelStartError
 
 Connect = Callable[[Server], Channel]
@@ -320,3 +323,67 @@ async def test_emotion_serve_workers_share_the_supervisors_processes_which_it_re
     assert later - inference == new
     assert code == 0
     assert not [pid for pid in replaced | set(map(int, waiting)) if alive(pid)]
+
+
+async def health(port: int) -> int | None:
+    """Pipeline's health status on ``port``, or None while nothing listens there."""
+    channel = Channel("127.0.0.1", port)
+    try:
+        reply = await HealthStub(channel).Check(
+            HealthCheckRequest(service="emotion.v1.Pipeline"), timeout=5
+        )
+    except (ConnectionError, OSError):
+        return None
+    finally:
+        channel.close()
+    return int(reply.status)
+
+
+async def test_emotion_serve_workers_listen_not_serving_while_the_processes_load(
+    jpeg: bytes, tmp_path: Path
+) -> None:
+    port = free_port("127.0.0.1", 0)
+    port_file = tmp_path / "port"
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION, "serve", "--port", str(port), "--workers", "2", "--port-file", str(port_file),
+        "--inference-processes", "1", "--model", "sample_models:SlowLoadModel",
+        env=subprocess_env(EMOTION_TEST_SECONDS="3"),
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        seen: list[int] = []
+        deadline = time.monotonic() + 60
+        while HealthCheckResponse.SERVING not in seen and time.monotonic() < deadline:
+            status = await health(port)
+            if status is not None and status not in seen:
+                seen.append(status)
+            await asyncio.sleep(0.1)
+        await wait_for_port(port_file, process, 60)  # every worker serves
+        answer = await PipelineStub(channel := Channel("127.0.0.1", port)).run_pipeline(
+            Request(image=jpeg), timeout=10
+        )
+        channel.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 60)
+
+    assert seen == [HealthCheckResponse.NOT_SERVING, HealthCheckResponse.SERVING]
+    assert isinstance(answer, Response)
+    assert code == 0
+
+
+async def test_emotion_serve_exits_1_with_the_reason_when_the_processes_cannot_load() -> None:
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION, "serve", "--port", "0", "--workers", "2",
+        "--inference-processes", "2", "--model", "sample_models:FailingLoadModel",
+        env=subprocess_env(),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 1
+    assert (
+        "emotion serve: inference processes failed to start: model "
+        "sample_models:FailingLoadModel failed to load: FileNotFoundError: weights.bin is missing"
+    ) in stderr.decode()
+    assert inference_processes(os.getpid()) == set()
