@@ -14,6 +14,7 @@ from a supervising loop, and never waits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -169,6 +170,12 @@ class InferencePool:
                     _exit_reason(code),
                     self._retire(slot),
                 )
+
+    async def watch(self, interval: float = 0.2) -> None:
+        """:meth:`check` every ``interval`` seconds, for an owner with an event loop."""
+        while True:
+            await asyncio.sleep(interval)
+            self.check()
 
     def close(self) -> None:
         """Stop every process: each exits when its owner's socket closes; then remove the paths."""

@@ -51,8 +51,6 @@ _CLOSE_LINGER = 0.1
 _ABORT_WAIT = 1.0
 # At stop, how long the spans still buffered get to reach the collector.
 _FLUSH_WAIT = 5.0
-# How often a server that owns its inference processes looks for one that died.
-_POOL_CHECK_INTERVAL = 0.2
 
 
 class ModelStartError(Exception):
@@ -193,7 +191,7 @@ class Server:
                 # They load the model; this process never runs it.
                 if self.pool is not None:
                     await asyncio.to_thread(self.pool.start)
-                    self._pool_checks = asyncio.ensure_future(self._check_pool(self.pool))
+                    self._pool_checks = asyncio.ensure_future(self.pool.watch())
                 await self.processes.start()
                 if self.metrics is not None:
                     self.metrics.model_load_seconds.set(time.perf_counter() - started)
@@ -215,11 +213,6 @@ class Server:
             self.model.name,
             time.perf_counter() - started,
         )
-
-    async def _check_pool(self, pool: InferencePool) -> None:
-        while True:
-            await asyncio.sleep(_POOL_CHECK_INTERVAL)
-            pool.check()
 
     def _load_model(self) -> None:
         self._loading = True
