@@ -276,7 +276,8 @@ def _serve(options: ServeOptions) -> int:
         # Workers import the model themselves; importing it here first turns a
         # wrong --model into one line before any process starts.
         model = load_model(options.model)
-        if options.workers == 1:
+        # Inference processes are the supervisor's, even for a single worker.
+        if options.workers == 1 and not options.inference_processes:
             on_serving = None if port_file is None else partial(write_port_file, port_file)
             run(serve(model, config, on_serving=on_serving), options.loop)
         else:

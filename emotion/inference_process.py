@@ -1,6 +1,6 @@
 """An inference process: decodes images and runs the model for every network worker that connects.
 
-The owner (emotion.pool: the supervisor, or a lone server) starts it with one
+The owner (emotion.pool, in the supervisor) starts it with one
 end of a socket pair and a path. The process loads the model, listens on the
 path (a Unix socket, in a directory only this user can enter), and says so on
 the socket pair. Network workers (emotion.processes) connect to the path; each

@@ -1,15 +1,16 @@
 """The inference processes' owner: starts them, restarts one that dies, and stops them.
 
-One pool serves every network worker of a server (``--inference-processes``):
-the supervisor owns it, or a lone server (``--workers 1``, or
-emotion.server.Server) owns its own. Each process listens on a Unix socket
-in a private directory (see emotion.inference_process); workers connect to
-those paths (emotion.processes), and reconnect when a process is replaced at
+One pool serves every network worker of a server (``--inference-processes``),
+and the supervisor owns it, even for a single worker. Each process listens
+on a Unix socket in a private directory (see emotion.inference_process);
+workers connect to those paths (emotion.processes, given them as
+ServerConfig.inference_sockets), and reconnect when a process is replaced at
 the same path. So the model is loaded once per process, however many workers
 there are.
 
 The methods block only in :meth:`start`; :meth:`check` is meant to be called
-from a supervising loop, and never waits.
+from a supervising loop and never waits; :meth:`watch` calls it from an
+event loop, for an owner that has one (the tests).
 """
 
 from __future__ import annotations

@@ -28,9 +28,8 @@ from emotion.config import ServerConfig
 from emotion.contract import FILE_DESCRIPTOR
 from emotion.inference import Inference
 from emotion.metrics import Metrics, NoMetrics, serve_metrics
-from emotion.model import Model, run_batch, spec_of
+from emotion.model import Model, run_batch
 from emotion.net import bound_socket, format_address
-from emotion.pool import InferencePool, StartFailed
 from emotion.process import apply_process_settings, available_cpus
 from emotion.processes import DEPTH as PROCESS_DEPTH
 from emotion.processes import InferenceProcesses
@@ -81,24 +80,14 @@ class Server:
         self._metrics_server: WSGIServer | None = None
         # Calls in progress and images in the queue share one bound: the places
         # of the threads or processes, and as many again as the queue may hold.
-        # Inference processes are the supervisor's, shared by its workers
-        # (inference_sockets), or this server's own (inference_processes).
-        self.pool: InferencePool | None = None
+        # Inference processes, when there are any, belong to the supervisor's
+        # pool (emotion.pool), which every worker shares.
         sockets = self.config.inference_sockets
-        if not sockets and self.config.inference_processes:
-            self.pool = InferencePool(
-                spec_of(model),
-                self.config.inference_processes,
-                max_pixels=self.config.limits.max_pixels,
-                log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-            )
-            sockets = self.pool.paths
         places = len(sockets) * PROCESS_DEPTH or threads
         capacity = places + self.config.limits.max_queue
         self.processes: InferenceProcesses | None = None
         if sockets:
             self.processes = InferenceProcesses(sockets, capacity=capacity, metrics=recorder)
-        self._pool_checks: asyncio.Task[None] | None = None
         tokens = BearerTokens(self.config.tokens) if self.config.tokens else None
         self.admission = Admission(capacity=capacity, tokens=tokens)
         self.inference = Inference(
@@ -188,18 +177,13 @@ class Server:
         loop = asyncio.get_running_loop()
         try:
             if self.processes is not None:
-                # They load the model; this process never runs it.
-                if self.pool is not None:
-                    await asyncio.to_thread(self.pool.start)
-                    self._pool_checks = asyncio.ensure_future(self.pool.watch())
+                # They load the model; this process never runs it. Whoever
+                # owns them fails the start if one cannot load.
                 await self.processes.start()
                 if self.metrics is not None:
                     self.metrics.model_load_seconds.set(time.perf_counter() - started)
             else:
                 await loop.run_in_executor(self._executor, self._load_model)
-        except StartFailed as exc:
-            log.error("%s", exc)
-            raise ModelStartError(str(exc)) from exc
         except Exception as exc:
             log.error("model %s failed to load", self.model.name, exc_info=exc)
             raise ModelStartError(
@@ -283,10 +267,6 @@ class Server:
             self._loaded.cancel()
         if self.processes is not None:
             await self.processes.close()
-        if self._pool_checks is not None:
-            self._pool_checks.cancel()
-        if self.pool is not None:
-            await asyncio.to_thread(self.pool.close)
         self._release_model()
         # Spans still buffered, within a bound: a collector that is down must not
         # hold up the exit. The tracer is the caller's: flushed, not shut down.

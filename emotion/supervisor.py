@@ -211,11 +211,11 @@ class Supervisor:
 
     def _start_pool(self) -> None:
         """Start the inference processes, which the workers connect to once they listen."""
-        if not self.config.inference_processes:
+        if not self.options.inference_processes:
             return
         self._pool = InferencePool(
             self.options.model,
-            self.config.inference_processes,
+            self.options.inference_processes,
             max_pixels=self.config.limits.max_pixels,
             log_level=self.options.log_level,
         )

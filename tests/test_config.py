@@ -67,13 +67,18 @@ WITHOUT_FLAG = {
             "ConnectionAge",
         ),
         (
-            lambda: ServerConfig(inference_processes=-1),
-            "ServerConfig.inference_processes",
+            lambda: ServeOptions(inference_processes=-1),
+            "ServeOptions.inference_processes",
             "0 or more",
         ),
         (
-            lambda: ServerConfig(inference_processes=2, max_batch_size=4),
-            "ServerConfig.inference_processes",
+            lambda: ServeOptions(inference_processes=2, server=ServerConfig(max_batch_size=4)),
+            "ServeOptions.inference_processes",
+            "cannot be combined with max_batch_size > 1",
+        ),
+        (
+            lambda: ServerConfig(inference_sockets=("/run/0.sock",), max_batch_size=4),
+            "ServerConfig.inference_sockets",
             "cannot be combined with max_batch_size > 1",
         ),
         (
@@ -203,7 +208,7 @@ SERVE_SAMPLES: dict[str, tuple[str, Any]] = {
     "--grace": ("2.5", lambda o: o.server.grace == 2.5),
     "--threads": ("3", lambda o: o.server.threads == 3),
     "--max-batch-size": ("8", lambda o: o.server.max_batch_size == 8),
-    "--inference-processes": ("2", lambda o: o.server.inference_processes == 2),
+    "--inference-processes": ("2", lambda o: o.inference_processes == 2),
     "--max-batch-delay": ("0.01", lambda o: o.server.max_batch_delay == 0.01),
     "--max-message-size": ("32MiB", lambda o: o.server.limits.max_message_size == 32 * 2**20),
     "--max-pixels": ("20M", lambda o: o.server.limits.max_pixels == 20_000_000),

@@ -8,7 +8,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,6 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from sample_models import (
     CrashingModel,
-    FailingLoadModel,
     HalfSizeModel,
     PidModel,
     RaisingModel,
@@ -31,10 +30,43 @@ from serving import alive, inference_processes, parent, start_serving, wait_for_
 
 from emotion import PipelineStub, Request, Response, Server
 from emotion.config import Limits
+from emotion.decode import DEFAULT_MAX_PIXELS
+from emotion.model import Model, spec_of
 from emotion.net import free_port
-from emotion.server import ModelStartError
+from emotion.pool import InferencePool
 
 Connect = Callable[[Server], Channel]
+
+
+StartPooled = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_pooled(start_server: StartServer) -> AsyncIterator[StartPooled]:
+    """Start servers that send their images to a pool of ``count`` processes, as a worker does.
+
+    Each pool is watched and replaced as the supervisor would; servers stop
+    before their pools close.
+    """
+    servers: list[Server] = []
+    pools: list[InferencePool] = []
+    watches: list[asyncio.Future[None]] = []
+
+    async def start(model: Model, count: int, **config: object) -> Server:
+        pool = InferencePool(spec_of(model), count, max_pixels=DEFAULT_MAX_PIXELS)
+        pools.append(pool)
+        await asyncio.to_thread(pool.start)
+        watches.append(asyncio.ensure_future(pool.watch()))
+        servers.append(await start_server(model, inference_sockets=pool.paths, **config))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        await server.stop(grace=0)
+    for watch in watches:
+        watch.cancel()
+    for pool in pools:
+        await asyncio.to_thread(pool.close)
 
 
 def x1(response: Response) -> float:
@@ -44,10 +76,10 @@ def x1(response: Response) -> float:
 
 
 async def one_slow_call(
-    start_server: StartServer, connect: Connect, jpeg: bytes
+    start_pooled: StartPooled, connect: Connect, jpeg: bytes
 ) -> tuple[Server, int, asyncio.Future[Response]]:
     """A server with one inference process running SlowModel, and a call it has taken."""
-    server = await start_server(SlowModel(), inference_processes=1)
+    server = await start_pooled(SlowModel(), 1)
     assert server.processes is not None
     [pid] = server.processes.pids
     stub = PipelineStub(connect(server))
@@ -58,9 +90,9 @@ async def one_slow_call(
 
 
 async def test_images_are_decoded_and_inferred_in_other_processes(
-    start_server: StartServer, connect: Connect, jpeg: bytes
+    start_pooled: StartPooled, connect: Connect, jpeg: bytes
 ) -> None:
-    server = await start_server(PidModel(), inference_processes=2)
+    server = await start_pooled(PidModel(), 2)
     assert server.processes is not None
     pids = set(server.processes.pids)
     stub = PipelineStub(connect(server))
@@ -77,12 +109,12 @@ async def test_images_are_decoded_and_inferred_in_other_processes(
 
 
 async def test_answers_are_the_threads_answers(
-    start_server: StartServer, connect: Connect, jpeg: bytes
+    start_server: StartServer, start_pooled: StartPooled, connect: Connect, jpeg: bytes
 ) -> None:
     # A model that wants 500 pixels: the 1600x1200 JPEG is decoded at 1/2 and
     # its boxes scaled back, in the process as in a thread.
     threads = PipelineStub(connect(await start_server(HalfSizeModel())))
-    processes = PipelineStub(connect(await start_server(HalfSizeModel(), inference_processes=1)))
+    processes = PipelineStub(connect(await start_pooled(HalfSizeModel(), 1)))
     big = encode(gradient(1600, 1200), "JPEG", quality=90)
 
     for image, width in ((jpeg, 320), (big, 1600)):
@@ -102,9 +134,9 @@ async def _twice(image: bytes):  # type: ignore[no-untyped-def]
 
 
 async def test_run_pipeline_in_process_returns_the_response(
-    start_server: StartServer, jpeg: bytes
+    start_pooled: StartPooled, jpeg: bytes
 ) -> None:
-    server = await start_server(SizeModel(), inference_processes=1)
+    server = await start_pooled(SizeModel(), 1)
 
     response = await server.service.run_pipeline(Request(image=jpeg))
 
@@ -115,10 +147,10 @@ async def test_run_pipeline_in_process_returns_the_response(
 
 
 async def test_a_bad_image_is_refused_with_the_decoders_message(
-    start_server: StartServer, connect: Connect
+    start_server: StartServer, start_pooled: StartPooled, connect: Connect
 ) -> None:
     threads = PipelineStub(connect(await start_server(SizeModel())))
-    processes = PipelineStub(connect(await start_server(SizeModel(), inference_processes=1)))
+    processes = PipelineStub(connect(await start_pooled(SizeModel(), 1)))
     errors = []
 
     for stub in (threads, processes):
@@ -132,12 +164,12 @@ async def test_a_bad_image_is_refused_with_the_decoders_message(
 
 
 async def test_a_failing_model_is_internal_its_traceback_logged_and_its_process_serves_on(
-    start_server: StartServer,
+    start_pooled: StartPooled,
     connect: Connect,
     jpeg: bytes,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server = await start_server(RaisingModel(), inference_processes=1)
+    server = await start_pooled(RaisingModel(), 1)
     assert server.processes is not None
     pids = server.processes.pids
     stub = PipelineStub(connect(server))
@@ -159,9 +191,9 @@ async def test_a_failing_model_is_internal_its_traceback_logged_and_its_process_
 
 
 async def test_a_process_that_dies_fails_its_call_unavailable_and_is_replaced(
-    start_server: StartServer, connect: Connect, jpeg: bytes
+    start_pooled: StartPooled, connect: Connect, jpeg: bytes
 ) -> None:
-    server = await start_server(CrashingModel(), inference_processes=1)
+    server = await start_pooled(CrashingModel(), 1)
     assert server.processes is not None
     [first] = server.processes.pids
     stub = PipelineStub(connect(server))
@@ -179,12 +211,12 @@ async def test_a_process_that_dies_fails_its_call_unavailable_and_is_replaced(
 
 
 async def test_a_process_outlives_a_sigterm_sent_to_every_process_and_finishes_its_call(
-    start_server: StartServer, connect: Connect, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+    start_pooled: StartPooled, connect: Connect, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # As a service manager stopping the whole control group does; the worker
-    # decides when its processes end, after its drain.
+    # As a service manager stopping the whole control group does; the
+    # supervisor decides when its processes end, after the workers' drain.
     monkeypatch.setenv("EMOTION_TEST_SECONDS", "1")
-    server, pid, call = await one_slow_call(start_server, connect, jpeg)
+    server, pid, call = await one_slow_call(start_pooled, connect, jpeg)
 
     os.kill(pid, signal.SIGTERM)
 
@@ -194,7 +226,7 @@ async def test_a_process_outlives_a_sigterm_sent_to_every_process_and_finishes_i
 
 
 async def test_a_deadline_that_passes_before_the_image_is_read_never_reaches_the_model(
-    start_server: StartServer,
+    start_pooled: StartPooled,
     connect: Connect,
     jpeg: bytes,
     tmp_path: Path,
@@ -203,7 +235,7 @@ async def test_a_deadline_that_passes_before_the_image_is_read_never_reaches_the
     calls = tmp_path / "calls"
     monkeypatch.setenv("EMOTION_TEST_SECONDS", "1")
     monkeypatch.setenv("EMOTION_TEST_CALLS", str(calls))
-    stub = PipelineStub(connect(await start_server(SlowModel(), inference_processes=1)))
+    stub = PipelineStub(connect(await start_pooled(SlowModel(), 1)))
 
     # One process, sent 3 at once: it reads the first at 0 s, the second at
     # 1 s, the third at 2 s, past the 1.5 s deadline of all three.
@@ -219,13 +251,13 @@ async def test_a_deadline_that_passes_before_the_image_is_read_never_reaches_the
 
 
 async def test_images_past_the_capacity_are_refused_at_once(
-    start_server: StartServer,
+    start_pooled: StartPooled,
     connect: Connect,
     jpeg: bytes,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("EMOTION_TEST_SECONDS", "1")
-    server = await start_server(SlowModel(), inference_processes=1, limits=Limits(max_queue=1))
+    server = await start_pooled(SlowModel(), 1, limits=Limits(max_queue=1))
     assert server.processes is not None
     stub = PipelineStub(connect(server))
 
@@ -244,23 +276,11 @@ async def test_images_past_the_capacity_are_refused_at_once(
     assert all(isinstance(a, Response) for a in await asyncio.gather(*held))
 
 
-async def test_a_model_that_cannot_load_fails_the_start_and_leaves_no_process(
-    start_server: StartServer,
-) -> None:
-    server = await start_server(FailingLoadModel(), inference_processes=2, wait=False)
-
-    with pytest.raises(ModelStartError, match=r"FileNotFoundError: weights\.bin is missing"):
-        await server.wait_loaded()
-
-    assert server.processes is not None
-    assert server.processes.pids == []
-
-
-async def test_stopping_aborts_waiting_calls_and_ends_the_processes(
-    start_server: StartServer, connect: Connect, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+async def test_stopping_aborts_waiting_calls(
+    start_pooled: StartPooled, connect: Connect, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EMOTION_TEST_SECONDS", "3")
-    server, pid, call = await one_slow_call(start_server, connect, jpeg)
+    server, pid, call = await one_slow_call(start_pooled, connect, jpeg)
 
     await server.stop(grace=0.2)
 
@@ -268,10 +288,9 @@ async def test_stopping_aborts_waiting_calls_and_ends_the_processes(
         await call
     assert caught.value.status is Status.UNAVAILABLE
     assert caught.value.message == "server shut down before the call finished; retry"
-    deadline = time.monotonic() + 10
-    while alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110 - no event to wait on
-        await asyncio.sleep(0.05)
-    assert not alive(pid)
+    assert server.processes is not None
+    assert server.processes.pids == []  # its connections are closed; the pool's process is not
+    assert alive(pid)
 
 
 async def served_by(port: int, jpeg: bytes, calls: int) -> set[int]:
@@ -373,8 +392,9 @@ async def test_emotion_serve_workers_listen_not_serving_while_the_processes_load
 
 
 async def test_emotion_serve_exits_1_with_the_reason_when_the_processes_cannot_load() -> None:
+    # One worker too: the supervisor owns the processes.
     process = await asyncio.create_subprocess_exec(
-        *EMOTION, "serve", "--port", "0", "--workers", "2",
+        *EMOTION, "serve", "--port", "0", "--workers", "1",
         "--inference-processes", "2", "--model", "sample_models:FailingLoadModel",
         env=subprocess_env(),
         stderr=asyncio.subprocess.PIPE,

@@ -127,21 +127,6 @@ class ServerConfig(Settings):
             "--max-batch-delay", parse_float, is_seconds, "seconds a batch waits to fill"
         ),
     )
-    #: Processes that decode and run the model, each with the model loaded, shared
-    #: by every worker; 0 keeps that work in each worker's threads. A worker's
-    #: event loop then has its GIL to itself (benchmarks/README.md, "Inference in
-    #: processes").
-    inference_processes: int = field(
-        default=0,
-        metadata=_serve(
-            "--inference-processes",
-            parse_int,
-            at_least(0),
-            "decode and infer in this many processes, each holding the model and shared "
-            "by every worker, instead of in each worker's threads: more calls/s on one "
-            "connection; 0 is threads",
-        ),
-    )
     limits: Limits = field(default_factory=Limits, metadata=meta(nested=Limits, group="limits"))
     connections: ConnectionLimits = field(
         default_factory=ConnectionLimits,
@@ -189,18 +174,19 @@ class ServerConfig(Settings):
             raw=True,
         ),
     )
-    #: The paths of inference processes another process owns (emotion.pool): set
-    #: by the supervisor, whose pool every worker shares.
+    #: The paths of the inference processes (emotion.pool) this server sends its
+    #: images to instead of its threads: set by the supervisor, whose pool every
+    #: worker shares (ServeOptions.inference_processes).
     inference_sockets: tuple[str, ...] = field(default=(), metadata=meta(check=is_paths))
     #: Share the port with other processes (SO_REUSEPORT); set by the supervisor.
     reuse_port: bool = field(default=False, metadata=meta(check=is_a(bool)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (self.inference_processes or self.inference_sockets) and self.max_batch_size > 1:
+        if self.inference_sockets and self.max_batch_size > 1:
             raise ValueError(
-                "ServerConfig.inference_processes (--inference-processes) cannot be combined "
-                "with max_batch_size > 1 (--max-batch-size): batches run in the worker's threads"
+                "ServerConfig.inference_sockets cannot be combined with max_batch_size > 1 "
+                "(--max-batch-size): batches run in the worker's threads"
             )
 
 
@@ -221,6 +207,21 @@ class ServeOptions(Settings):
             optional(at_least(1)),
             "server processes sharing the port, each with its own model",
             default_text="one per CPU",
+        ),
+    )
+    #: Processes that decode and run the model, each with the model loaded, shared
+    #: by every worker (the supervisor owns them); 0 keeps that work in each
+    #: worker's threads. A worker's event loop then has its GIL to itself
+    #: (benchmarks/README.md, "One pool for every worker").
+    inference_processes: int = field(
+        default=0,
+        metadata=_serve(
+            "--inference-processes",
+            parse_int,
+            at_least(0),
+            "decode and infer in this many processes, each holding the model and shared "
+            "by every worker, instead of in each worker's threads: more calls/s on one "
+            "connection; 0 is threads",
         ),
     )
     loop: str = field(
@@ -252,3 +253,11 @@ class ServeOptions(Settings):
             default_text="off",
         ),
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.inference_processes and self.server.max_batch_size > 1:
+            raise ValueError(
+                "ServeOptions.inference_processes (--inference-processes) cannot be combined "
+                "with max_batch_size > 1 (--max-batch-size): batches run in the worker's threads"
+            )
