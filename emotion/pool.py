@@ -27,7 +27,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 
@@ -82,9 +81,6 @@ class InferencePool:
         self._directory = tempfile.mkdtemp(prefix="emotion-inference-")
         self._slots = [_Slot(os.path.join(self._directory, f"{i}.sock")) for i in range(count)]
         self._closed = False
-        # start() may run in a thread while the owner stops: spawning and
-        # closing take turns.
-        self._lock = threading.Lock()
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -110,11 +106,10 @@ class InferencePool:
 
     def launch(self) -> None:
         """Start every process; :meth:`started` tells when they have loaded the model."""
-        with self._lock:
-            if self._closed:
-                raise StartFailed("the inference pool was closed before it started")
-            for slot in self._slots:
-                self._spawn(slot)
+        if self._closed:
+            raise StartFailed("the inference pool was closed before it started")
+        for slot in self._slots:
+            self._spawn(slot)
 
     def started(self, timeout: float = 0.0) -> bool:
         """Whether every launched process has loaded the model, waiting up to ``timeout``.
@@ -127,10 +122,7 @@ class InferencePool:
             owners = [s.owner for s in starting if s.owner is not None]
             if not owners:
                 return True
-            try:
-                readable, _, _ = select.select(owners, [], [], timeout)
-            except (OSError, ValueError):  # closed under us
-                raise StartFailed("the inference pool was closed while starting") from None
+            readable, _, _ = select.select(owners, [], [], timeout)
             for slot in starting:
                 if slot.owner in readable:
                     failure = self._hear(slot)
@@ -180,16 +172,15 @@ class InferencePool:
 
     def close(self) -> None:
         """Stop every process: each exits when its owner's socket closes; then remove the paths."""
-        with self._lock:
-            self._closed = True
-            for slot in self._slots:
-                if slot.owner is not None:
-                    slot.owner.close()
-            for slot in self._slots:
-                if slot.process is not None:
-                    _end(slot.process)
-                slot.process, slot.owner, slot.ready = None, None, False
-            shutil.rmtree(self._directory, ignore_errors=True)
+        self._closed = True
+        for slot in self._slots:
+            if slot.owner is not None:
+                slot.owner.close()
+        for slot in self._slots:
+            if slot.process is not None:
+                _end(slot.process)
+            slot.process, slot.owner, slot.ready = None, None, False
+        shutil.rmtree(self._directory, ignore_errors=True)
 
     def _spawn(self, slot: _Slot) -> None:
         ours, theirs = socket.socketpair()

@@ -115,19 +115,31 @@ def parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def descendants(pid: int) -> set[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    found = {int(child) for child in children}
-    for child in list(found):
-        found |= descendants(child)
+def children(pid: int) -> set[int]:
+    """The processes ``pid`` started, from any of its threads (each thread lists its own)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            found |= {int(child) for child in (task / "children").read_text().split()}
     return found
+
+
+def descendants(pid: int) -> set[int]:
+    found = children(pid)
+    for child in list(found):
+        with contextlib.suppress(FileNotFoundError):
+            found |= descendants(child)
+    return found
+
+
+def command_line(pid: int) -> bytes:
+    """The process's command line, or nothing once it has exited."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def inference_processes(pid: int) -> set[int]:
     """The inference processes (emotion.inference_process) under process ``pid``."""
-    found = set()
-    for child in descendants(pid):
-        with contextlib.suppress(FileNotFoundError):
-            if b"emotion.inference_process" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.add(child)
-    return found
+    return {p for p in descendants(pid) if b"emotion.inference_process" in command_line(p)}

@@ -13,7 +13,7 @@ import pytest
 from conftest import encode, gradient, subprocess_env
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from serving import Served, alive, start_serving, wait_for_port
+from serving import Served, alive, children, command_line, start_serving, wait_for_port
 
 from emotion import PipelineStub, Request
 
@@ -42,25 +42,15 @@ async def cleanup() -> AsyncIterator[list[Served]]:
     yield started
     for served in started:
         if served.process.returncode is None:
-            for pid in children(served.process.pid):
+            for pid in worker_pids(served.process.pid):
                 os.kill(pid, signal.SIGKILL)
             served.process.kill()
             await served.process.wait()
 
 
-def children(pid: int) -> set[int]:
+def worker_pids(pid: int) -> set[int]:
     """Worker processes of the supervisor ``pid`` (not multiprocessing's resource tracker)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and b"spawn_main" in command:
-                found.add(int(entry.name))
-    return found
+    return {child for child in children(pid) if b"spawn_main" in command_line(child)}
 
 
 async def test_workers_share_the_port_and_connections_spread_across_them(
@@ -71,7 +61,7 @@ async def test_workers_share_the_port_and_connections_spread_across_them(
 
     pids = await answering_pids(served, jpeg)
 
-    workers = children(served.process.pid)
+    workers = worker_pids(served.process.pid)
     assert pids == workers
     assert len(pids) == 2
     assert served.process.pid not in pids
@@ -82,7 +72,7 @@ async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
 ) -> None:
     served = await start("--workers", "2", "--model", "sample_models:CrashingModel")
     cleanup.append(served)
-    before = children(served.process.pid)
+    before = worker_pids(served.process.pid)
 
     channel = Channel("127.0.0.1", served.port)
     with pytest.raises((StreamTerminatedError, GRPCError, ConnectionError)):
@@ -92,7 +82,7 @@ async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
     channel.close()
     line = await served.read_until("restarting")
     await served.read_until("serving")
-    after = children(served.process.pid)
+    after = worker_pids(served.process.pid)
 
     assert "exited with status 3; restarting" in line
     assert len(after) == 2
@@ -103,7 +93,7 @@ async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
 async def test_sigterm_drains_every_worker_and_exits_0(cleanup: list[Served], jpeg: bytes) -> None:
     served = await start("--workers", "2", "--model", "sample_models:PidModel")
     cleanup.append(served)
-    workers = children(served.process.pid)
+    workers = worker_pids(served.process.pid)
 
     served.process.send_signal(signal.SIGTERM)
     code = await asyncio.wait_for(served.process.wait(), 60)
@@ -166,7 +156,7 @@ async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
 ) -> None:
     served = await start("--workers", "2", "--model", "sample_models:PidModel")
     cleanup.append(served)
-    workers = children(served.process.pid)
+    workers = worker_pids(served.process.pid)
 
     served.process.kill()
     await served.process.wait()
