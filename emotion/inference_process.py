@@ -87,7 +87,10 @@ def _read_request(conn: socket.socket) -> tuple[float, bytes] | None:
     give_up = time.monotonic() + _BODY_WAIT
     try:
         while received < size:
-            conn.settimeout(max(0.0, give_up - time.monotonic()))
+            left = give_up - time.monotonic()
+            if left <= 0:  # a zero timeout would make the socket non-blocking
+                return None
+            conn.settimeout(left)
             count = conn.recv_into(view[received:])
             if not count:
                 return None

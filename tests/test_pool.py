@@ -219,3 +219,23 @@ def test_a_process_takes_its_connections_in_turn(
     # Not after all of busy's: a worker with many images cannot starve another.
     assert status == Status.OK
     assert busy_answered in {1, 2}
+
+
+def test_a_connection_that_stalls_half_way_through_an_image_is_cut_off(
+    pool: Pool, jpeg: bytes
+) -> None:
+    one = pool("PidModel")
+    one.start()
+    with socket.socket(socket.AF_UNIX) as stalled:
+        stalled.settimeout(30)
+        stalled.connect(one.paths[0])
+        stalled.sendall(REQUEST.pack(0.0, len(jpeg)) + jpeg[: len(jpeg) // 2])
+        started = time.monotonic()
+
+        cut_off = stalled.recv(1)  # blocks until the process closes it
+
+        waited = time.monotonic() - started
+    # Cut off after its 10 s, without an answer; the process serves on.
+    assert cut_off == b""
+    assert 9 < waited < 20
+    assert answered_by(one.paths[0], jpeg) == one.pids[0]
