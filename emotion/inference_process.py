@@ -9,7 +9,8 @@ Python (JPEG markers, the decoder's loop), the model and the answer's writing
 run here. The protocol is a length prefix and raw bytes, nothing pickled:
 
 - to the owner, once: READY, or START_FAILED with the reason;
-- on each worker's connection, for each request, in order: the deadline (a
+- on each worker's connection, READY once accepted; then for each request,
+  in order: the deadline (a
   CLOCK_MONOTONIC instant, which every process shares; 0 for none), the
   image's length and bytes; the answer is a status, a length, and the written
   Response or the message.
@@ -130,7 +131,13 @@ def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
                     return 0  # the owner is done with us, or gone
                 if sock is listener:
                     conn, _ = listener.accept()
-                    selector.register(conn, selectors.EVENT_READ)
+                    # A process that is exiting may still accept; a worker
+                    # takes a connection only once it has heard this.
+                    with contextlib.suppress(ConnectionError):
+                        conn.sendall(ANSWER.pack(READY, 0))
+                        selector.register(conn, selectors.EVENT_READ)
+                        continue
+                    conn.close()
                     continue
                 request = None
                 with contextlib.suppress(ConnectionError):

@@ -31,7 +31,7 @@ from collections.abc import Coroutine
 
 from emotion.decode import InvalidImage
 from emotion.inference import Aborted, DeadlinePassed, QueueFull
-from emotion.inference_process import ANSWER, REQUEST, Status
+from emotion.inference_process import ANSWER, READY, REQUEST, Status
 from emotion.metrics import NoMetrics, Recorder
 from emotion.model import ModelFailure
 
@@ -81,6 +81,15 @@ class _Process:
             reader, writer = await asyncio.open_unix_connection(path, limit=_READ_LIMIT)
         except OSError as exc:  # no file yet, or nobody listening: it is starting
             raise Unreachable(f"no inference process at {path}: {exc.strerror}") from None
+        # A process that is exiting may still accept a connection, and never
+        # answers on it: only one that says READY takes images.
+        try:
+            status, _ = ANSWER.unpack(await reader.readexactly(ANSWER.size))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            status = None
+        if status != READY:
+            writer.close()
+            raise Unreachable(f"the inference process at {path} is exiting")
         return cls(reader, writer)
 
     def send(self, image: bytes, deadline: float | None) -> asyncio.Future[tuple[Status, bytes]]:

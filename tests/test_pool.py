@@ -38,11 +38,18 @@ def pool() -> Iterator[Pool]:
         each.close()
 
 
+def connected(path: str) -> socket.socket:
+    """A connection to the process at ``path``, once it says READY, as a worker makes it."""
+    conn = socket.socket(socket.AF_UNIX)
+    conn.settimeout(30)
+    conn.connect(path)
+    assert ANSWER.unpack(conn.recv(ANSWER.size, socket.MSG_WAITALL)) == (Status.OK, 0)
+    return conn
+
+
 def ask(path: str, image: bytes) -> tuple[Status, bytes]:
     """One request to the process at ``path``, as a worker sends it."""
-    with socket.socket(socket.AF_UNIX) as conn:
-        conn.settimeout(30)
-        conn.connect(path)
+    with connected(path) as conn:
         conn.sendall(REQUEST.pack(0.0, len(image)) + image)
         status, size = ANSWER.unpack(conn.recv(ANSWER.size, socket.MSG_WAITALL))
         return Status(status), conn.recv(size, socket.MSG_WAITALL)
@@ -202,11 +209,7 @@ def test_a_process_takes_its_connections_in_turn(
     monkeypatch.setenv("EMOTION_TEST_MARKER", str(started))
     one = pool("SlowModel")
     one.start()
-    busy, other = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
-    with busy, other:
-        for conn in (busy, other):
-            conn.settimeout(30)
-            conn.connect(one.paths[0])
+    with connected(one.paths[0]) as busy, connected(one.paths[0]) as other:
         request = REQUEST.pack(0.0, len(jpeg)) + jpeg
         busy.sendall(request * 3)
         while not started.exists():  # the first of busy's three is running
@@ -226,9 +229,7 @@ def test_a_connection_that_stalls_half_way_through_an_image_is_cut_off(
 ) -> None:
     one = pool("PidModel")
     one.start()
-    with socket.socket(socket.AF_UNIX) as stalled:
-        stalled.settimeout(30)
-        stalled.connect(one.paths[0])
+    with connected(one.paths[0]) as stalled:
         stalled.sendall(REQUEST.pack(0.0, len(jpeg)) + jpeg[: len(jpeg) // 2])
         started = time.monotonic()
 
