@@ -4,10 +4,11 @@
     python benchmarks/layouts.py --images large --rounds 5
 
 Three servers on one connection with 8 callers, the mock model's work:
-``emotion serve --workers 1`` (inference threads, the default, which is what
-one connection gets), ``emotion serve --workers 1 --inference-processes N``
-(the same worker, decoding and inferring in N processes fed raw bytes over
-socket pairs), and the plain grpcio reference. Every round runs each server
+``emotion serve --workers 1 --inference-processes 0`` (inference threads in
+the worker, which is what one connection gets), ``emotion serve --workers 1
+--inference-processes N`` (the same worker, decoding and inferring in N
+processes fed raw bytes over Unix sockets; one per CPU is the default), and
+the plain grpcio reference. Every round runs each server
 once per image, one after another, so each round's ratio to grpcio sets runs
 made seconds apart; the report gives the median of the rounds and their range.
 """
@@ -31,7 +32,7 @@ def servers(processes: int) -> list[Target]:
     emotion = [python, "-m", "emotion", "serve", "--port", "{port}", "--model", MOCK]
     one_worker = ["--workers", "1", "--log-level", "warning"]
     return [
-        Target("threads", "grpc", [*emotion, *one_worker]),
+        Target("threads", "grpc", [*emotion, *one_worker, "--inference-processes", "0"]),
         Target(
             f"{processes} processes",
             "grpc",

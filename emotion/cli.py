@@ -43,7 +43,7 @@ from emotion.process import (
 from emotion.security import SecurityConfigError, load_tokens, read_token
 from emotion.server import ModelStartError, serve
 from emotion.settings import Flag, flags, from_values
-from emotion.supervisor import Supervisor, WorkersFailed
+from emotion.supervisor import Supervisor, WorkersFailed, inference_process_count
 
 T = TypeVar("T")
 
@@ -183,7 +183,8 @@ def serve_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Serve
             threads=server.threads or available_cpus(),
             max_connection_age=ConnectionAge(age, grace=server.grace) if age else None,
         )
-        return from_values(ServeOptions, values, server=server, workers=workers)
+        options = from_values(ServeOptions, values, server=server, workers=workers)
+        return replace(options, inference_processes=inference_process_count(options))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

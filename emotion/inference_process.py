@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 import selectors
 import signal
@@ -35,6 +36,8 @@ import traceback
 from emotion.decode import InvalidImage, decode, to_full_size
 from emotion.model import Model, ModelFailure, encode_response, load_model, run_sample
 from emotion.process import LOG_FORMAT, apply_process_settings, configure_logging
+
+log = logging.getLogger(__name__)
 
 REQUEST = struct.Struct("!dI")
 ANSWER = struct.Struct("!BI")
@@ -105,11 +108,15 @@ def _read_request(conn: socket.socket) -> tuple[float, bytes] | None:
 
 def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
     """Load ``spec``, listen on ``path``, answer workers until ``owner`` closes; the exit status."""
+    name = spec
     try:
         model = load_model(spec)
+        name = model.name
         model.load()
     except Exception as exc:
-        reason = f"model {spec} failed to load: {type(exc).__name__}: {exc}".encode()
+        # The traceback is for the operator's log; the owner gets one line.
+        log.error("model %s failed to load", name, exc_info=exc)
+        reason = f"model {name} failed to load: {type(exc).__name__}: {exc}".encode()
         owner.sendall(ANSWER.pack(Status.START_FAILED, len(reason)) + reason)
         return 1
     # A process that died before this one left its socket file behind.

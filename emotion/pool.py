@@ -127,7 +127,8 @@ class InferencePool:
                 if slot.owner in readable:
                     failure = self._hear(slot)
                     if failure is not None:
-                        raise StartFailed(failure)
+                        number = self._slots.index(slot)
+                        raise StartFailed(f"inference process {number} failed to start: {failure}")
             return all(slot.ready for slot in self._slots)
         except BaseException:
             self.close()

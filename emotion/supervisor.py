@@ -113,6 +113,16 @@ async def _serve_while_parent_lives(
     serving.result()
 
 
+def inference_process_count(options: ServeOptions) -> int:
+    """The inference processes ``options`` asks for: its count, else one per CPU.
+
+    Unset, it is 0 (threads) with batching: batches form in a worker's threads.
+    """
+    if options.inference_processes is not None:
+        return options.inference_processes
+    return 0 if options.server.max_batch_size > 1 else available_cpus()
+
+
 class Supervisor:
     """Runs ``count`` workers serving ``spec`` and keeps them running until told to stop."""
 
@@ -128,6 +138,7 @@ class Supervisor:
         self.options = options
         self.config = options.server
         self.count = options.workers or available_cpus()
+        self.inference_processes = inference_process_count(options)
         self.log_format = log_format
         #: Restarts in a row of workers that die before serving, before giving up.
         self.max_failed_restarts = max_failed_restarts
@@ -211,11 +222,11 @@ class Supervisor:
 
     def _start_pool(self) -> None:
         """Start the inference processes, which the workers connect to once they listen."""
-        if not self.options.inference_processes:
+        if not self.inference_processes:
             return
         self._pool = InferencePool(
             self.options.model,
-            self.options.inference_processes,
+            self.inference_processes,
             max_pixels=self.config.limits.max_pixels,
             log_level=self.options.log_level,
         )
@@ -229,7 +240,7 @@ class Supervisor:
         try:
             return self._pool.started()
         except PoolStartFailed as exc:
-            raise WorkersFailed(f"inference processes failed to start: {exc}") from exc
+            raise WorkersFailed(str(exc)) from exc
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1

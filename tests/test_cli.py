@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -105,39 +106,61 @@ async def test_predict_times_out_in_one_line(start_server: StartServer, photo: P
 
 
 @pytest.mark.parametrize(
-    ("args", "env", "message"),
+    ("args", "env", "line"),
     [
         (
             ["--model", "no_such_module:Model"],
             {},
-            "emotion serve: model module 'no_such_module' not found\n",
+            re.escape("emotion serve: model module 'no_such_module' not found"),
         ),
         (
             [],
             {"EMOTION_MODEL": "sample_models:NotAModel"},
-            "emotion serve: sample_models:NotAModel is not a subclass of emotion.Model\n",
+            re.escape("emotion serve: sample_models:NotAModel is not a subclass of emotion.Model"),
         ),
-        (
+        (  # loaded by the inference processes, by default
             ["--model", "sample_models:FailingLoadModel"],
             {},
-            "emotion serve: model FailingLoadModel failed to load: "
-            "FileNotFoundError: weights.bin is missing\n",
+            r"emotion serve: inference process [01] failed to start: model FailingLoadModel "
+            r"failed to load: FileNotFoundError: weights\.bin is missing",
+        ),
+        (  # loaded by the worker
+            ["--model", "sample_models:FailingLoadModel", "--inference-processes", "0"],
+            {},
+            r"emotion serve: model FailingLoadModel failed to load: "
+            r"FileNotFoundError: weights\.bin is missing",
         ),
     ],
 )
 async def test_serve_fails_at_startup_with_one_line_on_a_bad_model(
-    args: list[str], env: dict[str, str], message: str
+    args: list[str], env: dict[str, str], line: str
 ) -> None:
     code, _, err = await run_emotion("serve", "--port", "0", "--workers", "1", *args, **env)
 
     assert code == 1
-    assert err.endswith(message)
+    assert re.fullmatch(line, err.splitlines()[-1])
+
+
+async def test_a_model_that_cannot_load_in_its_process_is_logged_with_its_traceback() -> None:
+    code, _, err = await run_emotion(
+        "serve", "--port", "0", "--workers", "1", "--inference-processes", "1",
+        "--model", "sample_models:FailingLoadModel",
+    )  # fmt: skip
+
+    assert code == 1
+    assert re.search(
+        r"ERROR \[\d+\] emotion\.inference_process: model FailingLoadModel failed to load\n"
+        r"Traceback",
+        err,
+    )
+    assert 'raise FileNotFoundError("weights.bin is missing")' in err
 
 
 async def test_serve_with_workers_fails_at_startup_when_a_worker_cannot_load() -> None:
     code, _, err = await run_emotion(
-        "serve", "--port", "0", "--workers", "2", "--model", "sample_models:FailingLoadModel"
-    )
+        "serve", "--port", "0", "--workers", "2", "--inference-processes", "0",
+        "--model", "sample_models:FailingLoadModel",
+    )  # fmt: skip
 
     assert code == 1
     assert err.splitlines()[-1] in {

@@ -29,7 +29,7 @@ from emotion.config import (
     ServerConfig,
     ServerTls,
 )
-from emotion.process import write_port_file
+from emotion.process import available_cpus, write_port_file
 from emotion.settings import env_name, flags
 
 SETTINGS = (Limits, ConnectionAge, ServerTls, ClientTls, ServerConfig, ServeOptions, PredictOptions)
@@ -347,6 +347,17 @@ def test_predict_reads_its_old_variable_names_after_the_new_ones() -> None:
     assert _predict([], {"EMOTION_TLS": "1"}).tls == ClientTls()
 
 
+def test_serve_runs_one_inference_process_per_cpu_unless_told_or_batching() -> None:
+    assert _serve([], {}).inference_processes == available_cpus()
+    assert _serve(["--inference-processes", "0"], {}).inference_processes == 0
+    assert _serve([], {"EMOTION_INFERENCE_PROCESSES": "3"}).inference_processes == 3
+    # Batches form in a worker's threads: batching picks them by itself...
+    assert _serve(["--max-batch-size", "4"], {}).inference_processes == 0
+    # ...and refuses a process count it was given.
+    with pytest.raises(UsageError, match="cannot be combined with max_batch_size > 1"):
+        _serve(["--max-batch-size", "4", "--inference-processes", "2"], {})
+
+
 @pytest.mark.parametrize(
     ("command", "environ", "message"),
     [
@@ -398,6 +409,8 @@ async def test_the_port_file_names_the_port_once_every_worker_serves(
         "0",
         "--workers",
         workers,
+        "--inference-processes",  # the workers answer, with their pids
+        "0",
         "--model",
         "sample_models:PidModel",
         stderr=asyncio.subprocess.DEVNULL,

@@ -26,7 +26,7 @@ from sample_models import (
     SizeModel,
     SlowModel,
 )
-from serving import alive, inference_processes, parent, start_serving, wait_for_port
+from serving import alive, children, inference_processes, parent, start_serving, wait_for_port
 
 from emotion import PipelineStub, Request, Response, Server
 from emotion.config import Limits
@@ -34,6 +34,7 @@ from emotion.decode import DEFAULT_MAX_PIXELS
 from emotion.model import Model, spec_of
 from emotion.net import free_port
 from emotion.pool import InferencePool
+from emotion.process import available_cpus
 
 Connect = Callable[[Server], Channel]
 
@@ -344,6 +345,33 @@ async def test_emotion_serve_workers_share_the_supervisors_processes_which_it_re
     assert not [pid for pid in replaced | set(map(int, waiting)) if alive(pid)]
 
 
+@pytest.mark.parametrize(
+    ("args", "in_pool"),
+    [([], True), (["--max-batch-size", "2"], False), (["--inference-processes", "0"], False)],
+)
+async def test_emotion_serve_infers_in_one_process_per_cpu_by_default(
+    jpeg: bytes, args: list[str], in_pool: bool
+) -> None:
+    served = await start_serving(
+        "--port", "0", "--workers", "2", "--model", "sample_models:PidModel", *args
+    )  # fmt: skip
+    try:
+        inference = inference_processes(served.process.pid)
+        workers = {pid for pid in children(served.process.pid) if pid not in inference}
+        answered = await served_by(served.port, jpeg, 8)
+    finally:
+        served.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(served.process.wait(), 60)
+
+    if in_pool:
+        assert len(inference) == available_cpus()
+        assert answered <= inference
+    else:  # batching, or told so: the workers' threads
+        assert inference == set()
+        assert answered <= workers
+    assert answered
+
+
 async def health(port: int) -> int | None:
     """Pipeline's health status on ``port``, or None while nothing listens there."""
     channel = Channel("127.0.0.1", port)
@@ -402,8 +430,9 @@ async def test_emotion_serve_exits_1_with_the_reason_when_the_processes_cannot_l
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
 
     assert process.returncode == 1
-    assert (
-        "emotion serve: inference processes failed to start: model "
-        "sample_models:FailingLoadModel failed to load: FileNotFoundError: weights.bin is missing"
-    ) in stderr.decode()
+    assert stderr.decode().splitlines()[-1] in {
+        f"emotion serve: inference process {number} failed to start: model FailingLoadModel "
+        "failed to load: FileNotFoundError: weights.bin is missing"
+        for number in (0, 1)
+    }
     assert inference_processes(os.getpid()) == set()

@@ -1,4 +1,8 @@
-"""`emotion serve --workers N`: processes sharing one port, restarted when they die."""
+"""`emotion serve --workers N`: processes sharing one port, restarted when they die.
+
+Tests that tell workers apart by the pid a model answers with run the model
+in the workers (`--inference-processes 0`); the pool has tests/test_processes.py.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,18 @@ import pytest
 from conftest import encode, gradient, subprocess_env
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from serving import Served, alive, children, command_line, start_serving, wait_for_port
+from serving import (
+    Served,
+    alive,
+    children,
+    command_line,
+    inference_processes,
+    start_serving,
+    wait_for_port,
+)
 
 from emotion import PipelineStub, Request
+from emotion.process import available_cpus
 
 
 async def start(*args: str, **env: str) -> Served:
@@ -56,7 +69,9 @@ def worker_pids(pid: int) -> set[int]:
 async def test_workers_share_the_port_and_connections_spread_across_them(
     cleanup: list[Served], jpeg: bytes
 ) -> None:
-    served = await start("--workers", "2", "--model", "sample_models:PidModel")
+    served = await start(
+        "--workers", "2", "--inference-processes", "0", "--model", "sample_models:PidModel"
+    )
     cleanup.append(served)
 
     pids = await answering_pids(served, jpeg)
@@ -70,7 +85,9 @@ async def test_workers_share_the_port_and_connections_spread_across_them(
 async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
     cleanup: list[Served], jpeg: bytes
 ) -> None:
-    served = await start("--workers", "2", "--model", "sample_models:CrashingModel")
+    served = await start(
+        "--workers", "2", "--inference-processes", "0", "--model", "sample_models:CrashingModel"
+    )
     cleanup.append(served)
     before = worker_pids(served.process.pid)
 
@@ -94,12 +111,14 @@ async def test_sigterm_drains_every_worker_and_exits_0(cleanup: list[Served], jp
     served = await start("--workers", "2", "--model", "sample_models:PidModel")
     cleanup.append(served)
     workers = worker_pids(served.process.pid)
+    pool = inference_processes(served.process.pid)
 
     served.process.send_signal(signal.SIGTERM)
     code = await asyncio.wait_for(served.process.wait(), 60)
 
     assert code == 0
-    assert not any(alive(pid) for pid in workers)
+    assert len(pool) == available_cpus()  # the default layout
+    assert not any(alive(pid) for pid in workers | pool)
     await served.read_until("all workers stopped")
 
 
@@ -114,6 +133,7 @@ async def test_workers_that_keep_dying_before_serving_make_the_parent_give_up(
         "logging.basicConfig(level=logging.INFO)\n"
         "from pathlib import Path\n"
         "options = ServeOptions(model='sample_models:CrashingModel', workers=2,\n"
+        "                       inference_processes=0,\n"
         "                       server=ServerConfig(port=0), port_file=Path(sys.argv[1]))\n"
         "s = Supervisor(options, max_failed_restarts=2, backoff=0.05)\n"
         "try:\n"
@@ -157,23 +177,26 @@ async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
     served = await start("--workers", "2", "--model", "sample_models:PidModel")
     cleanup.append(served)
     workers = worker_pids(served.process.pid)
+    pool = inference_processes(served.process.pid)
 
     served.process.kill()
     await served.process.wait()
     for _ in range(100):
-        if not any(alive(pid) for pid in workers):
+        if not any(alive(pid) for pid in workers | pool):
             break
         await asyncio.sleep(0.1)
 
-    assert not any(alive(pid) for pid in workers)
+    assert pool
+    assert not any(alive(pid) for pid in workers | pool)
     await served.read_until("is gone; draining")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_workers_can_run_on_uvloop(cleanup: list[Served], jpeg: bytes, workers: str) -> None:
     served = await start(
-        "--workers", workers, "--loop", "uvloop", "--model", "sample_models:PidModel"
-    )
+        "--workers", workers, "--inference-processes", "0",
+        "--loop", "uvloop", "--model", "sample_models:PidModel",
+    )  # fmt: skip
     cleanup.append(served)
 
     pids = await answering_pids(served, jpeg, connections=4)

@@ -404,8 +404,8 @@ async def test_predict_sends_a_client_span_per_image_that_the_server_continues(
 async def test_each_worker_exports_its_spans_with_its_own_pid() -> None:
     env = subprocess_env(OTEL_TRACES_EXPORTER="console", OTEL_BSP_SCHEDULE_DELAY="60000")
     served = await start_serving(
-        "--port", "0", "--workers", "2", "--model", "sample_models:PidModel",
-        env=env, stdout=asyncio.subprocess.PIPE,
+        "--port", "0", "--workers", "2", "--inference-processes", "0",
+        "--model", "sample_models:PidModel", env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         pids: set[int] = set()

@@ -98,17 +98,18 @@ class ServerConfig(Settings):
             "seconds in-flight calls may take to finish after SIGTERM",
         ),
     )
-    #: Threads running decode and inference, started as calls need them; None means one
-    #: per CPU. A client's connection is served by one worker, so with fewer threads
-    #: than CPUs one client could not use the whole machine.
+    #: Threads running decode and inference when there are no inference processes,
+    #: started as calls need them; None means one per CPU. A client's connection is
+    #: served by one worker, so with fewer threads than CPUs one client could not
+    #: use the whole machine.
     threads: int | None = field(
         default=None,
         metadata=_serve(
             "--threads",
             parse_threads,
             optional(at_least(1)),
-            "threads per worker for decode and inference, started as calls need them; "
-            "0 is one per CPU, so that one client connection can use every core",
+            "with --inference-processes 0: threads per worker for decode and inference, "
+            "started as calls need them; 0 is one per CPU",
             default_text="0",
         ),
     )
@@ -205,23 +206,27 @@ class ServeOptions(Settings):
             "--workers",
             parse_int,
             optional(at_least(1)),
-            "server processes sharing the port, each with its own model",
+            "server processes sharing the port; each loads the model itself only with "
+            "--inference-processes 0",
             default_text="one per CPU",
         ),
     )
     #: Processes that decode and run the model, each with the model loaded, shared
     #: by every worker (the supervisor owns them); 0 keeps that work in each
-    #: worker's threads. A worker's event loop then has its GIL to itself
-    #: (benchmarks/README.md, "One pool for every worker").
-    inference_processes: int = field(
-        default=0,
+    #: worker's threads. A worker's event loop then has its GIL to itself, which
+    #: lets one client connection use every core (benchmarks/README.md, "Pool by
+    #: default"). None means one per CPU, or 0 with max_batch_size > 1, since
+    #: batches form in a worker's threads.
+    inference_processes: int | None = field(
+        default=None,
         metadata=_serve(
             "--inference-processes",
             parse_int,
-            at_least(0),
-            "decode and infer in this many processes, each holding the model and shared "
-            "by every worker, instead of in each worker's threads: more calls/s on one "
-            "connection; 0 is threads",
+            optional(at_least(0)),
+            "processes that decode and infer, each holding the model and shared by "
+            "every worker, so one client connection can use every core; 0 does that "
+            "work in each worker's threads instead (--threads)",
+            default_text="one per CPU; 0 with --max-batch-size above 1",
         ),
     )
     loop: str = field(
