@@ -12,8 +12,9 @@ run here. The protocol is a length prefix and raw bytes, nothing pickled:
 - on each worker's connection, READY once accepted; then for each request,
   in order: the deadline (a
   CLOCK_MONOTONIC instant, which every process shares; 0 for none), the
-  image's length and bytes; the answer is a status, a length, and the written
-  Response or the message.
+  image's length and bytes; the answer is a status, a length, when decoding
+  and the model ran (for the worker's trace), and the written Response or
+  the message.
 
 Connections take turns, one image each, so a busy worker cannot starve
 another. The process ends when its owner closes the socket pair, or dies.
@@ -32,6 +33,7 @@ import socket
 import struct
 import time
 import traceback
+from typing import NamedTuple
 
 from emotion.decode import InvalidImage, decode, to_full_size
 from emotion.model import Model, ModelFailure, encode_response, load_model, run_sample
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 
 REQUEST = struct.Struct("!dI")
 ANSWER = struct.Struct("!BI")
+#: After each answer's head: when decoding and the model started and ended
+#: (time.time_ns(), the clock tracing uses; 0 for a step that did not run).
+STEPS = struct.Struct("!4q")
 #: Seconds a worker has to send the rest of an image it began; then it is cut off.
 _BODY_WAIT = 10.0
 
@@ -58,23 +63,40 @@ class Status(enum.IntEnum):
 READY = Status.OK
 
 
-def answer(model: Model, image: bytes, deadline: float, max_pixels: int) -> tuple[Status, bytes]:
-    """Decode ``image`` and run ``model``: a status and what goes with it."""
+class Steps(NamedTuple):
+    """When an image's steps ran in its process, for the worker's trace."""
+
+    decode_start: int = 0
+    decode_end: int = 0
+    model_start: int = 0
+    model_end: int = 0
+
+
+def answer(
+    model: Model, image: bytes, deadline: float, max_pixels: int
+) -> tuple[Status, bytes, Steps]:
+    """Decode ``image`` and run ``model``: a status, what goes with it, and when each step ran."""
     if deadline and time.monotonic() >= deadline:
-        return Status.DEADLINE_PASSED, b""
+        return Status.DEADLINE_PASSED, b"", Steps()
+    decode_start = time.time_ns()
     try:
         decoded = decode(image, min_size=model.min_size, max_pixels=max_pixels)
     except InvalidImage as exc:
-        return Status.INVALID_IMAGE, str(exc).encode()
+        return Status.INVALID_IMAGE, str(exc).encode(), Steps(decode_start, time.time_ns())
+    model_start = model_end = time.time_ns()
     try:
         response = run_sample(model, decoded.image)
+        model_end = time.time_ns()
         to_full_size(response, decoded)
-        return Status.OK, encode_response(response, model)
+        written = encode_response(response, model)
     except ModelFailure as exc:
+        # An answer that cannot be written is the model's failure too.
+        steps = Steps(decode_start, model_start, model_start, time.time_ns())
         # The worker logs the call with this traceback; the client gets the message.
         cause = exc.__cause__ or exc
         detail = "".join(traceback.format_exception(cause)).rstrip()
-        return Status.MODEL_FAILED, f"{exc}\0{detail}".encode()
+        return Status.MODEL_FAILED, f"{exc}\0{detail}".encode(), steps
+    return Status.OK, written, Steps(decode_start, model_start, model_start, model_end)
 
 
 def _read_request(conn: socket.socket) -> tuple[float, bytes] | None:
@@ -150,9 +172,10 @@ def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
                 with contextlib.suppress(ConnectionError):
                     request = _read_request(sock)
                 if request is not None:
-                    status, payload = answer(model, request[1], request[0], max_pixels)
+                    status, payload, steps = answer(model, request[1], request[0], max_pixels)
+                    head = ANSWER.pack(status, len(payload)) + STEPS.pack(*steps)
                     with contextlib.suppress(ConnectionError):
-                        sock.sendall(ANSWER.pack(status, len(payload)) + payload)
+                        sock.sendall(head + payload)
                         continue
                 selector.unregister(sock)
                 sock.close()

@@ -31,9 +31,10 @@ from collections.abc import Coroutine
 
 from emotion.decode import InvalidImage
 from emotion.inference import Aborted, DeadlinePassed, QueueFull
-from emotion.inference_process import ANSWER, READY, REQUEST, Status
+from emotion.inference_process import ANSWER, READY, REQUEST, STEPS, Status, Steps
 from emotion.metrics import NoMetrics, Recorder
 from emotion.model import ModelFailure
+from emotion.tracing import DECODE, MODEL, QUEUE, NoTracing, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ _MAX_RECONNECT_DELAY = 2.0
 #: Bytes an answer may have: a Response is far smaller than any image.
 _READ_LIMIT = 2**24
 _PEER = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+#: A process's answer: its status, the written Response or message, and when its steps ran.
+_Answer = tuple[Status, bytes, Steps]
 
 
 class ProcessExited(Exception):
@@ -73,7 +78,7 @@ class _Process:
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size)
         )[0]
         self.alive = True
-        self._held: collections.deque[asyncio.Future[tuple[Status, bytes]]] = collections.deque()
+        self._held: collections.deque[asyncio.Future[_Answer]] = collections.deque()
 
     @classmethod
     async def connect(cls, path: str) -> _Process:
@@ -92,8 +97,8 @@ class _Process:
             raise Unreachable(f"the inference process at {path} is exiting")
         return cls(reader, writer)
 
-    def send(self, image: bytes, deadline: float | None) -> asyncio.Future[tuple[Status, bytes]]:
-        answer: asyncio.Future[tuple[Status, bytes]] = asyncio.get_running_loop().create_future()
+    def send(self, image: bytes, deadline: float | None) -> asyncio.Future[_Answer]:
+        answer: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._held.append(answer)
         self._writer.write(REQUEST.pack(deadline or 0.0, len(image)))
         self._writer.write(image)
@@ -126,9 +131,11 @@ class _Process:
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
 
-    async def _read(self) -> tuple[Status, bytes]:
-        status, size = ANSWER.unpack(await self._reader.readexactly(ANSWER.size))
-        return Status(status), await self._reader.readexactly(size)
+    async def _read(self) -> _Answer:
+        head = await self._reader.readexactly(ANSWER.size + STEPS.size)
+        status, size = ANSWER.unpack_from(head)
+        steps = Steps._make(STEPS.unpack_from(head, ANSWER.size))
+        return Status(status), await self._reader.readexactly(size), steps
 
 
 class InferenceProcesses:
@@ -141,11 +148,13 @@ class InferenceProcesses:
         capacity: int,
         depth: int = DEPTH,
         metrics: Recorder | None = None,
+        tracing: Tracer | None = None,
     ) -> None:
         self.paths = paths
         self.capacity = capacity
         self.depth = depth
         self._metrics = metrics or NoMetrics()
+        self._tracing = tracing or NoTracing()
         self._queued = 0
         # A process appears once per image it may still be sent.
         self._free: collections.deque[_Process] = collections.deque()
@@ -188,22 +197,33 @@ class InferenceProcesses:
             raise QueueFull(self._queued)
         self._queued += 1
         self._metrics.queue_depth.inc()
+        queued = time.time_ns()
         try:
-            status, payload = await self._run(image, deadline)
+            status, payload, steps = await self._run(image, deadline)
+        except BaseException:
+            self._tracing.record(QUEUE, queued, time.time_ns())
+            raise
         finally:
             self._queued -= 1
             self._metrics.queue_depth.dec()
-        if status is Status.OK:
-            return payload
-        message, _, detail = payload.decode(errors="replace").partition("\0")
-        if status is Status.INVALID_IMAGE:
-            raise InvalidImage(message)
-        if status is Status.DEADLINE_PASSED:
-            raise DeadlinePassed
-        # The model's traceback, from its process: logged with the call, as with threads.
-        raise ModelFailure(message) from InferenceProcessError(detail)
+        failure = _failure(status, payload)
+        self._trace(queued, steps, failure)
+        if failure is not None:
+            raise failure
+        return payload
 
-    async def _run(self, image: bytes, deadline: float | None) -> tuple[Status, bytes]:
+    def _trace(self, queued: int, steps: Steps, failure: Exception | None) -> None:
+        """The spans threads would make: the wait, then each step as the process timed it."""
+        self._tracing.record(QUEUE, queued, steps.decode_start or time.time_ns())
+        if steps.decode_start:
+            # A bad image is the caller's fault, not the server's: not an ERROR span.
+            bad = failure if isinstance(failure, InvalidImage) else None
+            self._tracing.record(DECODE, steps.decode_start, steps.decode_end, bad, errors=False)
+        if steps.model_start:
+            model_failure = failure if isinstance(failure, ModelFailure) else None
+            self._tracing.record(MODEL, steps.model_start, steps.model_end, model_failure)
+
+    async def _run(self, image: bytes, deadline: float | None) -> _Answer:
         process = await self._take()
         try:
             if deadline is not None and time.monotonic() >= deadline:
@@ -225,9 +245,7 @@ class InferenceProcesses:
         self._give_back(process)
         return result
 
-    def _answered_unobserved(
-        self, answer: asyncio.Future[tuple[Status, bytes]], process: _Process
-    ) -> None:
+    def _answered_unobserved(self, answer: asyncio.Future[_Answer], process: _Process) -> None:
         if not answer.cancelled():
             answer.exception()  # nobody waits for it: no "never retrieved" warning
         self._give_back(process)
@@ -302,3 +320,18 @@ class InferenceProcesses:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _failure(status: Status, payload: bytes) -> Exception | None:
+    """What the call raises for a process's answer, as the thread queue would; None for OK."""
+    if status is Status.OK:
+        return None
+    message, _, detail = payload.decode(errors="replace").partition("\0")
+    if status is Status.INVALID_IMAGE:
+        return InvalidImage(message)
+    if status is Status.DEADLINE_PASSED:
+        return DeadlinePassed()
+    failure = ModelFailure(message)
+    # The model's traceback, from its process: logged with the call, as with threads.
+    failure.__cause__ = InferenceProcessError(detail)
+    return failure

@@ -87,7 +87,9 @@ class Server:
         capacity = places + self.config.limits.max_queue
         self.processes: InferenceProcesses | None = None
         if sockets:
-            self.processes = InferenceProcesses(sockets, capacity=capacity, metrics=recorder)
+            self.processes = InferenceProcesses(
+                sockets, capacity=capacity, metrics=recorder, tracing=self.tracing
+            )
         tokens = BearerTokens(self.config.tokens) if self.config.tokens else None
         self.admission = Admission(capacity=capacity, tokens=tokens)
         self.inference = Inference(

@@ -64,6 +64,22 @@ class Tracer(Protocol):
         """``executor.submit(fn, *args)``, timing the wait for a thread and carrying the context."""
         ...
 
+    def record(
+        self,
+        name: str,
+        start: int,
+        end: int,
+        failure: BaseException | None = None,
+        *,
+        errors: bool = True,
+    ) -> None:
+        """A child span of the current one that ran elsewhere, from ``start`` to ``end``.
+
+        The times are ``time.time_ns()``, read by an inference process; a
+        ``failure`` is recorded on the span, and ``errors`` makes it an ERROR.
+        """
+        ...
+
     def current(self) -> object:
         """The current span, to link a batch run to the calls it answers."""
         ...
@@ -118,6 +134,17 @@ class NoTracing:
 
     def submit(self, executor: Executor, fn: Callable[..., T], *args: Any) -> Future[T]:
         return executor.submit(fn, *args)
+
+    def record(
+        self,
+        name: str,
+        start: int,
+        end: int,
+        failure: BaseException | None = None,
+        *,
+        errors: bool = True,
+    ) -> None:
+        pass
 
     def current(self) -> object:
         return None

@@ -18,7 +18,7 @@ from serving import alive, inference_processes
 
 from emotion import Response
 from emotion.decode import DEFAULT_MAX_PIXELS
-from emotion.inference_process import ANSWER, REQUEST, Status
+from emotion.inference_process import ANSWER, REQUEST, STEPS, Status, Steps
 from emotion.pool import InferencePool, StartFailed
 
 Pool = Callable[..., InferencePool]
@@ -47,16 +47,18 @@ def connected(path: str) -> socket.socket:
     return conn
 
 
-def ask(path: str, image: bytes) -> tuple[Status, bytes]:
+def ask(path: str, image: bytes) -> tuple[Status, bytes, Steps]:
     """One request to the process at ``path``, as a worker sends it."""
     with connected(path) as conn:
         conn.sendall(REQUEST.pack(0.0, len(image)) + image)
-        status, size = ANSWER.unpack(conn.recv(ANSWER.size, socket.MSG_WAITALL))
-        return Status(status), conn.recv(size, socket.MSG_WAITALL)
+        head = conn.recv(ANSWER.size + STEPS.size, socket.MSG_WAITALL)
+        status, size = ANSWER.unpack_from(head)
+        steps = Steps._make(STEPS.unpack_from(head, ANSWER.size))
+        return Status(status), conn.recv(size, socket.MSG_WAITALL), steps
 
 
 def answered_by(path: str, image: bytes) -> int:
-    status, payload = ask(path, image)
+    status, payload, _ = ask(path, image)
     assert status is Status.OK
     box = Response.parse(payload).response[0].bbox
     assert box is not None
@@ -92,12 +94,33 @@ def test_an_image_larger_than_the_sockets_buffer_is_read_whole(pool: Pool) -> No
     with socket.socket(socket.AF_UNIX) as probe:
         assert len(big) > 4 * probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
-    status, payload = ask(one.paths[0], big)
+    status, payload, _ = ask(one.paths[0], big)
 
     assert status is Status.OK
     box = Response.parse(payload).response[0].bbox
     assert box is not None
     assert (box.x2, box.y2) == (1600, 1200)
+
+
+def test_each_answer_says_when_its_decode_and_model_ran(
+    pool: Pool, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMOTION_TEST_SECONDS", "0.05")
+    one = pool("SlowModel")
+    one.start()
+
+    before = time.time_ns()
+    status, _, steps = ask(one.paths[0], jpeg)
+    after = time.time_ns()
+    bad, _, bad_steps = ask(one.paths[0], b"not an image")
+
+    assert status is Status.OK
+    assert before < steps.decode_start <= steps.decode_end <= steps.model_start
+    assert steps.model_start < steps.model_end < after
+    assert steps.model_end - steps.model_start >= 50_000_000  # SlowModel's 0.05 s
+    assert bad is Status.INVALID_IMAGE
+    assert bad_steps.decode_start <= bad_steps.decode_end
+    assert (bad_steps.model_start, bad_steps.model_end) == (0, 0)
 
 
 def environment(pid: int) -> dict[str, str]:
@@ -192,11 +215,12 @@ def answers_waiting(conn: socket.socket) -> int:
     """How many whole answers ``conn`` has received and not yet read."""
     waiting = conn.recv(1 << 20, socket.MSG_DONTWAIT)
     count = 0
-    while len(waiting) >= ANSWER.size:
+    head = ANSWER.size + STEPS.size
+    while len(waiting) >= head:
         _, size = ANSWER.unpack_from(waiting)
-        if len(waiting) < ANSWER.size + size:
+        if len(waiting) < head + size:
             break
-        waiting = waiting[ANSWER.size + size :]
+        waiting = waiting[head + size :]
         count += 1
     return count
 
@@ -216,7 +240,7 @@ def test_a_process_takes_its_connections_in_turn(
             time.sleep(0.01)
         other.sendall(request)
 
-        status, _ = ANSWER.unpack(other.recv(ANSWER.size, socket.MSG_WAITALL))
+        status, _ = ANSWER.unpack_from(other.recv(ANSWER.size + STEPS.size, socket.MSG_WAITALL))
         busy_answered = answers_waiting(busy)
 
     # Not after all of busy's: a worker with many images cannot starve another.

@@ -32,14 +32,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 from opentelemetry.trace import SpanKind, StatusCode
-from sample_models import BatchModel, RaisingModel
+from sample_models import BatchModel, RaisingModel, SlowModel
 from serving import start_serving
 
 from emotion import Client, Model, PipelineStub, Request, Response, Server
 from emotion._otel import OtelTracing
 from emotion.config import PredictOptions
 from emotion.contract import LEGACY_RUN_PIPELINE_PATH
+from emotion.decode import DEFAULT_MAX_PIXELS
+from emotion.model import spec_of
 from emotion.models.mock import MockModel
+from emotion.pool import InferencePool
 from emotion.predict import run as run_predict
 from emotion.testing import serve_model
 from emotion.tracing import NoTracing, Tracer, tracing_from_environment
@@ -84,6 +87,26 @@ async def traced(
         yield Traced(client, exporter)
 
 
+@contextlib.asynccontextmanager
+async def traced_in(layout: str, model: Model | None = None) -> AsyncIterator[Traced]:
+    """:func:`traced`, the model run in the server's threads or in an inference process."""
+    model = model or MockModel()
+    if layout == "threads":
+        async with traced(model) as served:
+            yield served
+        return
+    pool = InferencePool(spec_of(model), 1, max_pixels=DEFAULT_MAX_PIXELS)
+    await asyncio.to_thread(pool.start)
+    try:
+        async with traced(model, inference_sockets=pool.paths) as served:
+            yield served
+    finally:
+        await asyncio.to_thread(pool.close)
+
+
+LAYOUTS = pytest.mark.parametrize("layout", ["threads", "processes"])
+
+
 def only(spans: list[ReadableSpan]) -> ReadableSpan:
     assert len(spans) == 1, [span.name for span in spans]
     return spans[0]
@@ -118,8 +141,11 @@ async def test_a_call_has_a_server_span_with_the_rpc_attributes(jpeg: bytes) -> 
     assert span.status.status_code is StatusCode.UNSET
 
 
-async def test_queue_decode_and_model_are_children_of_the_call_in_that_order(jpeg: bytes) -> None:
-    async with traced() as served:
+@LAYOUTS
+async def test_queue_decode_and_model_are_children_of_the_call_in_that_order(
+    jpeg: bytes, layout: str
+) -> None:
+    async with traced_in(layout) as served:
         await served.client.predict(jpeg)
 
     spans = served.spans()
@@ -180,8 +206,11 @@ async def test_a_client_with_tracing_makes_a_client_span_that_parents_the_server
         assert server_span.name == client_span.name
 
 
-async def test_a_bad_image_is_not_a_server_error_but_its_status_code_is_on_the_span() -> None:
-    async with traced() as served:
+@LAYOUTS
+async def test_a_bad_image_is_not_a_server_error_but_its_status_code_is_on_the_span(
+    layout: str,
+) -> None:
+    async with traced_in(layout) as served:
         with pytest.raises(GRPCError):
             await served.client.predict(b"not an image")
 
@@ -194,8 +223,11 @@ async def test_a_bad_image_is_not_a_server_error_but_its_status_code_is_on_the_s
     assert not served.named("emotion.model")
 
 
-async def test_a_failing_model_makes_an_error_span_with_the_status_message(jpeg: bytes) -> None:
-    async with traced(RaisingModel()) as served:
+@LAYOUTS
+async def test_a_failing_model_makes_an_error_span_with_the_status_message(
+    jpeg: bytes, layout: str
+) -> None:
+    async with traced_in(layout, RaisingModel()) as served:
         with pytest.raises(GRPCError) as raised:
             await served.client.predict(jpeg)
 
@@ -206,8 +238,29 @@ async def test_a_failing_model_makes_an_error_span_with_the_status_message(jpeg:
     assert only(served.named("emotion.model")).status.status_code is StatusCode.ERROR
 
 
-async def test_a_stream_is_one_span_with_the_steps_of_each_image(jpeg: bytes) -> None:
-    async with traced() as served:
+async def test_a_call_left_while_in_an_inference_process_has_its_queue_span_only(
+    jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMOTION_TEST_SECONDS", "1")
+    async with traced_in("processes", SlowModel()) as served:
+        channel = Channel("127.0.0.1", served.port)
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=0.3)
+        finally:
+            channel.close()
+        for _ in range(100):  # the server ends the call once it hears the client left
+            if served.named("emotion.v1.Pipeline/RunPipeline"):
+                break
+            await asyncio.sleep(0.05)
+
+    call = only(served.named("emotion.v1.Pipeline/RunPipeline"))
+    assert children(call, served.spans()) == ["emotion.queue"]
+
+
+@LAYOUTS
+async def test_a_stream_is_one_span_with_the_steps_of_each_image(jpeg: bytes, layout: str) -> None:
+    async with traced_in(layout) as served:
         answers = [answer async for answer in served.client.stream([jpeg, jpeg, jpeg])]
     assert len(answers) == 3
 
