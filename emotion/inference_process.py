@@ -83,7 +83,7 @@ def answer(
         decoded = decode(image, min_size=model.min_size, max_pixels=max_pixels)
     except InvalidImage as exc:
         return Status.INVALID_IMAGE, str(exc).encode(), Steps(decode_start, time.time_ns())
-    model_start = model_end = time.time_ns()
+    model_start = time.time_ns()
     try:
         response = run_sample(model, decoded.image)
         model_end = time.time_ns()

@@ -63,7 +63,7 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "emotion_inference_queue_depth",
-            "Images waiting for an inference thread or in one (decode and model).",
+            "Images waiting for an inference process or thread, or in one (decode and model).",
             multiprocess_mode="livesum",
             registry=registry,
         )

@@ -100,8 +100,9 @@ class _Process:
     def send(self, image: bytes, deadline: float | None) -> asyncio.Future[_Answer]:
         answer: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._held.append(answer)
-        self._writer.write(REQUEST.pack(deadline or 0.0, len(image)))
-        self._writer.write(image)
+        # One write: the head alone would wake the process for 12 bytes, then
+        # again for the image (8% more calls/s with the medium JPEG).
+        self._writer.write(REQUEST.pack(deadline or 0.0, len(image)) + image)
         return answer
 
     async def answer_all(self) -> None:
