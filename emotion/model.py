@@ -21,8 +21,9 @@ class Model(abc.ABC):
     instance per process with no arguments, calls :meth:`load` once before the
     first request and :meth:`close` once at shutdown.
 
-    :meth:`process_sample` runs in worker threads, several at once when calls
-    arrive concurrently. Keep per-call state local, or guard shared state.
+    :meth:`process_sample` runs in inference processes, one image at a time in
+    each; with ``--inference-processes 0`` or batching, in a worker's threads,
+    several at once. Keep per-call state local, or guard shared state.
     """
 
     #: Shown in logs and error messages; defaults to the class name.

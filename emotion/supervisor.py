@@ -37,6 +37,7 @@ from emotion.net import bound_socket, format_address, free_port
 from emotion.pool import InferencePool
 from emotion.pool import StartFailed as PoolStartFailed
 from emotion.process import available_cpus, configure_logging, exit_code, run, write_port_file
+from emotion.processes import model_elsewhere
 from emotion.server import serve
 
 if TYPE_CHECKING:
@@ -74,14 +75,22 @@ class _Worker:
 
 
 def _worker_main(
-    options: ServeOptions, config: ServerConfig, messages: Connection, log_format: str
+    options: ServeOptions,
+    config: ServerConfig,
+    messages: Connection,
+    log_format: str,
+    model_name: str | None,
 ) -> None:
-    """Entry point of a worker process: serve ``config``, the supervisor's share of ``options``."""
+    """Entry point of a worker process: serve ``config``, the supervisor's share of ``options``.
+
+    ``model_name`` is given when inference processes run the model, which
+    the worker then never imports.
+    """
     configure_logging(options.log_level, log_format)
     # Ctrl-C reaches the whole process group; only the parent's word counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        model = load_model(options.model)
+        model = load_model(options.model) if model_name is None else model_elsewhere(model_name)
         run(_serve_while_parent_lives(model, config, messages), options.loop)
     except Exception as exc:
         with contextlib.suppress(OSError):
@@ -156,6 +165,8 @@ class Supervisor:
         self.metrics_port: int | None = None
         #: The inference processes every worker shares (--inference-processes).
         self._pool: InferencePool | None = None
+        #: The model's name, for workers that leave the model to the processes.
+        self._model_name: str | None = None
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT and every worker has drained.
@@ -232,6 +243,7 @@ class Supervisor:
         )
         self._pool.launch()
         self.config = replace(self.config, inference_sockets=self._pool.paths)
+        self._model_name = load_model(self.options.model).name
 
     def _pool_started(self) -> bool:
         """Whether the inference processes (if any) have loaded the model; raises if one cannot."""
@@ -251,7 +263,7 @@ class Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self.options, self.config, send, self.log_format),
+            args=(self.options, self.config, send, self.log_format, self._model_name),
             name=f"emotion-worker-{slot}",
             daemon=False,
         )

@@ -12,6 +12,11 @@ from PIL import Image
 
 from emotion import BBox, Expression, Model, Response, Result
 
+# Which processes import this module: tests that check it name a file here.
+if os.environ.get("EMOTION_TEST_IMPORTS"):
+    with open(os.environ["EMOTION_TEST_IMPORTS"], "a") as imports:
+        imports.write(f"{os.getpid()}\n")
+
 
 class SizeModel(Model):
     """One face covering the whole image, with scores that depend on its size.

@@ -9,6 +9,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -345,15 +346,22 @@ async def test_emotion_serve_workers_share_the_supervisors_processes_which_it_re
     assert not [pid for pid in replaced | set(map(int, waiting)) if alive(pid)]
 
 
-@pytest.mark.parametrize(
-    ("args", "in_pool"),
-    [([], True), (["--max-batch-size", "2"], False), (["--inference-processes", "0"], False)],
-)
-async def test_emotion_serve_infers_in_one_process_per_cpu_by_default(
-    jpeg: bytes, args: list[str], in_pool: bool
-) -> None:
+@dataclass
+class PidServer:
+    """Who answered calls to ``emotion serve --workers 2 ... PidModel``, and what it logged."""
+
+    supervisor: int
+    inference: set[int]
+    workers: set[int]
+    answered: set[int]
+    log: str
+
+
+async def pid_server(jpeg: bytes, *args: str, **env: str) -> PidServer:
+    """Serve PidModel with two workers and ``args``, make 8 calls, stop; who did what."""
     served = await start_serving(
-        "--port", "0", "--workers", "2", "--model", "sample_models:PidModel", *args
+        "--port", "0", "--workers", "2", "--model", "sample_models:PidModel", *args,
+        env=subprocess_env(**env),
     )  # fmt: skip
     try:
         inference = inference_processes(served.process.pid)
@@ -362,14 +370,44 @@ async def test_emotion_serve_infers_in_one_process_per_cpu_by_default(
     finally:
         served.process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(served.process.wait(), 60)
+    assert served.process.stderr is not None
+    log = (await served.process.stderr.read()).decode()
+    return PidServer(served.process.pid, inference, workers, answered, log)
+
+
+@pytest.mark.parametrize(
+    ("args", "in_pool"),
+    [([], True), (["--max-batch-size", "2"], False), (["--inference-processes", "0"], False)],
+)
+async def test_emotion_serve_infers_in_one_process_per_cpu_by_default(
+    jpeg: bytes, args: list[str], in_pool: bool
+) -> None:
+    server = await pid_server(jpeg, *args)
 
     if in_pool:
-        assert len(inference) == available_cpus()
-        assert answered <= inference
+        assert len(server.inference) == available_cpus()
+        assert server.answered <= server.inference
     else:  # batching, or told so: the workers' threads
-        assert inference == set()
-        assert answered <= workers
-    assert answered
+        assert server.inference == set()
+        assert server.answered <= server.workers
+    assert server.answered
+
+
+async def test_workers_leave_the_models_module_to_the_processes(
+    jpeg: bytes, tmp_path: Path
+) -> None:
+    imports = tmp_path / "imports"
+
+    server = await pid_server(jpeg, EMOTION_TEST_IMPORTS=str(imports))
+
+    importers = {int(line) for line in imports.read_text().split()}
+    assert server.answered <= server.inference
+    # The supervisor checks --model; the processes run it; the workers only name it.
+    assert importers == {server.supervisor} | server.inference
+    assert not server.workers & importers
+    named = re.findall(r"\[(\d+)\] emotion\.server: model PidModel loaded in", server.log)
+    assert len(set(named)) == 2
+    assert {int(pid) for pid in named} <= server.workers
 
 
 async def health(port: int) -> int | None:
