@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import socket
 import struct
@@ -206,10 +207,7 @@ class InferenceProcesses:
         self._metrics.queue_depth.inc()
         queued = time.time_ns()
         try:
-            status, payload, steps = await self._run(image, deadline)
-        except BaseException:
-            self._tracing.record(QUEUE, queued, time.time_ns())
-            raise
+            status, payload, steps = await self._run(image, deadline, queued)
         finally:
             self._queued -= 1
             self._metrics.queue_depth.dec()
@@ -230,32 +228,53 @@ class InferenceProcesses:
             model_failure = failure if isinstance(failure, ModelFailure) else None
             self._tracing.record(MODEL, steps.model_start, steps.model_end, model_failure)
 
-    async def _run(self, image: bytes, deadline: float | None) -> _Answer:
-        process = await self._take()
+    async def _run(self, image: bytes, deadline: float | None, queued: int) -> _Answer:
+        try:
+            process = await self._take()
+        except BaseException:
+            self._tracing.record(QUEUE, queued, time.time_ns())
+            raise
         try:
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlinePassed
             answer = process.send(image, deadline)
         except BaseException:
             self._give_back(process)
+            self._tracing.record(QUEUE, queued, time.time_ns())
             raise
         try:
             result = await asyncio.shield(answer)
         except asyncio.CancelledError:
             # The process works on the image all the same: its place frees when
-            # it answers, so a client that keeps leaving cannot pile work on it.
-            answer.add_done_callback(lambda _: self._answered_unobserved(answer, process))
+            # it answers, so a client that keeps leaving cannot pile work on it,
+            # and its steps are traced then, in the call's trace, as a thread's are.
+            context = contextvars.copy_context()
+            answer.add_done_callback(
+                lambda _: self._answered_unobserved(answer, process, queued, context)
+            )
             raise
         except BaseException:
             self._give_back(process)
+            self._tracing.record(QUEUE, queued, time.time_ns())
             raise
         self._give_back(process)
         return result
 
-    def _answered_unobserved(self, answer: asyncio.Future[_Answer], process: _Process) -> None:
-        if not answer.cancelled():
-            answer.exception()  # nobody waits for it: no "never retrieved" warning
+    def _answered_unobserved(
+        self,
+        answer: asyncio.Future[_Answer],
+        process: _Process,
+        queued: int,
+        context: contextvars.Context,
+    ) -> None:
         self._give_back(process)
+        if answer.cancelled():
+            return
+        if answer.exception() is not None:  # nobody waits for it: no "never retrieved" warning
+            context.run(self._tracing.record, QUEUE, queued, time.time_ns())
+            return
+        status, payload, steps = answer.result()
+        context.run(self._trace, queued, steps, _failure(status, payload))
 
     def abort(self) -> None:
         """End every call waiting for a process or its answer with Aborted."""

@@ -238,24 +238,34 @@ async def test_a_failing_model_makes_an_error_span_with_the_status_message(
     assert only(served.named("emotion.model")).status.status_code is StatusCode.ERROR
 
 
-async def test_a_call_left_while_in_an_inference_process_has_its_queue_span_only(
+async def test_calls_left_in_an_inference_process_are_traced_when_it_answers(
     jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EMOTION_TEST_SECONDS", "1")
+    monkeypatch.setenv("EMOTION_TEST_SECONDS", "0.5")
     async with traced_in("processes", SlowModel()) as served:
         channel = Channel("127.0.0.1", served.port)
+        stub = PipelineStub(channel)
         try:
-            with pytest.raises(asyncio.TimeoutError):
-                await PipelineStub(channel).run_pipeline(Request(image=jpeg), timeout=0.3)
+            # The process is sent 3 images at a time: the fourth call waits for it.
+            request = Request(image=jpeg)
+            calls = [asyncio.ensure_future(stub.run_pipeline(request)) for _ in range(4)]
+            await asyncio.sleep(0.3)
+            for call in calls:  # the client leaves; no deadline passes
+                call.cancel()
+            left = await asyncio.gather(*calls, return_exceptions=True)
         finally:
             channel.close()
-        for _ in range(100):  # the server ends the call once it hears the client left
-            if served.named("emotion.v1.Pipeline/RunPipeline"):
+        for _ in range(100):  # the process runs the three images it holds, one by one
+            if len(served.named("emotion.model")) == 3:
                 break
             await asyncio.sleep(0.05)
 
-    call = only(served.named("emotion.v1.Pipeline/RunPipeline"))
-    assert children(call, served.spans()) == ["emotion.queue"]
+    assert all(isinstance(call, asyncio.CancelledError) for call in left)
+    spans = served.spans()
+    steps = sorted(
+        children(call, spans) for call in served.named("emotion.v1.Pipeline/RunPipeline")
+    )
+    assert steps == [["emotion.queue"]] + [["emotion.queue", "emotion.decode", "emotion.model"]] * 3
 
 
 @LAYOUTS
