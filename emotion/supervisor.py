@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from emotion.config import ServeOptions, ServerConfig
 from emotion.metrics import MULTIPROCESS_DIR, forget_process, multiprocess_registry, serve_metrics
-from emotion.model import Model, load_model
+from emotion.model import Model, ModelLoadError, load_model
 from emotion.net import bound_socket, format_address, free_port
 from emotion.pool import InferencePool
 from emotion.pool import StartFailed as PoolStartFailed
@@ -235,6 +235,10 @@ class Supervisor:
         """Start the inference processes, which the workers connect to once they listen."""
         if not self.inference_processes:
             return
+        try:  # a wrong --model fails here, before any process starts
+            self._model_name = load_model(self.options.model).name
+        except ModelLoadError as exc:
+            raise WorkersFailed(str(exc)) from exc
         self._pool = InferencePool(
             self.options.model,
             self.inference_processes,
@@ -243,7 +247,6 @@ class Supervisor:
         )
         self._pool.launch()
         self.config = replace(self.config, inference_sockets=self._pool.paths)
-        self._model_name = load_model(self.options.model).name
 
     def _pool_started(self) -> bool:
         """Whether the inference processes (if any) have loaded the model; raises if one cannot."""

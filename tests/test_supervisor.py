@@ -28,7 +28,9 @@ from serving import (
 )
 
 from emotion import PipelineStub, Request
+from emotion.config import ServeOptions, ServerConfig
 from emotion.process import available_cpus
+from emotion.supervisor import Supervisor, WorkersFailed
 
 
 async def start(*args: str, **env: str) -> Served:
@@ -169,6 +171,18 @@ async def test_workers_that_keep_dying_before_serving_make_the_parent_give_up(
 
     assert code == 1
     assert "died 3 times in a row before serving" in rest.splitlines()[-1]
+
+
+def test_a_model_that_cannot_be_imported_fails_before_any_process_starts() -> None:
+    options = ServeOptions(model="no_such_module:Model", workers=1, server=ServerConfig(port=0))
+    before = children(os.getpid())
+
+    with pytest.raises(WorkersFailed) as failed:
+        Supervisor(options).run()
+
+    # The supervisor's own one line, not an inference process's report.
+    assert str(failed.value) == "model module 'no_such_module' not found"
+    assert children(os.getpid()) == before
 
 
 async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
