@@ -1,69 +1,54 @@
 """Several server processes on one port, kept alive by a parent that owns no socket traffic.
 
 grpclib serves from one thread, and Python runs one core per process, so using
-every core takes processes. Each worker is a complete server (its own model,
-health and drain) listening with SO_REUSEPORT; the kernel spreads connections
-across them. The parent only starts, watches and stops workers:
+every core takes processes. Each worker (emotion.worker) is a complete server
+(health, drain, limits) listening with SO_REUSEPORT; the kernel spreads
+connections across them. Decoding and the model run in inference processes
+(emotion.pool) that the parent owns and every worker shares, or without them
+in each worker's threads. The parent only starts, watches and stops them:
 
 - it binds the port first (without listening), so a port in use or port 0
   is settled once and every worker gets the same number;
-- it waits until every worker has loaded its model, and exits non-zero if one
-  cannot; then it writes the port file, if asked for one;
-- it restarts a worker that dies, backing off while restarts keep failing;
+- it waits until every worker serves (the inference processes, if any,
+  having loaded the model), and exits non-zero if one cannot; then it writes
+  the port file, if asked for one;
+- it restarts a worker or an inference process that dies, backing off while
+  restarts keep failing;
 - it turns SIGTERM and SIGINT into SIGTERM for every worker, which drain; a
   second signal cuts their grace period short.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
-from emotion.config import ServeOptions, ServerConfig
+from emotion.config import ServeOptions
 from emotion.metrics import MULTIPROCESS_DIR, forget_process, multiprocess_registry, serve_metrics
-from emotion.model import Model, ModelLoadError, load_model
+from emotion.model import ModelLoadError, load_model
 from emotion.net import bound_socket, format_address, free_port
 from emotion.pool import InferencePool
 from emotion.pool import StartFailed as PoolStartFailed
-from emotion.process import available_cpus, configure_logging, exit_code, run, write_port_file
-from emotion.processes import model_elsewhere
-from emotion.server import serve
+from emotion.process import available_cpus, write_port_file
+from emotion.worker import Serving, StartFailed, worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
 log = logging.getLogger(__name__)
 
-_PARENT_CHECK_INTERVAL = 1.0
-
 
 class WorkersFailed(Exception):
     """Workers could not start, or kept dying; the message says why."""
-
-
-@dataclass(frozen=True)
-class Serving:
-    """Worker to supervisor: the model is loaded and the worker serves ``port``."""
-
-    port: int
-
-
-@dataclass(frozen=True)
-class StartFailed:
-    """Worker to supervisor: the worker cannot serve; ``reason`` is one line for the operator."""
-
-    reason: str
 
 
 @dataclass
@@ -72,54 +57,6 @@ class _Worker:
     process: BaseProcess
     messages: Connection
     serving: bool = False
-
-
-def _worker_main(
-    options: ServeOptions,
-    config: ServerConfig,
-    messages: Connection,
-    log_format: str,
-    model_name: str | None,
-) -> None:
-    """Entry point of a worker process: serve ``config``, the supervisor's share of ``options``.
-
-    ``model_name`` is given when inference processes run the model, which
-    the worker then never imports.
-    """
-    configure_logging(options.log_level, log_format)
-    # Ctrl-C reaches the whole process group; only the parent's word counts.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        model = load_model(options.model) if model_name is None else model_elsewhere(model_name)
-        run(_serve_while_parent_lives(model, config, messages), options.loop)
-    except Exception as exc:
-        with contextlib.suppress(OSError):
-            messages.send(StartFailed(str(exc)))
-        sys.exit(exit_code(1))
-    sys.exit(exit_code(0))
-
-
-async def _serve_while_parent_lives(
-    model: Model, config: ServerConfig, messages: Connection
-) -> None:
-    """Serve; drain as on SIGTERM if the parent dies (killed, it could not forward one)."""
-    parent = os.getppid()
-    serving = asyncio.ensure_future(
-        serve(
-            model,
-            config,
-            signals=(signal.SIGTERM,),
-            on_serving=lambda port: messages.send(Serving(port)),
-        )
-    )
-    orphaned = False
-    while not serving.done():
-        await asyncio.wait({serving}, timeout=_PARENT_CHECK_INTERVAL)
-        if not orphaned and os.getppid() != parent:
-            orphaned = True
-            log.warning("supervisor (pid %d) is gone; draining", parent)
-            os.kill(os.getpid(), signal.SIGTERM)
-    serving.result()
 
 
 def inference_process_count(options: ServeOptions) -> int:
@@ -265,7 +202,7 @@ class Supervisor:
     def _start(self, slot: int) -> None:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(self.options, self.config, send, self.log_format, self._model_name),
             name=f"emotion-worker-{slot}",
             daemon=False,

@@ -143,3 +143,8 @@ def command_line(pid: int) -> bytes:
 def inference_processes(pid: int) -> set[int]:
     """The inference processes (emotion.inference_process) under process ``pid``."""
     return {p for p in descendants(pid) if b"emotion.inference_process" in command_line(p)}
+
+
+def worker_pids(pid: int) -> set[int]:
+    """Worker processes of the supervisor ``pid`` (not multiprocessing's resource tracker)."""
+    return {child for child in children(pid) if b"spawn_main" in command_line(child)}

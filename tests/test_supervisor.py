@@ -21,10 +21,10 @@ from serving import (
     Served,
     alive,
     children,
-    command_line,
     inference_processes,
     start_serving,
     wait_for_port,
+    worker_pids,
 )
 
 from emotion import PipelineStub, Request
@@ -61,11 +61,6 @@ async def cleanup() -> AsyncIterator[list[Served]]:
                 os.kill(pid, signal.SIGKILL)
             served.process.kill()
             await served.process.wait()
-
-
-def worker_pids(pid: int) -> set[int]:
-    """Worker processes of the supervisor ``pid`` (not multiprocessing's resource tracker)."""
-    return {child for child in children(pid) if b"spawn_main" in command_line(child)}
 
 
 async def test_workers_share_the_port_and_connections_spread_across_them(
@@ -183,26 +178,6 @@ def test_a_model_that_cannot_be_imported_fails_before_any_process_starts() -> No
     # The supervisor's own one line, not an inference process's report.
     assert str(failed.value) == "model module 'no_such_module' not found"
     assert children(os.getpid()) == before
-
-
-async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
-    cleanup: list[Served], jpeg: bytes
-) -> None:
-    served = await start("--workers", "2", "--model", "sample_models:PidModel")
-    cleanup.append(served)
-    workers = worker_pids(served.process.pid)
-    pool = inference_processes(served.process.pid)
-
-    served.process.kill()
-    await served.process.wait()
-    for _ in range(100):
-        if not any(alive(pid) for pid in workers | pool):
-            break
-        await asyncio.sleep(0.1)
-
-    assert pool
-    assert not any(alive(pid) for pid in workers | pool)
-    await served.read_until("is gone; draining")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

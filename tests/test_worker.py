@@ -1,0 +1,33 @@
+"""A worker process of `emotion serve`: it drains by itself when its supervisor dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from serving import alive, inference_processes, start_serving, worker_pids
+
+
+async def test_workers_and_processes_end_when_the_supervisor_is_killed() -> None:
+    served = await start_serving(
+        "--port", "0", "--workers", "2", "--model", "sample_models:PidModel"
+    )  # fmt: skip
+    workers = worker_pids(served.process.pid)
+    pool = inference_processes(served.process.pid)
+    try:
+        served.process.kill()  # it cannot forward a signal: each worker must notice
+        await served.process.wait()
+        for _ in range(100):
+            if not any(alive(pid) for pid in workers | pool):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        for pid in workers | pool:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    assert len(workers) == 2
+    assert pool
+    assert not any(alive(pid) for pid in workers | pool)
+    await served.read_until(f"supervisor (pid {served.process.pid}) is gone; draining")
