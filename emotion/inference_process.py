@@ -155,9 +155,10 @@ def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
             for key, _ in selector.select():
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
-                if sock is owner:
+                if sock is owner:  # the owner is done with us, or gone
+                    _remove(path)
                     model.close()
-                    return 0  # the owner is done with us, or gone
+                    return 0
                 if sock is listener:
                     conn, _ = listener.accept()
                     # A process that is exiting may still accept; a worker
@@ -179,6 +180,18 @@ def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
                         continue
                 selector.unregister(sock)
                 sock.close()
+
+
+def _remove(path: str) -> None:
+    """Remove this process's socket, and its directory once it is the last.
+
+    The owner removes the directory when it closes the pool; an owner that
+    was killed cannot, and its processes end here all the same.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):  # others' sockets are still there, or it is gone
+        os.rmdir(os.path.dirname(path))
 
 
 def main(argv: list[str]) -> int:
