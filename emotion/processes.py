@@ -13,7 +13,8 @@ What the thread queue (emotion.inference) promises holds here too: at most
 before its image is sent withdraws it; a deadline that passes before the
 image is read never reaches the model; :meth:`abort` ends every call that
 waits. Each process is sent up to ``depth`` images at once, so it never
-waits for this worker between two. When a process dies, the calls it held
+waits for this worker between two, and each image goes to the process that
+holds the fewest of this worker's images. When a process dies, the calls it held
 fail with ProcessExited, and the worker connects to the one the pool starts
 in its place.
 """
@@ -85,6 +86,8 @@ class _Process:
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size)
         )[0]
         self.alive = True
+        #: Images taken for this process and not yet answered (or given back).
+        self.load = 0
         self._held: collections.deque[asyncio.Future[_Answer]] = collections.deque()
 
     @classmethod
@@ -164,8 +167,9 @@ class InferenceProcesses:
         self._metrics = metrics or NoMetrics()
         self._tracing = tracing or NoTracing()
         self._queued = 0
-        # A process appears once per image it may still be sent.
-        self._free: collections.deque[_Process] = collections.deque()
+        # The processes in the order they take turns, and whose turn is next.
+        self._turns: list[_Process] = []
+        self._turn = 0
         self._waiting: collections.deque[asyncio.Future[_Process]] = collections.deque()
         self._processes: set[_Process] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -295,13 +299,13 @@ class InferenceProcesses:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(p.close() for p in self._processes), return_exceptions=True)
         self._processes.clear()
-        self._free.clear()
+        self._turns.clear()
 
     async def _take(self) -> _Process:
-        while self._free:
-            process = self._free.popleft()
-            if process.alive:
-                return process
+        process = self._least_loaded()
+        if process is not None:
+            process.load += 1
+            return process
         waiter: asyncio.Future[_Process] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         try:
@@ -312,25 +316,58 @@ class InferenceProcesses:
                 self._give_back(waiter.result())
             raise
 
+    def _least_loaded(self) -> _Process | None:
+        """The process with the fewest of this worker's images; in turn among equals.
+
+        Fewest first: two images never wait on one process while another
+        idles. In turn, not always the first: workers do not see each
+        other's images, and two that preferred the same process would pile
+        on it.
+        """
+        processes = self._turns
+        count = len(processes)
+        best: _Process | None = None
+        for step in range(count):
+            index = (self._turn + step) % count
+            process = processes[index]
+            if not process.alive or process.load >= self.depth:
+                continue
+            if best is None or process.load < best.load:
+                best, after = process, index + 1
+                if not process.load:
+                    break
+        if best is not None:
+            self._turn = after
+        return best
+
     def _give_back(self, process: _Process) -> None:
-        if not process.alive:
-            return
+        process.load -= 1
+        if process.alive:
+            self._hand_to_waiter(process)
+
+    def _hand_to_waiter(self, process: _Process) -> bool:
+        """Give a place on ``process`` to the call that has waited longest; False if none waits."""
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
+                process.load += 1
                 waiter.set_result(process)
-                return
-        self._free.append(process)
+                return True
+        return False
 
     def _serve(self, path: str, process: _Process) -> None:
         self._processes.add(process)
+        self._turns.append(process)
         for _ in range(self.depth):
-            self._give_back(process)
+            if not self._hand_to_waiter(process):
+                break
         self._spawn(self._watch(path, process))
 
     async def _watch(self, path: str, process: _Process) -> None:
         await process.answer_all()
         self._processes.discard(process)
+        with contextlib.suppress(ValueError):
+            self._turns.remove(process)
         await process.close()
         if self._closing:
             return

@@ -110,6 +110,38 @@ async def test_images_are_decoded_and_inferred_in_other_processes(
     assert served_by
 
 
+async def test_images_at_once_go_one_to_each_idle_process(
+    start_pooled: StartPooled, connect: Connect, jpeg: bytes
+) -> None:
+    # Each process may hold three images: none may queue while another idles.
+    server = await start_pooled(PidModel(), 3)
+    assert server.processes is not None
+    stub = PipelineStub(connect(server))
+
+    answers = await asyncio.gather(
+        *(stub.run_pipeline(Request(image=jpeg), timeout=10) for _ in range(3))
+    )
+
+    assert sorted(int(x1(answer)) for answer in answers) == sorted(server.processes.pids)
+
+
+async def test_images_one_after_another_take_the_processes_in_turn(
+    start_pooled: StartPooled, connect: Connect, jpeg: bytes
+) -> None:
+    # Workers do not see each other's images: one that always chose the same
+    # idle process would pile onto another worker's choice.
+    server = await start_pooled(PidModel(), 2)
+    stub = PipelineStub(connect(server))
+
+    served_by = [
+        int(x1(await stub.run_pipeline(Request(image=jpeg), timeout=10))) for _ in range(4)
+    ]
+
+    first, second = served_by[:2]
+    assert first != second
+    assert served_by == [first, second, first, second]
+
+
 async def test_answers_are_the_threads_answers(
     start_server: StartServer, start_pooled: StartPooled, connect: Connect, jpeg: bytes
 ) -> None:
