@@ -4,6 +4,11 @@ Measured on one thread and on one thread per CPU: the images per second
 every core gets with nothing but the model running (what a server's req/s
 should approach), and the CPU each image costs with as many images at once
 as the server has in flight (what its CPU per request should approach).
+
+And paced: one image at a time with a pause after each, as a server with one
+call in flight sees them. A CPU that idles between images runs the next one
+slower (a quarter slower after 3 ms on the development VM); a served call
+pays that too, and back to back the model never does.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class Alone:
     cpu_ms: float
     #: The runs this one is the mean of.
     runs: tuple[Alone, ...] = ()
+    #: The pause after each image, if paced.
+    pause_ms: float = 0.0
 
     @classmethod
     def mean(cls, *runs: Alone) -> Alone:
@@ -44,8 +51,10 @@ class Alone:
         )
 
 
-def model_alone(model: Model, payload: bytes, seconds: float, threads: int) -> Alone:
-    """decode + process_sample on ``threads`` threads, back to back.
+def model_alone(
+    model: Model, payload: bytes, seconds: float, threads: int, *, pause: float = 0.0
+) -> Alone:
+    """decode + process_sample on ``threads`` threads, back to back or ``pause`` seconds apart.
 
     One loaded model serves every thread, as in a server's worker: the
     default model's Runner gives each thread an interpreter of its own. Each
@@ -73,6 +82,8 @@ def model_alone(model: Model, payload: bytes, seconds: float, threads: int) -> A
         while time.perf_counter() < window[1]:
             infer(model, payload)
             counts[slot] += 1
+            if pause:
+                time.sleep(pause)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(loop, range(threads)))
@@ -80,4 +91,5 @@ def model_alone(model: Model, payload: bytes, seconds: float, threads: int) -> A
     return Alone(
         rate=images / (time.perf_counter() - window[0]),
         cpu_ms=(time.process_time() - cpu[0]) / images * 1000,
+        pause_ms=pause * 1000,
     )

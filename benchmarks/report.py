@@ -155,9 +155,7 @@ def against_alone(rounds: list[list[Result]], alone: list[list[Alone]], cpus: in
         cpu = result.cpu_per_request
         rate_ratios = [r.ok_rate / f.rate for r, f in runs]
         overheads = [(r.cpu_per_request / f.cpu_ms - 1) * 100 for r, f in runs]
-        overhead = f"{(cpu / floor.cpu_ms - 1) * 100:+.0f}%"
-        if len(runs) > 1:
-            overhead += f" ({min(overheads):+.0f} to {max(overheads):+.0f})"
+        overhead = _overhead(cpu / floor.cpu_ms, overheads)
         lines.append(
             f"| {result.image} | {result.concurrency} | {result.connections} "
             f"| {min(result.concurrency, cpus)} | {result.ok_rate:.1f} "
@@ -167,3 +165,42 @@ def against_alone(rounds: list[list[Result]], alone: list[list[Alone]], cpus: in
             f"| {overhead} |"
         )
     return "\n".join(lines)
+
+
+def against_paced(
+    rounds: list[list[Result]], alone: list[list[Alone]], paced: list[dict[int, Alone]]
+) -> str:
+    """Each one-caller point's CPU per request against the model back to back and paced.
+
+    The row shown is the round with the median overhead over the paced model;
+    the range over the rounds is beside each overhead.
+    """
+    points: dict[Key, list[tuple[Result, Alone, Alone]]] = {}
+    for results, floors, paced_floors in zip(rounds, alone, paced, strict=True):
+        for place, slow in paced_floors.items():
+            result = results[place]
+            points.setdefault(key(result), []).append((result, floors[place], slow))
+    lines = [
+        "| image | connections | emotion CPU ms/req | alone back to back CPU ms/image "
+        "| overhead | pause ms | alone paced CPU ms/image | overhead over paced |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for runs in points.values():
+        runs.sort(key=lambda run: run[0].cpu_per_request / run[2].cpu_ms)
+        result, floor, slow = runs[(len(runs) - 1) // 2]
+        cpu = result.cpu_per_request
+        back_to_back = [(r.cpu_per_request / f.cpu_ms - 1) * 100 for r, f, _ in runs]
+        over_paced = [(r.cpu_per_request / p.cpu_ms - 1) * 100 for r, _, p in runs]
+        lines.append(
+            f"| {result.image} | {result.connections} | {cpu:.2f} | {floor.cpu_ms:.2f} "
+            f"| {_overhead(cpu / floor.cpu_ms, back_to_back)} | {slow.pause_ms:.1f} "
+            f"| {slow.cpu_ms:.2f} | {_overhead(cpu / slow.cpu_ms, over_paced)} |"
+        )
+    return "\n".join(lines)
+
+
+def _overhead(ratio: float, over_rounds: list[float]) -> str:
+    text = f"{(ratio - 1) * 100:+.0f}%"
+    if len(over_rounds) > 1:
+        text += f" ({min(over_rounds):+.0f} to {max(over_rounds):+.0f})"
+    return text

@@ -45,6 +45,7 @@ from loadgen import SAMPLE_EVERY, Result, check_answer, connections_for, drive, 
 from model_alone import Alone, loaded, model_alone
 from servers import MOCK, Memory, Target, targets
 
+from emotion.model import Model
 from emotion.process import available_cpus
 
 MODELS = {"mock": MOCK, "fer": "emotion.models.fer:FerModel"}
@@ -93,6 +94,8 @@ async def run(args: argparse.Namespace) -> None:
     model = None if args.model == "mock" else loaded(spec)
     rounds: list[list[Result]] = []
     alone: list[list[Alone]] = []
+    # By the point's place in its round: the one-caller points only.
+    alone_paced: list[dict[int, Alone]] = []
     idle: dict[str, Memory] = {}
     print(
         f"# emotion serving benchmark ({platform.machine()}, {os.cpu_count()} CPUs, "
@@ -121,8 +124,10 @@ async def run(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             results: list[Result] = []
             floors: list[Alone] = []
+            paced: dict[int, Alone] = {}
             rounds.append(results)
             alone.append(floors)
+            alone_paced.append(paced)
             for image, payload in payloads.items():
                 for callers in concurrency:
                     threads = min(callers, cpus)
@@ -136,6 +141,8 @@ async def run(args: argparse.Namespace) -> None:
                         if model is not None:
                             after = model_alone(model, payload, args.seconds, threads)
                             floors.append(Alone.mean(before, after))
+                            if callers == 1:
+                                paced[len(floors) - 1] = pace(model, payload, result, args.seconds)
                         print(
                             f"<!-- {target.name} {image} c={callers} n={connections}: "
                             f"{result.rate:.1f} req/s -->",
@@ -175,6 +182,27 @@ async def run(args: argparse.Namespace) -> None:
         "the server's CPU per request should.\n"
     )
     print(report.against_alone(rounds, alone, cpus))
+    print("\n## One call in flight against the model paced\n")
+    print(
+        "With one call in flight the model idles between images while the answer "
+        "travels and the next request comes, and a CPU that idles runs the next image "
+        "slower. The model alone again, on one thread, pausing after each image as long "
+        "as the server was idle in each call (the point's mean latency less its CPU per "
+        "request), measured just after the point.\n"
+    )
+    print(report.against_paced(rounds, alone, alone_paced))
+
+
+def pace(model: Model, payload: bytes, result: Result, seconds: float) -> Alone:
+    """The model alone, one image at a time, pausing as long as a served call idled the server.
+
+    With one call in flight the server's steps run one after another, so a
+    call's latency less the server's CPU for it is the time nothing of the
+    server ran: the answer on its way, the client, the next request coming.
+    """
+    latency = sum(result.latencies) / max(1, len(result.latencies))
+    pause = max(0.0, latency - result.cpu_per_request / 1000)
+    return model_alone(model, payload, seconds, 1, pause=pause)
 
 
 def main() -> None:
