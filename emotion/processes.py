@@ -30,19 +30,13 @@ import socket
 import struct
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING
 
 from emotion.decode import InvalidImage
 from emotion.inference import Aborted, DeadlinePassed, QueueFull
 from emotion.inference_process import ANSWER, READY, REQUEST, STEPS, Status, Steps
 from emotion.metrics import NoMetrics, Recorder
-from emotion.model import Model, ModelFailure
+from emotion.model import ModelFailure
 from emotion.tracing import DECODE, MODEL, QUEUE, NoTracing, Tracer
-
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from emotion.contract import Response
 
 log = logging.getLogger(__name__)
 
@@ -398,18 +392,3 @@ def _failure(status: Status, payload: bytes) -> Exception | None:
     # The model's traceback, from its process: logged with the call, as with threads.
     failure.__cause__ = InferenceProcessError(detail)
     return failure
-
-
-class _Elsewhere(Model):
-    def process_sample(self, image: Image.Image) -> Response:
-        raise RuntimeError(f"model {self.name} runs in the inference processes, not here")
-
-
-def model_elsewhere(name: str) -> Model:
-    """What a worker serves in place of a model its inference processes run: its name.
-
-    Importing the model's module would cost every worker what that module
-    imports, for nothing (9 MiB of PSS each for the default model's numpy).
-    """
-    named: type[_Elsewhere] = type(name, (_Elsewhere,), {"name": name})
-    return named()

@@ -1,8 +1,9 @@
 """A worker process of the supervisor (emotion.supervisor): one full server on the shared port.
 
-What runs in the child: it serves the supervisor's share of the options,
-says when it serves or why it cannot, and drains by itself if the
-supervisor dies, since a killed supervisor cannot forward a signal.
+What runs in the child: it serves the supervisor's share of the options
+(with a stand-in that carries the model's name, when inference processes run
+the model), says when it serves or why it cannot, and drains by itself if
+the supervisor dies, since a killed supervisor cannot forward a signal.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from emotion.model import load_model
+from emotion.model import Model, load_model
 from emotion.process import configure_logging, exit_code, run
-from emotion.processes import model_elsewhere
 from emotion.server import serve
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from PIL import Image
+
     from emotion.config import ServeOptions, ServerConfig
-    from emotion.model import Model
+    from emotion.contract import Response
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +94,18 @@ async def _serve_while_parent_lives(
             log.warning("supervisor (pid %d) is gone; draining", parent)
             os.kill(os.getpid(), signal.SIGTERM)
     serving.result()
+
+
+class _Elsewhere(Model):
+    def process_sample(self, image: Image.Image) -> Response:
+        raise RuntimeError(f"model {self.name} runs in the inference processes, not here")
+
+
+def model_elsewhere(name: str) -> Model:
+    """What a worker serves in place of a model its inference processes run: its name.
+
+    Importing the model's module would cost every worker what that module
+    imports, for nothing (9 MiB of PSS each for the default model's numpy).
+    """
+    named: type[_Elsewhere] = type(name, (_Elsewhere,), {"name": name})
+    return named()
