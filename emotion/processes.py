@@ -14,9 +14,9 @@ before its image is sent withdraws it; a deadline that passes before the
 image is read never reaches the model; :meth:`abort` ends every call that
 waits. Each process is sent up to ``depth`` images at once, so it never
 waits for this worker between two, and each image goes to the process that
-holds the fewest of this worker's images. When a process dies, the calls it held
-fail with ProcessExited, and the worker connects to the one the pool starts
-in its place.
+holds the fewest of this worker's images, the first of them in ``paths``.
+When a process dies, the calls it held fail with ProcessExited, and the
+worker connects to the one the pool starts in its place.
 """
 
 from __future__ import annotations
@@ -161,11 +161,9 @@ class InferenceProcesses:
         self._metrics = metrics or NoMetrics()
         self._tracing = tracing or NoTracing()
         self._queued = 0
-        # The processes in the order they take turns, and whose turn is next.
-        self._turns: list[_Process] = []
-        self._turn = 0
         self._waiting: collections.deque[asyncio.Future[_Process]] = collections.deque()
-        self._processes: set[_Process] = set()
+        # By path: the one this worker reaches there now.
+        self._processes: dict[str, _Process] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -177,7 +175,7 @@ class InferenceProcesses:
     @property
     def pids(self) -> list[int]:
         """The processes this worker is connected to."""
-        return [p.pid for p in self._processes if p.alive]
+        return [p.pid for p in self._processes.values() if p.alive]
 
     async def start(self) -> None:
         """Connect to every process, waiting for those that are still loading the model.
@@ -280,7 +278,7 @@ class InferenceProcesses:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(Aborted())
-        for process in self._processes:
+        for process in self._processes.values():
             process.abort()
 
     async def close(self) -> None:
@@ -291,9 +289,9 @@ class InferenceProcesses:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(p.close() for p in self._processes), return_exceptions=True)
+        processes = self._processes.values()
+        await asyncio.gather(*(p.close() for p in processes), return_exceptions=True)
         self._processes.clear()
-        self._turns.clear()
 
     async def _take(self) -> _Process:
         process = self._least_loaded()
@@ -311,27 +309,24 @@ class InferenceProcesses:
             raise
 
     def _least_loaded(self) -> _Process | None:
-        """The process with the fewest of this worker's images; in turn among equals.
+        """The process with the fewest of this worker's images; the first in ``paths`` of equals.
 
         Fewest first: two images never wait on one process while another
-        idles. In turn, not always the first: workers do not see each
-        other's images, and two that preferred the same process would pile
-        on it.
+        idles. The first of equals: calls that come one at a time keep going
+        to the same process, whose CPU has not gone idle long; alternating,
+        each image cost 2-6% more CPU (benchmarks/README.md). The supervisor
+        gives each worker the paths from a different one on, so that workers
+        with a call each do not pile onto one process.
         """
-        processes = self._turns
-        count = len(processes)
         best: _Process | None = None
-        for step in range(count):
-            index = (self._turn + step) % count
-            process = processes[index]
-            if not process.alive or process.load >= self.depth:
+        for path in self.paths:
+            process = self._processes.get(path)
+            if process is None or not process.alive or process.load >= self.depth:
                 continue
             if best is None or process.load < best.load:
-                best, after = process, index + 1
+                best = process
                 if not process.load:
                     break
-        if best is not None:
-            self._turn = after
         return best
 
     def _give_back(self, process: _Process) -> None:
@@ -350,8 +345,7 @@ class InferenceProcesses:
         return False
 
     def _serve(self, path: str, process: _Process) -> None:
-        self._processes.add(process)
-        self._turns.append(process)
+        self._processes[path] = process
         for _ in range(self.depth):
             if not self._hand_to_waiter(process):
                 break
@@ -359,9 +353,8 @@ class InferenceProcesses:
 
     async def _watch(self, path: str, process: _Process) -> None:
         await process.answer_all()
-        self._processes.discard(process)
-        with contextlib.suppress(ValueError):
-            self._turns.remove(process)
+        if self._processes.get(path) is process:
+            del self._processes[path]
         await process.close()
         if self._closing:
             return

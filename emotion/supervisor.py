@@ -44,6 +44,8 @@ from emotion.worker import Serving, StartFailed, worker_main
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
+    from emotion.config import ServerConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -203,13 +205,18 @@ class Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self.options, self.config, send, self.log_format, self._model_name),
+            args=(self.options, self._config_for(slot), send, self.log_format, self._model_name),
             name=f"emotion-worker-{slot}",
             daemon=False,
         )
         process.start()
         send.close()
         self._workers[slot] = _Worker(slot, process, receive)
+
+    def _config_for(self, slot: int) -> ServerConfig:
+        """The config of worker ``slot``: its inference processes listed from its own on."""
+        paths = worker_paths(self.config.inference_sockets, slot)
+        return replace(self.config, inference_sockets=paths)
 
     def _wait_until_serving(self) -> None:
         pool_ready = False
@@ -341,3 +348,16 @@ def _exit_reason(process: BaseProcess) -> str:
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return f"exited with status {code}"
+
+
+def worker_paths(paths: tuple[str, ...], slot: int) -> tuple[str, ...]:
+    """The inference processes' ``paths`` as worker ``slot`` lists them: from its own on.
+
+    A worker sends an image to the first of its least loaded processes
+    (emotion.processes): calls that come one at a time stay on one process,
+    and workers that each have one go to different ones.
+    """
+    if not paths:
+        return paths
+    first = slot % len(paths)
+    return paths[first:] + paths[:first]

@@ -125,21 +125,39 @@ async def test_images_at_once_go_one_to_each_idle_process(
     assert sorted(int(x1(answer)) for answer in answers) == sorted(server.processes.pids)
 
 
-async def test_images_one_after_another_take_the_processes_in_turn(
+async def test_images_one_after_another_stay_on_one_process(
     start_pooled: StartPooled, connect: Connect, jpeg: bytes
 ) -> None:
-    # Workers do not see each other's images: one that always chose the same
-    # idle process would pile onto another worker's choice.
+    # A process whose CPU has just worked runs the next image faster than one
+    # that has idled for a whole call.
     server = await start_pooled(PidModel(), 2)
     stub = PipelineStub(connect(server))
 
-    served_by = [
+    served_by = {
         int(x1(await stub.run_pipeline(Request(image=jpeg), timeout=10))) for _ in range(4)
+    }
+
+    assert len(served_by) == 1
+
+
+async def test_workers_listing_the_processes_from_different_ones_keep_apart(
+    start_pooled: StartPooled, start_server: StartServer, connect: Connect, jpeg: bytes
+) -> None:
+    # Each worker's first process is another's (the supervisor's worker_paths):
+    # workers with one call each at a time do not pile onto one process.
+    first = await start_pooled(PidModel(), 2)
+    paths = first.config.inference_sockets
+    second = await start_server(PidModel(), inference_sockets=paths[::-1])
+    stubs = [PipelineStub(connect(first)), PipelineStub(connect(second))]
+
+    served_by = [
+        {int(x1(await stub.run_pipeline(Request(image=jpeg), timeout=10))) for _ in range(3)}
+        for stub in stubs
     ]
 
-    first, second = served_by[:2]
-    assert first != second
-    assert served_by == [first, second, first, second]
+    assert len(served_by[0]) == len(served_by[1]) == 1
+    assert served_by[0] != served_by[1]
+    await second.stop(grace=0)
 
 
 async def test_answers_are_the_threads_answers(

@@ -30,7 +30,7 @@ from serving import (
 from emotion import PipelineStub, Request
 from emotion.config import ServeOptions, ServerConfig
 from emotion.process import available_cpus
-from emotion.supervisor import Supervisor, WorkersFailed
+from emotion.supervisor import Supervisor, WorkersFailed, worker_paths
 
 
 async def start(*args: str, **env: str) -> Served:
@@ -38,7 +38,7 @@ async def start(*args: str, **env: str) -> Served:
 
 
 async def answering_pids(served: Served, jpeg: bytes, connections: int = 16) -> set[int]:
-    """Worker pids that answer, one call on each of several fresh connections."""
+    """The pids PidModel answers with, one call on each of several fresh connections."""
     seen = set()
     for _ in range(connections):
         channel = Channel("127.0.0.1", served.port)
@@ -117,6 +117,19 @@ async def test_sigterm_drains_every_worker_and_exits_0(cleanup: list[Served], jp
     assert len(pool) == available_cpus()  # the default layout
     assert not any(alive(pid) for pid in workers | pool)
     await served.read_until("all workers stopped")
+
+
+async def test_workers_with_a_call_at_a_time_each_send_it_to_their_own_process(
+    cleanup: list[Served], jpeg: bytes
+) -> None:
+    served = await start(
+        "--workers", "2", "--inference-processes", "2", "--model", "sample_models:PidModel"
+    )  # fmt: skip
+    cleanup.append(served)
+
+    # One call on each fresh connection: each worker answers from its first
+    # process, and the two workers from different ones.
+    assert await answering_pids(served, jpeg) == inference_processes(served.process.pid)
 
 
 async def test_workers_that_keep_dying_before_serving_make_the_parent_give_up(
@@ -201,3 +214,13 @@ def _event_loops(pids: set[int]) -> set[str]:
         maps = Path(f"/proc/{pid}/maps").read_text()
         found.add("uvloop" if "uvloop" in maps else "asyncio")
     return found
+
+
+def test_each_worker_lists_the_inference_processes_from_its_own_on() -> None:
+    paths = ("a.sock", "b.sock", "c.sock")
+
+    firsts = [worker_paths(paths, slot)[0] for slot in range(4)]
+
+    assert firsts == ["a.sock", "b.sock", "c.sock", "a.sock"]
+    assert worker_paths(paths, 1) == ("b.sock", "c.sock", "a.sock")
+    assert worker_paths((), 3) == ()
