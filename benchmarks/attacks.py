@@ -5,7 +5,7 @@
 Each attack runs for ``--seconds`` against ``emotion serve --workers 1`` with
 the mock model, then against the plain grpcio reference (reference_grpcio.py),
 from 4 threads of a process of its own driving raw h2 connections
-(tests/h2client.py) on 127.0.0.1.
+(tests/support/h2client.py) on 127.0.0.1.
 Meanwhile 4 grpcio callers on their own connections call in a closed loop;
 the report gives their p50/p99 and errors, and the server's RSS (all its
 processes) before, at the peak, and 3 s after the attack, and its open file
@@ -34,8 +34,8 @@ from servers import HERE, MOCK, Target, _tree, targets
 sys.path.insert(0, str(HERE.parent / "tests"))
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
-from h2client import RawConnection, framed
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame
+from support.h2client import RawConnection, framed
 
 from emotion import Request
 

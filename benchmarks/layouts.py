@@ -24,7 +24,7 @@ import images
 from loadgen import Result, check_answer, drive, wait_ready
 from servers import HERE, MOCK, Target
 
-from emotion.process import available_cpus
+from emotion.runtime import available_cpus
 
 
 def servers(processes: int) -> list[Target]:

@@ -46,7 +46,7 @@ from model_alone import Alone, loaded, model_alone
 from servers import MOCK, Memory, Target, targets
 
 from emotion.model import Model
-from emotion.process import available_cpus
+from emotion.runtime import available_cpus
 
 MODELS = {"mock": MOCK, "fer": "emotion.models.fer:FerModel"}
 

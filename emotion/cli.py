@@ -2,7 +2,7 @@
 
 The flags are made from the settings classes in :mod:`emotion.config`. Every
 flag can also come from an ``EMOTION_*`` environment variable (named as
-:func:`emotion.settings.env_name` says), so a container or a systemd unit
+:func:`emotion.config.settings.env_name` says), so a container or a systemd unit
 configures the server without a command line; a flag given wins.
 """
 
@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from emotion.client.predict import run as run_predict
 from emotion.config import (
     ClientTls,
     ConnectionAge,
@@ -29,10 +30,9 @@ from emotion.config import (
     ServeOptions,
     ServerConfig,
 )
+from emotion.config.settings import Flag, flags, from_values
 from emotion.model import ModelLoadError, load_model
-from emotion.net import format_address
-from emotion.predict import run as run_predict
-from emotion.process import (
+from emotion.runtime import (
     LOG_FORMAT,
     available_cpus,
     configure_logging,
@@ -41,9 +41,9 @@ from emotion.process import (
     write_port_file,
 )
 from emotion.security import SecurityConfigError, load_tokens, read_token
-from emotion.server import ModelStartError, serve
-from emotion.settings import Flag, flags, from_values
-from emotion.supervisor import Supervisor, WorkersFailed, inference_process_count
+from emotion.serving.server import ModelStartError, serve
+from emotion.serving.sockets import format_address
+from emotion.supervision.supervisor import Supervisor, WorkersFailed, inference_process_count
 
 T = TypeVar("T")
 
@@ -238,7 +238,7 @@ def _predict(options: PredictOptions) -> int:
 
 def _demo(options: DemoOptions) -> int:
     try:
-        from emotion import demo  # Gradio is an extra: imported only for this command
+        from emotion.client import demo  # Gradio is an extra: imported only for this command
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] != "gradio":
             raise

@@ -12,11 +12,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from emotion.client import Client
+from emotion.client.client import Client
 from emotion.config import ServerConfig
 from emotion.model import Model
-from emotion.server import Server
-from emotion.tracing import Tracer
+from emotion.observability.tracing import Tracer
+from emotion.serving.server import Server
 
 
 @contextlib.asynccontextmanager

@@ -9,10 +9,10 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import fuzzing  # noqa: F401 - loads the hypothesis profile before any test module
 import pytest
 from grpclib.client import Channel
 from PIL import Image
+from support import fuzzing  # noqa: F401 - loads the hypothesis profile before any test module
 
 from emotion import Model, PipelineStub, Server, ServerConfig
 from emotion.models.mock import MockModel
@@ -85,7 +85,7 @@ def stub(server: Server, connect: Callable[[Server], Channel]) -> PipelineStub:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for `emotion` subprocesses: finds tests/sample_models.py, logs to a pipe."""
+    """Environment for `emotion` subprocesses: finds tests/support/, logs to a pipe."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"

@@ -29,10 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from conftest import encode, gradient  # noqa: E402
-from serving import start_serving  # noqa: E402
+from support.served import start_serving  # noqa: E402
 
 from emotion import PipelineStub, Request, Response  # noqa: E402
-from emotion.process import available_cpus  # noqa: E402
+from emotion.runtime import available_cpus  # noqa: E402
 
 GOOD = "OK"
 

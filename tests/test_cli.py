@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import EMOTION, TESTS, StartServer, encode, gradient, run_emotion, subprocess_env
-from sample_models import GatedLoadModel, GatedModel, SizeModel
-from serving import free_port, start_serving
+from support.sample_models import GatedLoadModel, GatedModel, SizeModel
+from support.served import free_port, start_serving
 
 from emotion.cli import build_parser, serve_options
 
@@ -115,17 +115,19 @@ async def test_predict_times_out_in_one_line(start_server: StartServer, photo: P
         ),
         (
             [],
-            {"EMOTION_MODEL": "sample_models:NotAModel"},
-            re.escape("emotion serve: sample_models:NotAModel is not a subclass of emotion.Model"),
+            {"EMOTION_MODEL": "support.sample_models:NotAModel"},
+            re.escape(
+                "emotion serve: support.sample_models:NotAModel is not a subclass of emotion.Model"
+            ),
         ),
         (  # loaded by the inference processes, by default
-            ["--model", "sample_models:FailingLoadModel"],
+            ["--model", "support.sample_models:FailingLoadModel"],
             {},
             r"emotion serve: inference process [01] failed to start: model FailingLoadModel "
             r"failed to load: FileNotFoundError: weights\.bin is missing",
         ),
         (  # loaded by the worker
-            ["--model", "sample_models:FailingLoadModel", "--inference-processes", "0"],
+            ["--model", "support.sample_models:FailingLoadModel", "--inference-processes", "0"],
             {},
             r"emotion serve: model FailingLoadModel failed to load: "
             r"FileNotFoundError: weights\.bin is missing",
@@ -144,7 +146,7 @@ async def test_serve_fails_at_startup_with_one_line_on_a_bad_model(
 async def test_a_model_that_cannot_load_in_its_process_is_logged_with_its_traceback() -> None:
     code, _, err = await run_emotion(
         "serve", "--port", "0", "--workers", "1", "--inference-processes", "1",
-        "--model", "sample_models:FailingLoadModel",
+        "--model", "support.sample_models:FailingLoadModel",
     )  # fmt: skip
 
     assert code == 1
@@ -159,7 +161,7 @@ async def test_a_model_that_cannot_load_in_its_process_is_logged_with_its_traceb
 async def test_serve_with_workers_fails_at_startup_when_a_worker_cannot_load() -> None:
     code, _, err = await run_emotion(
         "serve", "--port", "0", "--workers", "2", "--inference-processes", "0",
-        "--model", "sample_models:FailingLoadModel",
+        "--model", "support.sample_models:FailingLoadModel",
     )  # fmt: skip
 
     assert code == 1
@@ -188,7 +190,7 @@ async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> Non
     port = free_port()
     served = await start_serving(
         EMOTION_PORT=str(port),
-        EMOTION_MODEL="sample_models:SizeModel",
+        EMOTION_MODEL="support.sample_models:SizeModel",
         EMOTION_LOG_LEVEL="debug",
     )
     process = served.process
@@ -322,7 +324,13 @@ async def test_the_console_script_finds_models_in_the_working_directory(
 
 async def test_serve_on_a_host_that_does_not_resolve_fails_in_one_line() -> None:
     code, _, err = await run_emotion(
-        "serve", "--workers", "1", "--host", "nosuch.invalid", "--model", "sample_models:PidModel"
+        "serve",
+        "--workers",
+        "1",
+        "--host",
+        "nosuch.invalid",
+        "--model",
+        "support.sample_models:PidModel",
     )
 
     assert code == 1
@@ -338,7 +346,7 @@ async def test_host_and_log_level_come_from_the_environment(photo: Path) -> None
         "0",
         EMOTION_HOST="127.0.0.2",
         EMOTION_LOG_LEVEL="warning",
-        EMOTION_MODEL="sample_models:SizeModel",
+        EMOTION_MODEL="support.sample_models:SizeModel",
     )
     process = served.process
     try:
@@ -410,7 +418,13 @@ async def test_a_port_already_taken_is_refused_even_by_a_port_sharing_server(
         taken.listen()
         port = taken.getsockname()[1]
         code, _, err = await run_emotion(
-            "serve", "--workers", "2", "--port", str(port), "--model", "sample_models:PidModel"
+            "serve",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--model",
+            "support.sample_models:PidModel",
         )
 
     assert code == 1

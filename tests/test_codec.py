@@ -8,8 +8,8 @@ import hypothesis
 import hypothesis.strategies as st
 import numpy as np
 import pytest
-from fuzzing import examples
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
+from support.fuzzing import examples
 
 from emotion.codec import Encoded, InvalidMessage, ProtobufCodec, encode, parse
 from emotion.contract import BBox, Expression, Request, Response, Result

@@ -17,7 +17,7 @@ from conftest import TESTS, StartServer
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 from grpc_tools import protoc
 from grpclib.client import Channel
-from sample_models import SizeModel
+from support.sample_models import SizeModel
 
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
 from emotion.contract import EXPRESSION_FIELDS, FILE_DESCRIPTOR

@@ -11,8 +11,8 @@ import hypothesis
 import hypothesis.strategies as st
 import pytest
 from conftest import encode, gradient
-from fuzzing import examples
 from PIL import Image, ImageChops, ImageStat
+from support.fuzzing import examples
 
 from emotion.decode import InvalidImage, decode, decode_image, sniff
 

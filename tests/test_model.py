@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from sample_models import SizeModel
+from support.sample_models import SizeModel
 
 from emotion import Model, ModelLoadError, Response, load_model
 from emotion.model import spec_of
@@ -14,7 +14,7 @@ from emotion.models.mock import MockModel
 
 
 def test_loads_an_instance_of_the_named_class() -> None:
-    model = load_model("sample_models:SizeModel")
+    model = load_model("support.sample_models:SizeModel")
 
     assert isinstance(model, SizeModel)
     assert model.name == "SizeModel"
@@ -32,16 +32,19 @@ def test_the_shipped_mock_model_loads() -> None:
         (":SizeModel", "is not of the form"),
         ("no_such_module:Model", "model module 'no_such_module' not found"),
         ("sample_models.nested:Model", "model module 'sample_models.nested' not found"),
-        ("sample_models:Missing", "module 'sample_models' has no attribute 'Missing'"),
-        ("sample_models:NotAModel", "sample_models:NotAModel is not a subclass of emotion.Model"),
+        ("support.sample_models:Missing", "module 'sample_models' has no attribute 'Missing'"),
+        (
+            "support.sample_models:NotAModel",
+            "support.sample_models:NotAModel is not a subclass of emotion.Model",
+        ),
         ("sample_models:time", "sample_models:time is not a subclass of emotion.Model"),
         (
-            "sample_models:AbstractModel",
-            "sample_models:AbstractModel does not implement process_sample",
+            "support.sample_models:AbstractModel",
+            "support.sample_models:AbstractModel does not implement process_sample",
         ),
         (
-            "sample_models:CrashingInitModel",
-            "sample_models:CrashingInitModel() failed: RuntimeError: no GPU here",
+            "support.sample_models:CrashingInitModel",
+            "support.sample_models:CrashingInitModel() failed: RuntimeError: no GPU here",
         ),
     ],
 )
@@ -85,7 +88,7 @@ def test_subclasses_are_named_after_their_class_unless_they_say_otherwise() -> N
 def test_spec_of_names_a_model_another_process_can_load() -> None:
     spec = spec_of(SizeModel())
 
-    assert spec == "sample_models:SizeModel"
+    assert spec == "support.sample_models:SizeModel"
     assert type(load_model(spec)) is SizeModel
 
 

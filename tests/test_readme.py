@@ -70,7 +70,9 @@ async def test_the_model_and_its_test_run_as_written(tmp_path: Path) -> None:
 def test_every_python_snippet_is_run_by_a_test_or_named_here() -> None:
     covered = {"print(face.bbox", "client.stream(frames())", "PipelineStub(channel)"}
     covered |= {"# mypkg/mymodel.py", "# tests/test_mymodel.py"}
-    not_run = {"gradio_client"}  # needs a running demo page: tests/test_demo.py calls /predict
+    not_run = {
+        "gradio_client"
+    }  # needs a running demo page: tests/client/test_demo.py calls /predict
 
     for code in SNIPPETS:
         assert any(marker in code for marker in covered | not_run), code

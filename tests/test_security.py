@@ -8,14 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from certs import Authority, Pair
 from conftest import EMOTION, StartServer, encode, gradient, subprocess_env
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
-from serving import start_serving
+from support.certs import Authority, Pair
+from support.served import start_serving
 
 from emotion import Client, PipelineStub, Request, Server
 from emotion.config import ClientTls, ServerTls
@@ -213,7 +213,7 @@ async def test_serve_and_predict_over_mutual_tls_with_a_token(
         "--workers",
         "1",
         "--model",
-        "sample_models:SizeModel",
+        "support.sample_models:SizeModel",
         "--tls-cert",
         str(server.cert),
         "--tls-key",

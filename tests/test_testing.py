@@ -6,10 +6,10 @@ import pytest
 from conftest import encode, gradient
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from sample_models import FailingLoadModel, GatedModel, RaisingModel, SizeModel
+from support.sample_models import FailingLoadModel, GatedModel, RaisingModel, SizeModel
 
 from emotion import BBox, Response
-from emotion.server import ModelStartError
+from emotion.serving.server import ModelStartError
 from emotion.testing import serve_model
 
 

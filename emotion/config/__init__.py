@@ -2,9 +2,9 @@
 
 Each class is a frozen dataclass that checks itself in ``__post_init__``: a
 bad value raises ValueError naming the field and what it accepts. Fields that
-a command line sets carry their flag (see :mod:`emotion.settings`), from
+a command line sets carry their flag (see :mod:`emotion.config.settings`), from
 which `emotion.cli` builds each command's flags. Every flag has an
-environment variable named by :func:`emotion.settings.env_name`.
+environment variable named by :func:`emotion.config.settings.env_name`.
 """
 
 from emotion.config.client import ClientTls, DemoOptions, PredictOptions

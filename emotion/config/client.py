@@ -14,8 +14,7 @@ from typing import Any
 
 from emotion.config.limits import DEFAULT_MAX_IMAGE_SIZE
 from emotion.config.server import DEFAULT_TARGET
-from emotion.security import client_context
-from emotion.settings import (
+from emotion.config.settings import (
     Settings,
     at_least,
     flag_meta,
@@ -34,6 +33,7 @@ from emotion.settings import (
     parse_path,
     parse_size,
 )
+from emotion.security import client_context
 
 _predict = partial(flag_meta, "predict")
 

@@ -1,7 +1,7 @@
 """What a server lets each client use: message and image sizes, the queue, and its connections.
 
 Declared and validated like every setting (see :mod:`emotion.config`); the
-guards that enforce the connection limits are in :mod:`emotion._grpclib`.
+guards that enforce the connection limits are in :mod:`emotion.transport`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 
-from emotion.decode import DEFAULT_MAX_PIXELS
-from emotion.settings import (
+from emotion.config.settings import (
     Settings,
     at_least,
     flag_meta,
@@ -22,6 +21,7 @@ from emotion.settings import (
     parse_pixels,
     parse_size,
 )
+from emotion.decode import DEFAULT_MAX_PIXELS
 
 #: Room in a request message for what surrounds the image.
 REQUEST_OVERHEAD = 64 * 1024

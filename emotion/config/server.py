@@ -2,9 +2,9 @@
 
 Each class is a frozen dataclass that checks itself in ``__post_init__``: a
 bad value raises ValueError naming the field and what it accepts. Fields that
-a command line sets carry their flag (see :mod:`emotion.settings`), from
+a command line sets carry their flag (see :mod:`emotion.config.settings`), from
 which `emotion.cli` builds ``serve``'s and ``predict``'s flags. Every flag
-has an environment variable named by :func:`emotion.settings.env_name`.
+has an environment variable named by :func:`emotion.config.settings.env_name`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from emotion.config.limits import (
     ConnectionLimits,
     Limits,
 )
-from emotion.security import server_context
-from emotion.settings import (
+from emotion.config.settings import (
     Settings,
     at_least,
     flag_meta,
@@ -42,6 +41,7 @@ from emotion.settings import (
     parse_path,
     parse_threads,
 )
+from emotion.security import server_context
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MODEL = "emotion.models.fer:FerModel"
@@ -175,7 +175,7 @@ class ServerConfig(Settings):
             raw=True,
         ),
     )
-    #: The paths of the inference processes (emotion.pool) this server sends its
+    #: The paths of the inference processes (emotion.inference.process_pool) this server sends its
     #: images to instead of its threads: set by the supervisor, whose pool every
     #: worker shares (ServeOptions.inference_processes).
     inference_sockets: tuple[str, ...] = field(default=(), metadata=meta(check=is_paths))

@@ -1,0 +1,212 @@
+"""Tracing: what the server and the client need of it, and the no-op used when it is off.
+
+OpenTelemetry is an optional extra (``emotion[otel]``). This module never
+imports it: :func:`tracing_from_environment` loads :mod:`emotion.observability.otel` only
+when the standard ``OTEL_*`` variables ask for traces, so a server without
+tracing pays one no-op method call per step and imports nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
+from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
+
+if TYPE_CHECKING:
+    from grpclib.const import Status
+    from grpclib.server import Stream
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: Span names of the steps inside a call (README "Tracing").
+QUEUE, DECODE, MODEL, BATCH, BATCH_RUN = (
+    "emotion.queue",
+    "emotion.decode",
+    "emotion.model",
+    "emotion.batch",
+    "emotion.batch.run",
+)
+
+
+class ServerCall(Protocol):
+    """A Pipeline call's span, current from its headers until :meth:`end`."""
+
+    def end(self, status: Status, message: str | None) -> None: ...
+
+
+class Tracer(Protocol):
+    """What the server records of each call; :class:`NoTracing` or ``otel.OtelTracing``."""
+
+    def server_call(self, path: str, stream: Stream[Any, Any], request_id: str) -> ServerCall:
+        """Start the call's SERVER span, continuing the caller's trace, and make it current."""
+        ...
+
+    def span(self, name: str, *, errors: bool = True) -> AbstractContextManager[object]:
+        """A child span of the current one; ``errors``: an exception marks it ERROR."""
+        ...
+
+    def client_call(self, path: str) -> AbstractContextManager[dict[str, str] | None]:
+        """A CLIENT span for one outgoing call; gives the headers that carry its context.
+
+        The span is never made current, so it is safe around an async generator.
+        """
+        ...
+
+    def submit(self, executor: Executor, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """``executor.submit(fn, *args)``, timing the wait for a thread and carrying the context."""
+        ...
+
+    def record(
+        self,
+        name: str,
+        start: int,
+        end: int,
+        failure: BaseException | None = None,
+        *,
+        errors: bool = True,
+    ) -> None:
+        """A child span of the current one that ran elsewhere, from ``start`` to ``end``.
+
+        The times are ``time.time_ns()``, read by an inference process; a
+        ``failure`` is recorded on the span, and ``errors`` makes it an ERROR.
+        """
+        ...
+
+    def current(self) -> object:
+        """The current span, to link a batch run to the calls it answers."""
+        ...
+
+    def batch_run(self, size: int, callers: list[object]) -> AbstractContextManager[object]:
+        """A new trace for one batch run, linked to ``callers``' spans."""
+        ...
+
+    def flush(self, timeout: float) -> bool:
+        """Export what is buffered, for at most ``timeout`` seconds; False if cut short.
+
+        Blocks, so call it off the event loop.
+        """
+        ...
+
+    def shutdown(self, timeout: float) -> bool:
+        """:meth:`flush`, then record no more: for whoever made the tracer, at its end."""
+        ...
+
+
+class _NoSpan:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
+
+    def end(self, status: Status, message: str | None) -> None:
+        pass
+
+
+_NO_SPAN = _NoSpan()
+
+
+class NoTracing:
+    """Records nothing, so callers need no branch: each method returns at once."""
+
+    def server_call(self, path: str, stream: Stream[Any, Any], request_id: str) -> ServerCall:
+        return _NO_SPAN
+
+    def span(self, name: str, *, errors: bool = True) -> AbstractContextManager[object]:
+        return _NO_SPAN
+
+    def client_call(self, path: str) -> AbstractContextManager[dict[str, str] | None]:
+        # No span of our own, but the caller's trace (if any) still travels with the call.
+        return nullcontext(trace_headers())
+
+    def submit(self, executor: Executor, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return executor.submit(fn, *args)
+
+    def record(
+        self,
+        name: str,
+        start: int,
+        end: int,
+        failure: BaseException | None = None,
+        *,
+        errors: bool = True,
+    ) -> None:
+        pass
+
+    def current(self) -> object:
+        return None
+
+    def batch_run(self, size: int, callers: list[object]) -> AbstractContextManager[object]:
+        return _NO_SPAN
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        return True
+
+
+def tracing_wanted(environ: Mapping[str, str]) -> bool:
+    """Whether the ``OTEL_*`` variables ask for traces (the SDK's own default is otlp;
+    ours is off, so that nothing is imported unless asked for)."""
+    exporters = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    return bool(exporters) and exporters != "none" and not disabled
+
+
+def tracing_from_environment(
+    environ: Mapping[str, str] | None = None, *, console: TextIO | None = None
+) -> Tracer:
+    """The tracer the ``OTEL_*`` variables ask for, or :class:`NoTracing`.
+
+    ``OTEL_TRACES_EXPORTER`` names ``otlp`` (OTLP over HTTP, to
+    ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``), ``console`` or ``none``;
+    ``OTEL_SERVICE_NAME`` defaults to ``emotion``; the SDK reads
+    ``OTEL_TRACES_SAMPLER[_ARG]`` itself. ``console`` is where the console
+    exporter writes (stdout by default). Without the extra installed this
+    warns once and returns NoTracing: serving matters more than tracing.
+    """
+    environ = os.environ if environ is None else environ
+    if not tracing_wanted(environ):
+        return NoTracing()
+    try:
+        _otel = importlib.import_module("emotion.observability.otel")
+    except ImportError as exc:
+        log.warning(
+            "OTEL_TRACES_EXPORTER=%s asks for traces, but OpenTelemetry is not installed "
+            "(%s): pip install 'emotion[otel]'; continuing without tracing",
+            environ.get("OTEL_TRACES_EXPORTER"),
+            exc.name,
+        )
+        return NoTracing()
+    tracing: Tracer = _otel.from_environment(environ, console)
+    return tracing
+
+
+def trace_headers() -> dict[str, str] | None:
+    """The current trace's ``traceparent`` (and ``tracestate``) for an outgoing call.
+
+    Only when the caller already uses OpenTelemetry: a program that has not
+    imported it gets None, at the cost of a dictionary lookup.
+    """
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    try:
+        _otel = importlib.import_module("emotion.observability.otel")
+    except ImportError:  # the API without what _otel needs
+        return None
+    headers: dict[str, str] = _otel.inject()
+    return headers or None

@@ -1,0 +1,1 @@
+"""One gRPC server: the `Pipeline` service, per-call bookkeeping, admission, statuses, sockets."""

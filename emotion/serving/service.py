@@ -1,0 +1,254 @@
+"""`emotion.v1.Pipeline` on grpclib: its routes, and how each answers."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import grpclib.const
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from emotion.codec import Encoded, parse
+from emotion.config import Limits
+from emotion.contract import (
+    LEGACY_RUN_PIPELINE_PATH,
+    RUN_PIPELINE_PATH,
+    STREAM_PIPELINE_PATH,
+    PipelineBase,
+    Request,
+    Response,
+)
+from emotion.decode import Decoded, InvalidImage, decode, to_full_size
+from emotion.inference.batching import Batcher
+from emotion.inference.process_client import InferenceProcesses
+from emotion.inference.threads import Inference
+from emotion.model import Model, encode_response, run_sample
+from emotion.observability.tracing import BATCH, DECODE, MODEL, NoTracing, Tracer
+from emotion.serving.admission import Admission
+from emotion.serving.calls import Calls, metadata
+from emotion.transport import Patience, ReceiveBudget, receive_message
+
+if TYPE_CHECKING:
+    from grpclib.metadata import Deadline
+
+#: A Pipeline call's stream; answers go out already encoded (emotion.codec.Encoded).
+_Stream = Stream[Request, Response | Encoded]
+
+
+class _Answer(NamedTuple):
+    """An image's answer, and its bytes, written in the thread or process that made it.
+
+    From an inference process only the bytes come back: ``response`` is None.
+    """
+
+    response: Response | None
+    encoded: Encoded
+
+
+class PipelineService(PipelineBase):
+    """Answers Pipeline calls with one model instance.
+
+    Each call is checked at its headers, its messages are read with the size
+    limit, in time, within the worker's receive budget; it takes its place in
+    the queue once its first message has arrived, and each image is decoded
+    and run through the model as one job of the inference queue.
+    ``batcher``, if given, runs the model on several calls' images at once
+    instead.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        admission: Admission,
+        inference: Inference,
+        calls: Calls,
+        limits: Limits,
+        window: int = 2,
+        batcher: Batcher | None = None,
+        tracing: Tracer | None = None,
+        processes: InferenceProcesses | None = None,
+    ) -> None:
+        self._model = model
+        self._processes = processes
+        self._admission = admission
+        self._inference = inference
+        self._calls = calls
+        self.limits = limits
+        self._patience = Patience(limits.body_timeout)
+        self._receiving = ReceiveBudget(limits.max_receiving)
+        # Images of one stream in progress at once: enough to keep the threads busy.
+        self._window = window
+        self._batcher = batcher
+        self._tracing = tracing or NoTracing()
+
+    async def run_pipeline(self, message: Request, deadline: Deadline | None = None) -> Response:
+        """Decode and infer; a failure raises the exception emotion.errors maps to a status.
+
+        A call whose ``deadline`` passes while it waits for an inference
+        thread never reaches the model.
+        """
+        answer = await self._answer_image(message, deadline)
+        if answer.response is None:
+            return parse(Response, answer.encoded.data)
+        return answer.response
+
+    async def _answer_image(self, message: Request, deadline: Deadline | None) -> _Answer:
+        instant = None if deadline is None else time.monotonic() + deadline.time_remaining()
+        if self._processes is not None:
+            return _Answer(None, Encoded(await self._processes.run(message.image, instant)))
+        if self._batcher is None:
+            return await self._inference.run(self._decode_and_run, message.image, deadline=instant)
+        decoded = await self._inference.run(self._decode, message.image, deadline=instant)
+        with self._tracing.span(BATCH):
+            response = await self._batcher.submit(decoded.image, deadline=instant)
+        to_full_size(response, decoded)
+        return _Answer(response, Encoded(encode_response(response, self._model)))
+
+    async def _answer_one(self, stream: _Stream) -> None:
+        self._admission.check(metadata(stream, "authorization"))
+        request = await self._receive(stream, first=True)
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
+        with self._admission.hold():
+            answer = await self._answer_image(request, stream.deadline)
+            await stream.send_message(answer.encoded)
+
+    async def _answer_stream(self, stream: _Stream) -> None:
+        """Answer each image of the stream in order, a few at a time.
+
+        Up to ``window`` images are decoded and inferred at once; the next is
+        read only when the oldest has been answered, so HTTP/2 flow control
+        holds back a client that sends faster than the model runs. Each image
+        in progress takes a place in the queue, as a unary call does.
+        """
+        self._admission.check(metadata(stream, "authorization"))
+        first = True
+
+        async def receive(stream: _Stream) -> Request | None:
+            nonlocal first
+            request = await self._receive(stream, first=first)
+            first = False
+            return request
+
+        await _InOrder(stream, self._window, receive, self._frame).answer()
+
+    async def _receive(self, stream: _Stream, *, first: bool = False) -> Request | None:
+        """The call's next request message, or None at its end."""
+        return await receive_message(
+            stream,
+            Request,
+            limit=self.limits.max_message_size,
+            patience=self._patience,
+            first=first,
+            budget=self._receiving,
+        )
+
+    async def _frame(self, request: Request, index: int, stream: _Stream) -> Encoded:
+        # Each image holds a place from its arrival to its answer: a stream that
+        # waits for its next image holds none, however long it waits.
+        with self._admission.hold():
+            try:
+                return (await self._answer_image(request, stream.deadline)).encoded
+            except InvalidImage as exc:
+                raise InvalidImage(f"image {index}: {exc}") from None
+
+    def _decode(self, data: bytes) -> Decoded:
+        # A bad image is the caller's fault, not the server's: not an ERROR span.
+        with self._tracing.span(DECODE, errors=False):
+            return decode(data, min_size=self._model.min_size, max_pixels=self.limits.max_pixels)
+
+    def _decode_and_run(self, data: bytes) -> _Answer:
+        decoded = self._decode(data)
+        with self._tracing.span(MODEL):
+            response = run_sample(self._model, decoded.image)
+        to_full_size(response, decoded)
+        return _Answer(response, Encoded(encode_response(response, self._model)))
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        unary = grpclib.const.Cardinality.UNARY_UNARY
+        streaming = grpclib.const.Cardinality.STREAM_STREAM
+        routes = [
+            (RUN_PIPELINE_PATH, unary, "unary", self._answer_one),
+            (LEGACY_RUN_PIPELINE_PATH, unary, "unary", self._answer_one),
+            (STREAM_PIPELINE_PATH, streaming, "bidi_stream", self._answer_stream),
+        ]
+        return {
+            path: grpclib.const.Handler(
+                functools.partial(self._calls.handle, path=path, kind=kind, answer=answer),
+                cardinality,
+                Request,
+                Response,
+            )
+            for path, cardinality, kind, answer in routes
+        }
+
+
+class _InOrder:
+    """One StreamPipeline call: a reader task takes images in, answers go out in order."""
+
+    def __init__(
+        self,
+        stream: _Stream,
+        window: int,
+        receive: Callable[[_Stream], Awaitable[Request | None]],
+        infer: Callable[[Request, int, _Stream], Awaitable[Encoded]],
+    ) -> None:
+        self._stream = stream
+        self._receive = receive
+        self._infer = infer
+        self._room = asyncio.Semaphore(window)
+        self._in_order: collections.deque[asyncio.Task[Encoded]] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._ended: list[BaseException | None] = []
+
+    async def answer(self) -> None:
+        reader = asyncio.ensure_future(self._read())
+        try:
+            while True:
+                if not self._in_order:
+                    if self._ended:
+                        if self._ended[0] is not None:
+                            raise self._ended[0]
+                        return
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                    continue
+                answer = await self._in_order.popleft()
+                self._room.release()
+                await self._stream.send_message(answer)
+        finally:
+            reader.cancel()
+            for task in self._in_order:
+                task.cancel()
+                # Retrieve how it ends, so asyncio does not report it as lost.
+                task.add_done_callback(_retrieve)
+
+    async def _read(self) -> None:
+        index = 0
+        try:
+            while True:
+                await self._room.acquire()  # wait for room before reading: flow control
+                request = await self._receive(self._stream)
+                if request is None:
+                    break
+                frame = self._infer(request, index, self._stream)
+                self._in_order.append(asyncio.ensure_future(frame))
+                self._arrived.set()
+                index += 1
+        except Exception as exc:  # a refusal, or a broken stream
+            self._ended.append(exc)
+        else:
+            self._ended.append(None)
+        self._arrived.set()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

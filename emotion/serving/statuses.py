@@ -1,0 +1,56 @@
+"""Every reason a call fails, and the gRPC status a client gets for it: one table.
+
+The modules that find a problem raise their own exception, with a message
+written for the client; this table alone decides the status.
+"""
+
+from __future__ import annotations
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from emotion.codec import InvalidMessage
+from emotion.decode import InvalidImage
+from emotion.inference.process_client import ProcessExited
+from emotion.inference.threads import Aborted, DeadlinePassed, QueueFull
+from emotion.model import ModelFailure
+from emotion.security import Unauthenticated
+from emotion.serving.admission import Busy, NotServing
+from emotion.transport import (
+    CompressedMessage,
+    MalformedMessage,
+    MessageTooLarge,
+    ReceivingFull,
+    SlowMessage,
+)
+
+_REQUEST = "request is not a valid emotion.v1.Request: {}"
+
+#: Exception, status, and how its message reads to the client.
+STATUSES: tuple[tuple[type[Exception], Status, str], ...] = (
+    (Unauthenticated, Status.UNAUTHENTICATED, "{}"),
+    (NotServing, Status.UNAVAILABLE, "{}"),
+    (Busy, Status.RESOURCE_EXHAUSTED, "{}"),
+    (MessageTooLarge, Status.RESOURCE_EXHAUSTED, "{}"),
+    (ReceivingFull, Status.RESOURCE_EXHAUSTED, "{}"),
+    (SlowMessage, Status.DEADLINE_EXCEEDED, "{}"),
+    (CompressedMessage, Status.UNIMPLEMENTED, "{}"),
+    (MalformedMessage, Status.INVALID_ARGUMENT, _REQUEST),
+    (InvalidMessage, Status.INVALID_ARGUMENT, "request is {}"),
+    (InvalidImage, Status.INVALID_ARGUMENT, "{}"),
+    (QueueFull, Status.RESOURCE_EXHAUSTED, "{}"),
+    (DeadlinePassed, Status.DEADLINE_EXCEEDED, "{}"),
+    (Aborted, Status.UNAVAILABLE, "{}"),
+    (ProcessExited, Status.UNAVAILABLE, "{}"),
+    (ModelFailure, Status.INTERNAL, "{}"),
+)
+
+
+def to_grpc_error(exc: Exception) -> GRPCError | None:
+    """The status and message a client gets for ``exc``; None for an unforeseen error."""
+    if isinstance(exc, GRPCError):
+        return exc
+    for kind, status, message in STATUSES:
+        if isinstance(exc, kind):
+            return GRPCError(status, message.format(exc))
+    return None

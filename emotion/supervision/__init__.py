@@ -1,0 +1,1 @@
+"""`emotion serve --workers N`: the supervisor and the worker processes it starts and restarts."""

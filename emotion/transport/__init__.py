@@ -1,0 +1,116 @@
+"""Every use of grpclib, h2 and hyperframe internals, behind one boundary.
+
+The rest of emotion imports the names in ``__all__`` and uses only the public
+APIs of these libraries. Their versions are pinned (pyproject.toml), and
+tests/transport/test_boundary.py checks each name below against the installed
+versions, failing with the name of the one that moved.
+
+Modules, one concern each:
+
+- ``server``: GrpcServer, grpclib's Server with shutdown in steps
+  (stop listening, drain, GOAWAY) and our handler and protocol per connection.
+- ``handler``: CallHandler, grpclib's Handler releasing a call's stream
+  when its task ends, however it ends, and forgetting closed connections.
+- ``protocol``: ServerProtocol, grpclib's H2Protocol building our h2
+  connection, retiring connections by age, closing abusive ones with GOAWAY.
+- ``connection``: H2ServerConnection, h2's connection with 1 MiB frames,
+  DATA frames that format cheaply, and the guards fed each frame.
+- ``guards``: the per-connection policies against HTTP/2 abuse (no internals).
+- ``writes``: CoalescingTransport, a connection's writes sent once per loop pass.
+- ``messages``: receive_message, a request read with its size checked first,
+  in the time its size allows, within the worker's receive budget.
+- ``client``: told_to_go_away, whether a channel's connection got a GOAWAY.
+
+Nothing here changes anything process-wide, at import or later: importing
+emotion, serving, or calling leaves every grpclib, h2 and hyperframe
+module and class as it was (a test checks it in a fresh interpreter).
+
+Internals used (private names, and undocumented ones that are not private
+by name but no API promises):
+
+grpclib
+    - ``Server._protocol_factory``: overridden; its body is repeated, and
+      ``server.GRPCLIB_PROTOCOL_FACTORY`` pins grpclib's copy.
+    - read in that body: ``Server.__gc_step__``, ``Server._mapping``,
+      ``Server._codec``, ``Server._status_details_codec``,
+      ``Server.__dispatch__``, ``Server._handlers``, ``Server._config``,
+      ``Server._h2_config``, and ``grpclib.server.Handler``.
+    - ``Server._server``: the asyncio server, closed to stop listening.
+    - ``H2Protocol.connection_made``: its code is run with the module-level
+      name ``grpclib.protocol.H2Connection`` bound to our h2 connection.
+    - ``H2Protocol.connection``, ``grpclib.protocol.Connection._connection``
+      (the h2 connection) and ``Connection._transport`` (our CoalescingTransport).
+    - ``grpclib.server.Stream._stream`` (its ``recv_data``, which raises
+      AssertionError when a call ends short), ``Stream._codec``,
+      ``Stream._dispatch``, ``Stream._messages_received``,
+      ``Connection.messages_received``, ``Connection.last_message_received``.
+    - ``grpclib.client.Channel._protocol``.
+    - ``Handler.accept``: extended; it reads ``Handler._tasks`` (the task of
+      each stream) and ``Handler._cancelled``, and ``Handler.closing``.
+    - ``H2Protocol.handler``, and ``Connection.flush`` (writes what h2
+      queued, a GOAWAY included).
+    - ``H2Protocol.processor`` and its ``EventsProcessor.streams`` (the calls
+      open on a connection, for the idle timeout).
+    - ending a call whose answer waits on a client that reads nothing, as
+      grpclib ends one the client reset: ``Stream.window_updated`` (clear
+      while an answer waits for window), ``Stream.__terminated__``,
+      ``Handler.cancel``; and ``Connection.write_ready`` (clear while the
+      socket's buffer is full).
+
+h2
+    - ``H2Connection._receive_frame``: overridden, to give DATA frames a
+      cheap repr before h2 formats them.
+    - ``H2Connection._frame_dispatch_table``: keyed by exact frame class.
+    - ``H2Connection._receive_headers_frame`` and
+      ``H2Connection._receive_rst_stream_frame``: extended, to count streams
+      opened and reset (the dispatch table holds them as bound methods, made
+      after the subclass overrides them).
+    - ``H2Connection.receive_data``: extended, to keep a ProtocolError (h2
+      has queued its GOAWAY) instead of raising it to grpclib.
+    - ``H2Connection.streams`` (the open h2 streams by id) and
+      ``H2Stream.closed``.
+    - ``H2Connection.incoming_buffer``: replaced by our h2 ``FrameBuffer``
+      subclass, which extends ``FrameBuffer._update_header_buffer`` and reads
+      ``FrameBuffer._headers_buffer`` (the frames of an unfinished header
+      block).
+    - refusing a stream over the limit, as h2 handles a stream it reset:
+      ``h2.connection._decode_headers`` (keeps HPACK in step),
+      ``H2Connection._closed_streams`` (marked ``StreamClosedBy``
+      ``SEND_RST_STREAM``, from ``h2.stream.StreamClosedBy``), and the state
+      machine fed ``h2.connection.ConnectionInputs``.
+    - ``H2Connection.highest_inbound_stream_id``,
+      ``H2Connection.state_machine`` and ``h2.connection.ConnectionState``.
+
+hyperframe
+    - ``Frame._body_repr``: overridden for DATA frames; its text must stay
+      that of ``hyperframe.frame._raw_data_repr``, which is only read (by the
+      tests), never replaced.
+"""
+
+from emotion.transport.client import told_to_go_away
+from emotion.transport.connection import MAX_FRAME_SIZE
+from emotion.transport.messages import (
+    CompressedMessage,
+    MalformedMessage,
+    MessageTooLarge,
+    Patience,
+    ReceiveBudget,
+    ReceivingFull,
+    SlowMessage,
+    receive_message,
+)
+from emotion.transport.server import GrpcServer
+
+__all__ = [
+    "MAX_FRAME_SIZE",
+    "CompressedMessage",
+    "GrpcServer",
+    "MalformedMessage",
+    "MessageTooLarge",
+    "Patience",
+    "ReceiveBudget",
+    "ReceivingFull",
+    "SlowMessage",
+    "receive_message",
+    "told_to_go_away",
+]

@@ -1,0 +1,69 @@
+"""One table turns every failure into the status a client gets."""
+
+from __future__ import annotations
+
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from emotion.codec import InvalidMessage
+from emotion.decode import InvalidImage
+from emotion.inference.threads import Aborted, DeadlinePassed, QueueFull
+from emotion.model import ModelFailure
+from emotion.security import Unauthenticated
+from emotion.serving.admission import Busy, NotServing
+from emotion.serving.statuses import STATUSES, to_grpc_error
+from emotion.transport import CompressedMessage, MalformedMessage, MessageTooLarge
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "message"),
+    [
+        (Unauthenticated("no token"), Status.UNAUTHENTICATED, "no token"),
+        (NotServing("loading"), Status.UNAVAILABLE, "loading"),
+        (Busy("busy"), Status.RESOURCE_EXHAUSTED, "busy"),
+        (
+            MessageTooLarge(10, 5),
+            Status.RESOURCE_EXHAUSTED,
+            "request message is 10 bytes; this server accepts at most 5",
+        ),
+        (CompressedMessage("compressed"), Status.UNIMPLEMENTED, "compressed"),
+        (
+            MalformedMessage("cut short"),
+            Status.INVALID_ARGUMENT,
+            "request is not a valid emotion.v1.Request: cut short",
+        ),
+        (
+            InvalidMessage("emotion.v1.Request", "broken"),
+            Status.INVALID_ARGUMENT,
+            "request is not a valid emotion.v1.Request: broken",
+        ),
+        (InvalidImage("not an image"), Status.INVALID_ARGUMENT, "not an image"),
+        (QueueFull(3), Status.RESOURCE_EXHAUSTED, str(QueueFull(3))),
+        (DeadlinePassed(), Status.DEADLINE_EXCEEDED, str(DeadlinePassed())),
+        (Aborted(), Status.UNAVAILABLE, str(Aborted())),
+        (ModelFailure("model M failed: KeyError"), Status.INTERNAL, "model M failed: KeyError"),
+    ],
+)
+def test_each_failure_has_its_status_and_a_message_for_the_client(
+    failure: Exception, status: Status, message: str
+) -> None:
+    error = to_grpc_error(failure)
+
+    assert error is not None
+    assert (error.status, error.message) == (status, message)
+
+
+def test_the_table_has_one_row_per_failure_and_no_row_hides_another() -> None:
+    kinds = [kind for kind, _, _ in STATUSES]
+
+    assert len(set(kinds)) == len(kinds)
+    for earlier, kind in enumerate(kinds):
+        assert not any(issubclass(kind, before) for before in kinds[:earlier]), kind
+
+
+def test_an_unforeseen_error_has_no_status_here_and_a_grpc_error_keeps_its_own() -> None:
+    own = GRPCError(Status.NOT_FOUND, "gone")
+
+    assert to_grpc_error(KeyError("bug")) is None
+    assert to_grpc_error(own) is own

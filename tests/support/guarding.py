@@ -1,0 +1,103 @@
+"""What the attack tests share: the server's memory, a legitimate call, raw frames and sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from grpclib.client import Channel
+from h2.errors import ErrorCodes
+from hyperframe.frame import SettingsFrame
+
+from emotion import PipelineStub, Request, Server
+from support.h2client import RawConnection
+
+MiB = 1024 * 1024
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS = SettingsFrame(0).serialize()
+
+
+def rss() -> int:
+    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class Peak:
+    """The highest RSS seen while the block runs, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.before = rss()
+        self.peak = self.before
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss())
+            await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> Peak:
+        self._task = asyncio.ensure_future(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.peak = max(self.peak, rss())
+
+    @property
+    def grown(self) -> int:
+        return self.peak - self.before
+
+
+async def legitimate(server: Server, connect: Callable[[Server], Channel], jpeg: bytes) -> None:
+    """One call on a connection of its own: it must be answered."""
+    answer = await PipelineStub(connect(server)).run_pipeline(Request(image=jpeg), timeout=10)
+    assert answer.response
+
+
+def send_frames(port: int, frames: list[bytes]) -> tuple[ErrorCodes | int | None, bool]:
+    """Send raw frames after the handshake; the server's GOAWAY code, and whether it closed."""
+    connection = RawConnection(port)
+    try:
+        for frame in frames:
+            try:
+                connection.sock.sendall(frame)
+            except OSError:  # closed under us: what it sent is read below
+                break
+            connection.drain()
+            if connection.goaway is not None:
+                break
+        connection.wait_closed(5)
+        return connection.goaway, connection.closed
+    finally:
+        connection.close()
+
+
+def silent(port: int, send: bytes, timeout: float = 10) -> tuple[float, bytes]:
+    """Connect, send ``send`` (maybe nothing), then only read: seconds until closed, bytes read."""
+    started = time.monotonic()
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(send)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return time.monotonic() - started, received
+
+
+def goaway_code(received: bytes) -> int | None:
+    """The error code of the first GOAWAY frame in ``received``, if any."""
+    while len(received) >= 9:
+        length = int.from_bytes(received[:3], "big")
+        if received[3] == 0x7:
+            return int.from_bytes(received[9 + 4 : 9 + 8], "big")
+        received = received[9 + length :]
+    return None
