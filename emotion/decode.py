@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from emotion.config.limits import DEFAULT_MAX_PIXELS
 from emotion.contract import Response
 
 #: Pillow format names the server decodes. MPO is how Pillow names the JPEGs
@@ -33,11 +34,6 @@ _FOREIGN_SIGNATURES = (
     (b"<?xml", "XML/SVG"),
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
 )
-
-
-#: Largest image decoded by default, width times height: about a 60 MP camera's
-#: output is refused; 8000x6000 passes.
-DEFAULT_MAX_PIXELS = 50_000_000
 
 
 class InvalidImage(ValueError):

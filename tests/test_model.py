@@ -32,12 +32,18 @@ def test_the_shipped_mock_model_loads() -> None:
         (":SizeModel", "is not of the form"),
         ("no_such_module:Model", "model module 'no_such_module' not found"),
         ("sample_models.nested:Model", "model module 'sample_models.nested' not found"),
-        ("support.sample_models:Missing", "module 'sample_models' has no attribute 'Missing'"),
+        (
+            "support.sample_models:Missing",
+            "module 'support.sample_models' has no attribute 'Missing'",
+        ),
         (
             "support.sample_models:NotAModel",
             "support.sample_models:NotAModel is not a subclass of emotion.Model",
         ),
-        ("sample_models:time", "sample_models:time is not a subclass of emotion.Model"),
+        (
+            "support.sample_models:time",
+            "support.sample_models:time is not a subclass of emotion.Model",
+        ),
         (
             "support.sample_models:AbstractModel",
             "support.sample_models:AbstractModel does not implement process_sample",

@@ -20,7 +20,7 @@ from emotion.contract import (
     Response,
 )
 from emotion.observability.tracing import NoTracing, Tracer
-from emotion.transport import told_to_go_away
+from emotion.transport.client import told_to_go_away
 
 
 class Client:

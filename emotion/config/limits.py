@@ -21,8 +21,10 @@ from emotion.config.settings import (
     parse_pixels,
     parse_size,
 )
-from emotion.decode import DEFAULT_MAX_PIXELS
 
+#: Largest image decoded by default, width times height: about a 60 MP camera's
+#: output is refused; 8000x6000 passes.
+DEFAULT_MAX_PIXELS = 50_000_000
 #: Room in a request message for what surrounds the image.
 REQUEST_OVERHEAD = 64 * 1024
 #: 16 MiB for the image, plus room for the message around it.

@@ -31,6 +31,7 @@ import selectors
 import signal
 import socket
 import struct
+import sys
 import time
 import traceback
 from typing import NamedTuple
@@ -209,3 +210,7 @@ def main(argv: list[str]) -> int:
             return serve(owner, path, spec, int(max_pixels))
         except (BrokenPipeError, ConnectionResetError):
             return 0  # the owner went away: nobody to answer
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -45,9 +45,9 @@ _EXIT_WAIT = 1.0
 #: (benchmarks/README.md, "One pool for every worker"). Kept at hand instead,
 #: up to this much; other C libraries ignore the variable.
 _MALLOC_TOP_PAD = str(16 * 1024 * 1024)
-# Not `-m emotion.inference.process_main`: the package imports that module first,
-# and runpy would run a second copy of it.
-_CHILD = "import sys; from emotion.inference.process_main import main; sys.exit(main(sys.argv[1:]))"
+#: What each process runs. `import emotion` loads nothing eagerly, so the
+#: process holds the model, the decoder and this module, no server.
+_CHILD = "emotion.inference.process_main"
 
 
 class StartFailed(Exception):
@@ -189,7 +189,7 @@ class InferencePool:
             slot.process = subprocess.Popen(
                 [
                     sys.executable,
-                    "-c",
+                    "-m",
                     _CHILD,
                     str(theirs.fileno()),
                     slot.path,

@@ -35,7 +35,7 @@ from emotion.serving.admission import Admission, State
 from emotion.serving.calls import Calls
 from emotion.serving.service import PipelineService
 from emotion.serving.sockets import bound_socket, format_address
-from emotion.transport import GrpcServer
+from emotion.transport.server import GrpcServer
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

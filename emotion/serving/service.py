@@ -32,7 +32,7 @@ from emotion.model import Model, encode_response, run_sample
 from emotion.observability.tracing import BATCH, DECODE, MODEL, NoTracing, Tracer
 from emotion.serving.admission import Admission
 from emotion.serving.calls import Calls, metadata
-from emotion.transport import Patience, ReceiveBudget, receive_message
+from emotion.transport.messages import Patience, ReceiveBudget, receive_message
 
 if TYPE_CHECKING:
     from grpclib.metadata import Deadline

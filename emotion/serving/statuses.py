@@ -16,7 +16,7 @@ from emotion.inference.threads import Aborted, DeadlinePassed, QueueFull
 from emotion.model import ModelFailure
 from emotion.security import Unauthenticated
 from emotion.serving.admission import Busy, NotServing
-from emotion.transport import (
+from emotion.transport.messages import (
     CompressedMessage,
     MalformedMessage,
     MessageTooLarge,

@@ -1,7 +1,8 @@
 """Every use of grpclib, h2 and hyperframe internals, behind one boundary.
 
-The rest of emotion imports the names in ``__all__`` and uses only the public
-APIs of these libraries. Their versions are pinned (pyproject.toml), and
+The rest of emotion imports from these modules and uses only the public APIs
+of these libraries. This package imports nothing itself, so that a client
+(which needs only ``client``) loads none of the server's h2 subclasses.
 tests/transport/test_boundary.py checks each name below against the installed
 versions, failing with the name of the one that moved.
 
@@ -86,31 +87,3 @@ hyperframe
       that of ``hyperframe.frame._raw_data_repr``, which is only read (by the
       tests), never replaced.
 """
-
-from emotion.transport.client import told_to_go_away
-from emotion.transport.connection import MAX_FRAME_SIZE
-from emotion.transport.messages import (
-    CompressedMessage,
-    MalformedMessage,
-    MessageTooLarge,
-    Patience,
-    ReceiveBudget,
-    ReceivingFull,
-    SlowMessage,
-    receive_message,
-)
-from emotion.transport.server import GrpcServer
-
-__all__ = [
-    "MAX_FRAME_SIZE",
-    "CompressedMessage",
-    "GrpcServer",
-    "MalformedMessage",
-    "MessageTooLarge",
-    "Patience",
-    "ReceiveBudget",
-    "ReceivingFull",
-    "SlowMessage",
-    "receive_message",
-    "told_to_go_away",
-]

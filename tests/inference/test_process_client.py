@@ -38,7 +38,7 @@ from support.served import (
 
 from emotion import PipelineStub, Request, Response, Server
 from emotion.config import Limits
-from emotion.decode import DEFAULT_MAX_PIXELS
+from emotion.config.limits import DEFAULT_MAX_PIXELS
 from emotion.inference.process_pool import InferencePool
 from emotion.model import Model, spec_of
 from emotion.runtime import available_cpus

@@ -17,7 +17,7 @@ from PIL import Image
 from support.served import alive, inference_processes
 
 from emotion import Response
-from emotion.decode import DEFAULT_MAX_PIXELS
+from emotion.config.limits import DEFAULT_MAX_PIXELS
 from emotion.inference.process_main import ANSWER, REQUEST, STEPS, Status, Steps
 from emotion.inference.process_pool import InferencePool, StartFailed
 
@@ -30,7 +30,9 @@ def pool() -> Iterator[Pool]:
     made: list[InferencePool] = []
 
     def make(model: str, count: int = 1) -> InferencePool:
-        made.append(InferencePool(f"sample_models:{model}", count, max_pixels=DEFAULT_MAX_PIXELS))
+        made.append(
+            InferencePool(f"support.sample_models:{model}", count, max_pixels=DEFAULT_MAX_PIXELS)
+        )
         return made[-1]
 
     yield make

@@ -38,8 +38,8 @@ from support.served import start_serving
 from emotion import Client, Model, PipelineStub, Request, Response, Server
 from emotion.client.predict import run as run_predict
 from emotion.config import PredictOptions
+from emotion.config.limits import DEFAULT_MAX_PIXELS
 from emotion.contract import LEGACY_RUN_PIPELINE_PATH
-from emotion.decode import DEFAULT_MAX_PIXELS
 from emotion.inference.process_pool import InferencePool
 from emotion.model import spec_of
 from emotion.models.mock import MockModel

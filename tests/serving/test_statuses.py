@@ -13,7 +13,7 @@ from emotion.model import ModelFailure
 from emotion.security import Unauthenticated
 from emotion.serving.admission import Busy, NotServing
 from emotion.serving.statuses import STATUSES, to_grpc_error
-from emotion.transport import CompressedMessage, MalformedMessage, MessageTooLarge
+from emotion.transport.messages import CompressedMessage, MalformedMessage, MessageTooLarge
 
 
 @pytest.mark.parametrize(

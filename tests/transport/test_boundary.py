@@ -45,10 +45,11 @@ from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import DataFrame, Frame
 
 import emotion.transport
-from emotion.transport import GrpcServer, receive_message, told_to_go_away
+from emotion.transport.client import told_to_go_away
 from emotion.transport.connection import H2ServerConnection, QuietDataFrame
 from emotion.transport.handler import CallHandler
-from emotion.transport.server import GRPCLIB_PROTOCOL_FACTORY, normalized_source
+from emotion.transport.messages import receive_message
+from emotion.transport.server import GRPCLIB_PROTOCOL_FACTORY, GrpcServer, normalized_source
 from emotion.transport.writes import CoalescingTransport
 
 ECHO_PATH = "/test.Echo/Echo"
