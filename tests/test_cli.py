@@ -151,7 +151,7 @@ async def test_a_model_that_cannot_load_in_its_process_is_logged_with_its_traceb
 
     assert code == 1
     assert re.search(
-        r"ERROR \[\d+\] emotion\.inference_process: model FailingLoadModel failed to load\n"
+        r"ERROR \[\d+\] emotion\.inference\.process_main: model FailingLoadModel failed to load\n"
         r"Traceback",
         err,
     )

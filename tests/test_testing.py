@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import encode, gradient
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from support.sample_models import FailingLoadModel, GatedModel, RaisingModel, SizeModel
+from support.sample_models import FailingLoadModel, GatedModel, PidModel, RaisingModel, SizeModel
 
-from emotion import BBox, Response
+from emotion import BBox, ModelLoadError, Response
 from emotion.serving.server import ModelStartError
 from emotion.testing import serve_model
 
@@ -55,3 +57,56 @@ async def test_a_hanging_model_fails_the_call_by_the_timeout_and_the_server_stil
         with pytest.raises(TimeoutError):
             await client.predict(encode(gradient(), "JPEG"))
     model.gate.set()
+
+
+def pid_of(response: Response) -> int:
+    box = response.response[0].bbox
+    assert box is not None
+    return int(box.x1)
+
+
+async def test_the_model_runs_in_an_inference_process_as_emotion_serve_runs_it() -> None:
+    async with serve_model(PidModel()) as client:
+        served_by = pid_of(await client.predict(encode(gradient(), "JPEG")))
+
+    assert served_by != os.getpid()
+
+
+async def test_without_inference_processes_this_very_instance_runs_in_threads() -> None:
+    async with serve_model(PidModel(), inference_processes=0) as client:
+        served_by = pid_of(await client.predict(encode(gradient(), "JPEG")))
+
+    assert served_by == os.getpid()
+
+
+async def test_batching_runs_in_threads_as_the_command_chooses() -> None:
+    async with serve_model(PidModel(), max_batch_size=2) as client:
+        served_by = pid_of(await client.predict(encode(gradient(), "JPEG")))
+
+    assert served_by == os.getpid()
+    with pytest.raises(ValueError, match="inference_processes=0"):
+        async with serve_model(PidModel(), max_batch_size=2, inference_processes=1):
+            pytest.fail("batched in inference processes")
+
+
+async def test_a_model_a_process_cannot_import_fails_the_test_naming_both_ways_out() -> None:
+    class LocalModel(PidModel):
+        pass
+
+    with pytest.raises(ModelLoadError) as caught:
+        async with serve_model(LocalModel()):
+            pytest.fail("served a model no process can import")
+
+    assert "define it in an importable module" in str(caught.value)
+    assert "inference_processes=0" in str(caught.value)
+    async with serve_model(LocalModel(), inference_processes=0) as client:
+        assert pid_of(await client.predict(encode(gradient(), "JPEG"))) == os.getpid()
+
+
+async def test_state_set_on_the_test_instance_does_not_reach_the_served_model() -> None:
+    model = GatedModel()
+    model.gate.set()  # opens this instance's gate only: the process has its own
+
+    async with serve_model(model, timeout=0.5, grace=0) as client:
+        with pytest.raises(TimeoutError):
+            await client.predict(encode(gradient(), "JPEG"))

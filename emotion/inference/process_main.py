@@ -36,8 +36,9 @@ import time
 import traceback
 from typing import NamedTuple
 
-from emotion.decode import InvalidImage, decode, to_full_size
-from emotion.model import Model, ModelFailure, encode_response, load_model, run_sample
+from emotion.decode import InvalidImage
+from emotion.inference.pipeline import decode_for, infer, written
+from emotion.model import Model, ModelFailure, load_model
 from emotion.runtime import LOG_FORMAT, apply_process_settings, configure_logging
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,14 @@ def answer(
         return Status.DEADLINE_PASSED, b"", Steps()
     decode_start = time.time_ns()
     try:
-        decoded = decode(image, min_size=model.min_size, max_pixels=max_pixels)
+        decoded = decode_for(model, image, max_pixels)
     except InvalidImage as exc:
         return Status.INVALID_IMAGE, str(exc).encode(), Steps(decode_start, time.time_ns())
     model_start = time.time_ns()
     try:
-        response = run_sample(model, decoded.image)
+        response = infer(model, decoded)
         model_end = time.time_ns()
-        to_full_size(response, decoded)
-        written = encode_response(response, model)
+        data = written(model, response, decoded)
     except ModelFailure as exc:
         # An answer that cannot be written is the model's failure too.
         steps = Steps(decode_start, model_start, model_start, time.time_ns())
@@ -97,7 +97,7 @@ def answer(
         cause = exc.__cause__ or exc
         detail = "".join(traceback.format_exception(cause)).rstrip()
         return Status.MODEL_FAILED, f"{exc}\0{detail}".encode(), steps
-    return Status.OK, written, Steps(decode_start, model_start, model_start, model_end)
+    return Status.OK, data, Steps(decode_start, model_start, model_start, model_end)
 
 
 def _read_request(conn: socket.socket) -> tuple[float, bytes] | None:

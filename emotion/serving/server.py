@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
@@ -22,11 +20,11 @@ from grpclib.reflection.service import ServerReflection
 
 from emotion.config import ServerConfig
 from emotion.contract import FILE_DESCRIPTOR
-from emotion.inference.batching import Batcher
+from emotion.inference.backend import Backend
 from emotion.inference.process_client import DEPTH as PROCESS_DEPTH
 from emotion.inference.process_client import InferenceProcesses
-from emotion.inference.threads import Inference
-from emotion.model import Model, run_batch
+from emotion.inference.thread_backend import ThreadBackend
+from emotion.model import Model
 from emotion.observability.metrics import Metrics, NoMetrics, serve_metrics
 from emotion.observability.tracing import NoTracing, Tracer, tracing_from_environment
 from emotion.runtime import apply_process_settings, available_cpus
@@ -70,7 +68,6 @@ class Server:
         self.config = config or ServerConfig()
         self.tracing = tracing or NoTracing()
         threads = self.config.threads or available_cpus()
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="emotion-infer")
         self._health = ServiceStatus()
         self._health.set(False)
         self.metrics: Metrics | None = None
@@ -85,45 +82,35 @@ class Server:
         sockets = self.config.inference_sockets
         places = len(sockets) * PROCESS_DEPTH or threads
         capacity = places + self.config.limits.max_queue
-        self.processes: InferenceProcesses | None = None
+        self.backend: Backend
         if sockets:
-            self.processes = InferenceProcesses(
+            self.backend = InferenceProcesses(
                 sockets, capacity=capacity, metrics=recorder, tracing=self.tracing
+            )
+        else:
+            self.backend = ThreadBackend(
+                model,
+                threads=threads,
+                capacity=capacity,
+                max_pixels=self.config.limits.max_pixels,
+                max_batch_size=self.config.max_batch_size,
+                max_batch_delay=self.config.max_batch_delay,
+                metrics=recorder,
+                tracing=self.tracing,
             )
         tokens = BearerTokens(self.config.tokens) if self.config.tokens else None
         self.admission = Admission(capacity=capacity, tokens=tokens)
-        self.inference = Inference(
-            self._executor, capacity=capacity, metrics=recorder, tracing=self.tracing
-        )
         self.calls = Calls(recorder, self.tracing)
-        batcher = None
-        if self.config.max_batch_size > 1:
-            batcher = Batcher(
-                functools.partial(run_batch, model),
-                self.inference,
-                max_size=self.config.max_batch_size,
-                max_delay=self.config.max_batch_delay,
-                on_batch=recorder.batch_size.observe,
-                tracing=self.tracing,
-            )
         self.service = PipelineService(
-            model,
+            self.backend,
             admission=self.admission,
-            inference=self.inference,
             calls=self.calls,
             limits=self.config.limits,
             window=max(2, threads),
-            batcher=batcher,
-            tracing=self.tracing,
-            processes=self.processes,
         )
         self._grpc: GrpcServer | None = None
         self._port: int | None = None
         self._loaded: asyncio.Future[None] | None = None
-        # Set by the loading thread itself: its task may be cancelled, it cannot.
-        self._loading = False
-        self._model_ready = False
-        self._abandoned_threads = False
         self._grace_over = asyncio.Event()
 
     @property
@@ -176,21 +163,17 @@ class Server:
 
     async def _load(self) -> None:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            if self.processes is not None:
-                # They load the model; this process never runs it. Whoever
-                # owns them fails the start if one cannot load.
-                await self.processes.start()
-                if self.metrics is not None:
-                    self.metrics.model_load_seconds.set(time.perf_counter() - started)
-            else:
-                await loop.run_in_executor(self._executor, self._load_model)
+            # Processes hold the model already (whoever owns them fails the
+            # start if one cannot load): this waits until they answer.
+            await self.backend.start()
         except Exception as exc:
             log.error("model %s failed to load", self.model.name, exc_info=exc)
             raise ModelStartError(
                 f"model {self.model.name} failed to load: {type(exc).__name__}: {exc}"
             ) from exc
+        if self.metrics is not None:
+            self.metrics.model_load_seconds.set(time.perf_counter() - started)
         if self.admission.state is State.LOADING:
             self.admission.start_serving()
             self._health.set(True)
@@ -199,26 +182,6 @@ class Server:
             self.model.name,
             time.perf_counter() - started,
         )
-
-    def _load_model(self) -> None:
-        self._loading = True
-        started = time.perf_counter()
-        try:
-            self.model.load()
-            self._model_ready = True
-        finally:
-            self._loading = False
-        if self.metrics is not None:
-            self.metrics.model_load_seconds.set(time.perf_counter() - started)
-
-    @property
-    def abandoned_threads(self) -> bool:
-        """After :meth:`stop`: whether a model call or load() outlived it.
-
-        Python waits for such threads before the process can exit; a server
-        process that must stop in time exits with ``os._exit`` instead.
-        """
-        return self._abandoned_threads
 
     async def wait_loaded(self) -> None:
         """Return once the model serves; raise ModelStartError if its load() failed."""
@@ -249,9 +212,7 @@ class Server:
             cut_short.cancel()
             if self.calls.active:
                 log.warning("aborting %d call(s) still running", self.calls.active)
-                self.inference.abort()
-                if self.processes is not None:
-                    self.processes.abort()
+                self.backend.abort()
                 # Calls waiting on their client (a body that never comes) do
                 # not see the abort; closing the server below cancels them.
                 with contextlib.suppress(TimeoutError):
@@ -267,9 +228,7 @@ class Server:
         self._grpc = None
         if self._loaded is not None and not self._loaded.done():
             self._loaded.cancel()
-        if self.processes is not None:
-            await self.processes.close()
-        self._release_model()
+        await self.backend.close()
         # Spans still buffered, within a bound: a collector that is down must not
         # hold up the exit. The tracer is the caller's: flushed, not shut down.
         if not await asyncio.to_thread(self.tracing.flush, _FLUSH_WAIT):
@@ -287,26 +246,6 @@ class Server:
     def end_grace(self) -> None:
         """Cut a running :meth:`stop` short: cancel in-flight calls now."""
         self._grace_over.set()
-
-    def _release_model(self) -> None:
-        """Close the model, unless a thread still uses it: then leave it be."""
-        loading = self._loading
-        busy = self.inference.inferring
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        if loading or busy:
-            self._abandoned_threads = True
-            log.warning(
-                "not waiting for %s; model %s not closed",
-                "load() to finish" if loading and not busy else f"{busy} model call(s)",
-                self.model.name,
-            )
-            return
-        if not self._model_ready:
-            return
-        try:
-            self.model.close()
-        except Exception:
-            log.exception("model %s failed to close", self.model.name)
 
 
 async def serve(

@@ -7,7 +7,7 @@ import collections
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import grpclib.const
 from grpclib.const import Status
@@ -24,12 +24,8 @@ from emotion.contract import (
     Request,
     Response,
 )
-from emotion.decode import Decoded, InvalidImage, decode, to_full_size
-from emotion.inference.batching import Batcher
-from emotion.inference.process_client import InferenceProcesses
-from emotion.inference.threads import Inference
-from emotion.model import Model, encode_response, run_sample
-from emotion.observability.tracing import BATCH, DECODE, MODEL, NoTracing, Tracer
+from emotion.decode import InvalidImage
+from emotion.inference.backend import Backend
 from emotion.serving.admission import Admission
 from emotion.serving.calls import Calls, metadata
 from emotion.transport.messages import Patience, ReceiveBudget, receive_message
@@ -41,75 +37,44 @@ if TYPE_CHECKING:
 _Stream = Stream[Request, Response | Encoded]
 
 
-class _Answer(NamedTuple):
-    """An image's answer, and its bytes, written in the thread or process that made it.
-
-    From an inference process only the bytes come back: ``response`` is None.
-    """
-
-    response: Response | None
-    encoded: Encoded
-
-
 class PipelineService(PipelineBase):
-    """Answers Pipeline calls with one model instance.
+    """Answers Pipeline calls from one inference backend, threads or processes alike.
 
     Each call is checked at its headers, its messages are read with the size
     limit, in time, within the worker's receive budget; it takes its place in
-    the queue once its first message has arrived, and each image is decoded
-    and run through the model as one job of the inference queue.
-    ``batcher``, if given, runs the model on several calls' images at once
-    instead.
+    the queue once its first message has arrived, and each image is one run
+    of the ``backend`` (emotion.inference.backend).
     """
 
     def __init__(
         self,
-        model: Model,
+        backend: Backend,
         *,
         admission: Admission,
-        inference: Inference,
         calls: Calls,
         limits: Limits,
         window: int = 2,
-        batcher: Batcher | None = None,
-        tracing: Tracer | None = None,
-        processes: InferenceProcesses | None = None,
     ) -> None:
-        self._model = model
-        self._processes = processes
+        self._backend = backend
         self._admission = admission
-        self._inference = inference
         self._calls = calls
         self.limits = limits
         self._patience = Patience(limits.body_timeout)
         self._receiving = ReceiveBudget(limits.max_receiving)
         # Images of one stream in progress at once: enough to keep the threads busy.
         self._window = window
-        self._batcher = batcher
-        self._tracing = tracing or NoTracing()
 
     async def run_pipeline(self, message: Request, deadline: Deadline | None = None) -> Response:
-        """Decode and infer; a failure raises the exception emotion.errors maps to a status.
+        """Decode and infer; a failure raises what emotion.serving.statuses maps to a status.
 
-        A call whose ``deadline`` passes while it waits for an inference
-        thread never reaches the model.
+        A call whose ``deadline`` passes while it waits for the backend never
+        reaches the model.
         """
-        answer = await self._answer_image(message, deadline)
-        if answer.response is None:
-            return parse(Response, answer.encoded.data)
-        return answer.response
+        return parse(Response, (await self._answer_image(message, deadline)).data)
 
-    async def _answer_image(self, message: Request, deadline: Deadline | None) -> _Answer:
+    async def _answer_image(self, message: Request, deadline: Deadline | None) -> Encoded:
         instant = None if deadline is None else time.monotonic() + deadline.time_remaining()
-        if self._processes is not None:
-            return _Answer(None, Encoded(await self._processes.run(message.image, instant)))
-        if self._batcher is None:
-            return await self._inference.run(self._decode_and_run, message.image, deadline=instant)
-        decoded = await self._inference.run(self._decode, message.image, deadline=instant)
-        with self._tracing.span(BATCH):
-            response = await self._batcher.submit(decoded.image, deadline=instant)
-        to_full_size(response, decoded)
-        return _Answer(response, Encoded(encode_response(response, self._model)))
+        return Encoded(await self._backend.run(message.image, instant))
 
     async def _answer_one(self, stream: _Stream) -> None:
         self._admission.check(metadata(stream, "authorization"))
@@ -117,8 +82,7 @@ class PipelineService(PipelineBase):
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
         with self._admission.hold():
-            answer = await self._answer_image(request, stream.deadline)
-            await stream.send_message(answer.encoded)
+            await stream.send_message(await self._answer_image(request, stream.deadline))
 
     async def _answer_stream(self, stream: _Stream) -> None:
         """Answer each image of the stream in order, a few at a time.
@@ -155,21 +119,9 @@ class PipelineService(PipelineBase):
         # waits for its next image holds none, however long it waits.
         with self._admission.hold():
             try:
-                return (await self._answer_image(request, stream.deadline)).encoded
+                return await self._answer_image(request, stream.deadline)
             except InvalidImage as exc:
                 raise InvalidImage(f"image {index}: {exc}") from None
-
-    def _decode(self, data: bytes) -> Decoded:
-        # A bad image is the caller's fault, not the server's: not an ERROR span.
-        with self._tracing.span(DECODE, errors=False):
-            return decode(data, min_size=self._model.min_size, max_pixels=self.limits.max_pixels)
-
-    def _decode_and_run(self, data: bytes) -> _Answer:
-        decoded = self._decode(data)
-        with self._tracing.span(MODEL):
-            response = run_sample(self._model, decoded.image)
-        to_full_size(response, decoded)
-        return _Answer(response, Encoded(encode_response(response, self._model)))
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         unary = grpclib.const.Cardinality.UNARY_UNARY

@@ -39,6 +39,7 @@ from support.served import (
 from emotion import PipelineStub, Request, Response, Server
 from emotion.config import Limits
 from emotion.config.limits import DEFAULT_MAX_PIXELS
+from emotion.inference.process_client import InferenceProcesses
 from emotion.inference.process_pool import InferencePool
 from emotion.model import Model, spec_of
 from emotion.runtime import available_cpus
@@ -89,11 +90,11 @@ async def one_slow_call(
 ) -> tuple[Server, int, asyncio.Future[Response]]:
     """A server with one inference process running SlowModel, and a call it has taken."""
     server = await start_pooled(SlowModel(), 1)
-    assert server.processes is not None
-    [pid] = server.processes.pids
+    assert isinstance(server.backend, InferenceProcesses)
+    [pid] = server.backend.pids
     stub = PipelineStub(connect(server))
     call = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
-    while not server.processes.queued:  # noqa: ASYNC110 - a count to watch, not an event
+    while not server.backend.queued:  # noqa: ASYNC110 - a count to watch, not an event
         await asyncio.sleep(0.01)
     return server, pid, call
 
@@ -102,8 +103,8 @@ async def test_images_are_decoded_and_inferred_in_other_processes(
     start_pooled: StartPooled, connect: Connect, jpeg: bytes
 ) -> None:
     server = await start_pooled(PidModel(), 2)
-    assert server.processes is not None
-    pids = set(server.processes.pids)
+    assert isinstance(server.backend, InferenceProcesses)
+    pids = set(server.backend.pids)
     stub = PipelineStub(connect(server))
 
     answers = await asyncio.gather(
@@ -122,14 +123,14 @@ async def test_images_at_once_go_one_to_each_idle_process(
 ) -> None:
     # Each process may hold three images: none may queue while another idles.
     server = await start_pooled(PidModel(), 3)
-    assert server.processes is not None
+    assert isinstance(server.backend, InferenceProcesses)
     stub = PipelineStub(connect(server))
 
     answers = await asyncio.gather(
         *(stub.run_pipeline(Request(image=jpeg), timeout=10) for _ in range(3))
     )
 
-    assert sorted(int(x1(answer)) for answer in answers) == sorted(server.processes.pids)
+    assert sorted(int(x1(answer)) for answer in answers) == sorted(server.backend.pids)
 
 
 async def test_images_one_after_another_stay_on_one_process(
@@ -229,8 +230,8 @@ async def test_a_failing_model_is_internal_its_traceback_logged_and_its_process_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = await start_pooled(RaisingModel(), 1)
-    assert server.processes is not None
-    pids = server.processes.pids
+    assert isinstance(server.backend, InferenceProcesses)
+    pids = server.backend.pids
     stub = PipelineStub(connect(server))
 
     with caplog.at_level(logging.ERROR):
@@ -240,7 +241,7 @@ async def test_a_failing_model_is_internal_its_traceback_logged_and_its_process_
             assert caught.value.status is Status.INTERNAL
             assert caught.value.message == "model RaisingModel failed: ZeroDivisionError"
 
-    assert server.processes.pids == pids
+    assert server.backend.pids == pids
     logged = [r for r in caplog.records if r.name == "emotion.serving.calls" and r.exc_info]
     assert len(logged) == 2
     assert logged[0].exc_info is not None
@@ -253,8 +254,8 @@ async def test_a_process_that_dies_fails_its_call_unavailable_and_is_replaced(
     start_pooled: StartPooled, connect: Connect, jpeg: bytes
 ) -> None:
     server = await start_pooled(CrashingModel(), 1)
-    assert server.processes is not None
-    [first] = server.processes.pids
+    assert isinstance(server.backend, InferenceProcesses)
+    [first] = server.backend.pids
     stub = PipelineStub(connect(server))
 
     with pytest.raises(GRPCError) as caught:
@@ -264,7 +265,7 @@ async def test_a_process_that_dies_fails_its_call_unavailable_and_is_replaced(
     assert caught.value.status is Status.UNAVAILABLE
     assert caught.value.message == "the inference process running this call exited; retry"
     answer = await stub.run_pipeline(Request(image=jpeg), timeout=30)
-    [second] = server.processes.pids
+    [second] = server.backend.pids
     assert int(x1(answer)) == second != first
     assert not alive(first)
 
@@ -280,8 +281,8 @@ async def test_a_process_outlives_a_sigterm_sent_to_every_process_and_finishes_i
     os.kill(pid, signal.SIGTERM)
 
     assert isinstance(await call, Response)
-    assert server.processes is not None
-    assert server.processes.pids == [pid]
+    assert isinstance(server.backend, InferenceProcesses)
+    assert server.backend.pids == [pid]
 
 
 async def test_a_deadline_that_passes_before_the_image_is_read_never_reaches_the_model(
@@ -317,14 +318,14 @@ async def test_images_past_the_capacity_are_refused_at_once(
 ) -> None:
     monkeypatch.setenv("EMOTION_TEST_SECONDS", "1")
     server = await start_pooled(SlowModel(), 1, limits=Limits(max_queue=1))
-    assert server.processes is not None
+    assert isinstance(server.backend, InferenceProcesses)
     stub = PipelineStub(connect(server))
 
     # 3 images in the process and 1 waiting: the capacity.
     held = [asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))]
     for _ in range(3):
         held.append(asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30)))
-    while server.processes.queued < 4:  # noqa: ASYNC110 - a count to watch, not an event
+    while server.backend.queued < 4:  # noqa: ASYNC110 - a count to watch, not an event
         await asyncio.sleep(0.01)
     started = time.monotonic()
     with pytest.raises(GRPCError) as caught:
@@ -347,8 +348,8 @@ async def test_stopping_aborts_waiting_calls(
         await call
     assert caught.value.status is Status.UNAVAILABLE
     assert caught.value.message == "server shut down before the call finished; retry"
-    assert server.processes is not None
-    assert server.processes.pids == []  # its connections are closed; the pool's process is not
+    assert isinstance(server.backend, InferenceProcesses)
+    assert server.backend.pids == []  # its connections are closed; the pool's process is not
     assert alive(pid)
 
 
@@ -464,7 +465,7 @@ async def test_workers_leave_the_models_module_to_the_processes(
     # The supervisor checks --model; the processes run it; the workers only name it.
     assert importers == {server.supervisor} | server.inference
     assert not server.workers & importers
-    named = re.findall(r"\[(\d+)\] emotion\.server: model PidModel loaded in", server.log)
+    named = re.findall(r"\[(\d+)\] emotion\.serving\.server: model PidModel loaded in", server.log)
     assert len(set(named)) == 2
     assert {int(pid) for pid in named} <= server.workers
 

@@ -38,10 +38,7 @@ from support.served import start_serving
 from emotion import Client, Model, PipelineStub, Request, Response, Server
 from emotion.client.predict import run as run_predict
 from emotion.config import PredictOptions
-from emotion.config.limits import DEFAULT_MAX_PIXELS
 from emotion.contract import LEGACY_RUN_PIPELINE_PATH
-from emotion.inference.process_pool import InferencePool
-from emotion.model import spec_of
 from emotion.models.mock import MockModel
 from emotion.observability.otel import OtelTracing
 from emotion.observability.tracing import NoTracing, Tracer, tracing_from_environment
@@ -77,12 +74,21 @@ class Traced:
 
 @contextlib.asynccontextmanager
 async def traced(
-    model: Model | None = None, *, tracing: Tracer | None = None, **config: object
+    model: Model | None = None,
+    *,
+    tracing: Tracer | None = None,
+    inference_processes: int = 0,
+    **config: object,
 ) -> AsyncIterator[Traced]:
     """Serve ``model``; with ``tracing`` given, :meth:`Traced.spans` stays empty."""
     recorder, exporter = recording()
     async with serve_model(
-        model or MockModel(), timeout=10, tracing=tracing or recorder, grace=1, **config
+        model or MockModel(),
+        inference_processes=inference_processes,
+        timeout=10,
+        tracing=tracing or recorder,
+        grace=1,
+        **config,
     ) as client:
         yield Traced(client, exporter)
 
@@ -90,18 +96,8 @@ async def traced(
 @contextlib.asynccontextmanager
 async def traced_in(layout: str, model: Model | None = None) -> AsyncIterator[Traced]:
     """:func:`traced`, the model run in the server's threads or in an inference process."""
-    model = model or MockModel()
-    if layout == "threads":
-        async with traced(model) as served:
-            yield served
-        return
-    pool = InferencePool(spec_of(model), 1, max_pixels=DEFAULT_MAX_PIXELS)
-    await asyncio.to_thread(pool.start)
-    try:
-        async with traced(model, inference_sockets=pool.paths) as served:
-            yield served
-    finally:
-        await asyncio.to_thread(pool.close)
+    async with traced(model, inference_processes=int(layout == "processes")) as served:
+        yield served
 
 
 LAYOUTS = pytest.mark.parametrize("layout", ["threads", "processes"])

@@ -350,7 +350,7 @@ async def test_a_call_whose_deadline_passes_in_the_queue_never_reaches_the_model
     running = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
     await asyncio.to_thread(model.entered.wait, 10)
     late = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=0.3))
-    while server.inference.queued < 2:  # noqa: ASYNC110 - a count to watch, not an event
+    while server.backend.queued < 2:  # noqa: ASYNC110 - a count to watch, not an event
         await asyncio.sleep(0.01)
 
     # Hold the event loop, so the call is not withdrawn when its deadline
