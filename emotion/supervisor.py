@@ -39,6 +39,7 @@ from emotion.net import bound_socket, format_address, free_port
 from emotion.pool import InferencePool
 from emotion.pool import StartFailed as PoolStartFailed
 from emotion.process import available_cpus, write_port_file
+from emotion.tracing import tracing_available
 from emotion.worker import Serving, StartFailed, worker_main
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class Supervisor:
         self._pool: InferencePool | None = None
         #: The model's name, for workers that leave the model to the processes.
         self._model_name: str | None = None
+        #: Whether workers trace: decided (and warned about) once, not by each worker.
+        self._traced = False
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT and every worker has drained.
@@ -117,6 +120,7 @@ class Supervisor:
             self.config.host, free_port(self.config.host, self.config.port), reuse_port=True
         )
         port = reservation.getsockname()[1]
+        self._traced = tracing_available()
         metrics_port = self.config.metrics_port
         self.config = replace(
             self.config,
@@ -205,7 +209,14 @@ class Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self.options, self._config_for(slot), send, self.log_format, self._model_name),
+            args=(
+                self.options,
+                self._config_for(slot),
+                send,
+                self.log_format,
+                self._model_name,
+                self._traced,
+            ),
             name=f"emotion-worker-{slot}",
             daemon=False,
         )
