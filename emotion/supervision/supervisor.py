@@ -42,6 +42,7 @@ from emotion.observability.metrics import (
     multiprocess_registry,
     serve_metrics,
 )
+from emotion.observability.tracing import tracing_available
 from emotion.runtime import available_cpus, write_port_file
 from emotion.serving.sockets import bound_socket, format_address, free_port
 from emotion.supervision.worker import Serving, StartFailed, worker_main
@@ -111,6 +112,8 @@ class Supervisor:
         self._pool: InferencePool | None = None
         #: The model's name, for workers that leave the model to the processes.
         self._model_name: str | None = None
+        #: Whether workers trace: decided (and warned about) once, not by each worker.
+        self._traced = False
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT and every worker has drained.
@@ -122,6 +125,7 @@ class Supervisor:
             self.config.host, free_port(self.config.host, self.config.port), reuse_port=True
         )
         port = reservation.getsockname()[1]
+        self._traced = tracing_available()
         metrics_port = self.config.metrics_port
         self.config = replace(
             self.config,
@@ -210,7 +214,14 @@ class Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self.options, self._config_for(slot), send, self.log_format, self._model_name),
+            args=(
+                self.options,
+                self._config_for(slot),
+                send,
+                self.log_format,
+                self._model_name,
+                self._traced,
+            ),
             name=f"emotion-worker-{slot}",
             daemon=False,
         )

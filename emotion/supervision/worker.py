@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emotion.model import Model, load_model
+from emotion.observability.tracing import NoTracing
 from emotion.runtime import configure_logging, exit_code, run
 from emotion.serving.server import serve
 
@@ -54,18 +55,21 @@ def worker_main(
     messages: Connection,
     log_format: str,
     model_name: str | None,
+    traced: bool,
 ) -> None:
     """Entry point of a worker process: serve ``config``, the supervisor's share of ``options``.
 
     ``model_name`` is given when inference processes run the model, which
-    the worker then never imports.
+    the worker then never imports. ``traced``: the supervisor found tracing
+    asked for and installed (it warned once if not); the worker then builds
+    its own tracer from the ``OTEL_*`` variables.
     """
     configure_logging(options.log_level, log_format)
     # Ctrl-C reaches the whole process group; only the parent's word counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         model = load_model(options.model) if model_name is None else model_elsewhere(model_name)
-        run(_serve_while_parent_lives(model, config, messages), options.loop)
+        run(_serve_while_parent_lives(model, config, messages, traced), options.loop)
     except Exception as exc:
         with contextlib.suppress(OSError):
             messages.send(StartFailed(str(exc)))
@@ -74,7 +78,7 @@ def worker_main(
 
 
 async def _serve_while_parent_lives(
-    model: Model, config: ServerConfig, messages: Connection
+    model: Model, config: ServerConfig, messages: Connection, traced: bool
 ) -> None:
     """Serve; drain as on SIGTERM if the parent dies (killed, it could not forward one)."""
     parent = os.getppid()
@@ -84,6 +88,7 @@ async def _serve_while_parent_lives(
             config,
             signals=(signal.SIGTERM,),
             on_serving=lambda port: messages.send(Serving(port)),
+            tracing=None if traced else NoTracing(),
         )
     )
     orphaned = False
