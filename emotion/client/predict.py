@@ -24,7 +24,8 @@ from emotion.config import PredictOptions
 from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
 from emotion.decode import InvalidImage, decode_image
 from emotion.errors import ABOUT_THE_REQUEST
-from emotion.observability.tracing import Tracer, tracing_from_environment
+from emotion.observability.environment import tracing_from_environment
+from emotion.observability.tracing import Tracer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

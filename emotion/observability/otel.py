@@ -201,13 +201,6 @@ def _end(span: Span) -> None:
         span.end()
 
 
-def inject() -> dict[str, str]:
-    """The current context's ``traceparent``/``tracestate``, empty outside a trace."""
-    headers: dict[str, str] = {}
-    _PROPAGATOR.inject(headers)
-    return headers
-
-
 def from_environment(environ: Mapping[str, str], console: TextIO | None = None) -> OtelTracing:
     """A tracer exporting as ``OTEL_TRACES_EXPORTER`` says, with the pid as a resource attribute.
 
@@ -251,7 +244,5 @@ def _processor(name: str, console: TextIO) -> SpanProcessor | None:
     return None
 
 
-if (
-    TYPE_CHECKING
-):  # emotion.observability.tracing loads this module by name: check it keeps the protocol
+if TYPE_CHECKING:  # check it keeps the protocol the server and client call
     _CONFORMS: type[Tracer] = OtelTracing

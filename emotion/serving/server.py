@@ -25,8 +25,9 @@ from emotion.inference.process_client import DEPTH as PROCESS_DEPTH
 from emotion.inference.process_client import InferenceProcesses
 from emotion.inference.thread_backend import ThreadBackend
 from emotion.model import Model
+from emotion.observability.environment import tracing_from_environment
 from emotion.observability.metrics import Metrics, NoMetrics, serve_metrics
-from emotion.observability.tracing import NoTracing, Tracer, tracing_from_environment
+from emotion.observability.tracing import NoTracing, Tracer
 from emotion.runtime import apply_process_settings, available_cpus
 from emotion.security import BearerTokens
 from emotion.serving.admission import Admission, State

@@ -36,13 +36,13 @@ from emotion.config import ServeOptions
 from emotion.inference.process_pool import InferencePool
 from emotion.inference.process_pool import StartFailed as PoolStartFailed
 from emotion.model import ModelLoadError, load_model
+from emotion.observability.environment import tracing_available
 from emotion.observability.metrics import (
     MULTIPROCESS_DIR,
     forget_process,
     multiprocess_registry,
     serve_metrics,
 )
-from emotion.observability.tracing import tracing_available
 from emotion.runtime import available_cpus, write_port_file
 from emotion.serving.sockets import bound_socket, format_address, free_port
 from emotion.supervision.worker import Serving, StartFailed, worker_main

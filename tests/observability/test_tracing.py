@@ -40,8 +40,9 @@ from emotion.client.predict import run as run_predict
 from emotion.config import PredictOptions
 from emotion.contract import LEGACY_RUN_PIPELINE_PATH
 from emotion.models.mock import MockModel
+from emotion.observability.environment import tracing_from_environment
 from emotion.observability.otel import OtelTracing
-from emotion.observability.tracing import NoTracing, Tracer, tracing_from_environment
+from emotion.observability.tracing import NoTracing, Tracer
 from emotion.testing import serve_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -421,7 +422,7 @@ def test_without_the_extra_tracing_warns_once_and_is_off(
         sys.modules, "emotion.observability.otel", None
     )  # what a missing extra looks like
 
-    with caplog.at_level(logging.WARNING, logger="emotion.observability.tracing"):
+    with caplog.at_level(logging.WARNING, logger="emotion.observability.environment"):
         tracing = tracing_from_environment({"OTEL_TRACES_EXPORTER": "otlp"})
 
     assert isinstance(tracing, NoTracing)

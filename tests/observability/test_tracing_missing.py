@@ -21,7 +21,7 @@ from conftest import EMOTION, TESTS, run_emotion, subprocess_env
 from support.served import free_port, start_serving
 
 from emotion import Client, Server
-from emotion.observability.tracing import missing_packages
+from emotion.observability.environment import missing_packages
 
 ASTRONAUT = TESTS / "fixtures" / "astronaut.jpg"
 OTLP_HTTP = "opentelemetry.exporter.otlp.proto.http"
