@@ -19,7 +19,6 @@ from conftest import StartServer, subprocess_env
 from support.pages import ROOT, Block, all_blocks
 
 from emotion import Server
-from emotion.models.fer import FerModel
 
 #: Python snippets run below, by a line each contains.
 CLIENT_SNIPPETS = ("print(face.bbox", "client.stream(frames())", "PipelineStub(channel)")
@@ -92,6 +91,8 @@ PREDICT = ".venv/bin/emotion predict tests/fixtures/astronaut.jpg"
 
 
 async def test_predict_prints_what_the_readme_shows(start_server: StartServer) -> None:
+    from emotion.models.fer import FerModel  # the fer extra; the test extra installs it
+
     (shown,) = shown_output(snippet(PREDICT, "console"), PREDICT)
     server = await start_server(FerModel())
     args = PREDICT.split()[1:]
