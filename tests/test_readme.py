@@ -1,27 +1,49 @@
-"""The README's Python snippets run as pasted (against a live server on a free port)."""
+"""The README's and docs/'s snippets run as pasted, and the output they show is what runs print.
+
+Every fenced block of README.md and docs/*.md is either run here, checked by
+tests/test_docs.py (each command line it shows), or named in NOT_RUN with
+the reason; a new block that is none of these fails
+test_every_snippet_is_run_by_a_test_or_named_here.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TESTS, subprocess_env
+from conftest import StartServer, subprocess_env
+from support.pages import ROOT, Block, all_blocks
 
 from emotion import Server
 
-ROOT = TESTS.parent
-SNIPPETS: list[str] = re.findall(
-    r"^ *```python\n(.*?)^ *```", (ROOT / "README.md").read_text(), re.M | re.S
-)
+#: Python snippets run below, by a line each contains.
+CLIENT_SNIPPETS = ("print(face.bbox", "client.stream(frames())", "PipelineStub(channel)")
+MODEL_SNIPPETS = ("# mypkg/mymodel.py", "# tests/test_mymodel.py")
+#: Snippets, by a line each contains, that no test runs, and why.
+NOT_RUN = {
+    "gradio_client": "needs a running demo page: tests/client/test_demo.py calls /predict",
+}
 
 
-def snippet(marker: str) -> str:
-    """The README's one Python snippet that contains ``marker``."""
-    (found,) = [s for s in SNIPPETS if marker in s]
+def snippet(marker: str, lang: str = "python") -> Block:
+    """The one block of README.md or docs/ in ``lang`` that contains ``marker``."""
+    (found,) = [b for b in all_blocks() if b.lang == lang and marker in b.code]
     return found
+
+
+def shown_output(block: Block, command: str) -> list[str]:
+    """The lines a console block shows after ``$ command``, up to the next prompt."""
+    lines = block.code.splitlines()
+    shown = []
+    for line in lines[lines.index(f"$ {command}") + 1 :]:
+        if line.startswith("$ "):
+            break
+        shown.append(line)
+    return shown
 
 
 async def run_python(*args: str, **env: str) -> tuple[int, str]:
@@ -39,11 +61,9 @@ async def run_python(*args: str, **env: str) -> tuple[int, str]:
     return process.returncode, out.decode()
 
 
-@pytest.mark.parametrize(
-    "marker", ["print(face.bbox", "client.stream(frames())", "PipelineStub(channel)"]
-)
+@pytest.mark.parametrize("marker", CLIENT_SNIPPETS)
 async def test_a_client_snippet_runs_against_a_server(server: Server, marker: str) -> None:
-    code = snippet(marker).replace("50051", str(server.port))
+    code = snippet(marker).code.replace("50051", str(server.port))
 
     code_, printed = await run_python("-c", code)
 
@@ -54,8 +74,8 @@ async def test_a_client_snippet_runs_against_a_server(server: Server, marker: st
 async def test_the_model_and_its_test_run_as_written(tmp_path: Path) -> None:
     (tmp_path / "mypkg").mkdir()
     (tmp_path / "mypkg" / "__init__.py").write_text("")
-    (tmp_path / "mypkg" / "mymodel.py").write_text(snippet("# mypkg/mymodel.py"))
-    (tmp_path / "test_mymodel.py").write_text(snippet("# tests/test_mymodel.py"))
+    (tmp_path / "mypkg" / "mymodel.py").write_text(snippet(MODEL_SNIPPETS[0]).code)
+    (tmp_path / "test_mymodel.py").write_text(snippet(MODEL_SNIPPETS[1]).code)
 
     code, printed = await run_python(
         "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
@@ -67,12 +87,81 @@ async def test_the_model_and_its_test_run_as_written(tmp_path: Path) -> None:
     assert "2 passed" in printed
 
 
-def test_every_python_snippet_is_run_by_a_test_or_named_here() -> None:
-    covered = {"print(face.bbox", "client.stream(frames())", "PipelineStub(channel)"}
-    covered |= {"# mypkg/mymodel.py", "# tests/test_mymodel.py"}
-    not_run = {
-        "gradio_client"
-    }  # needs a running demo page: tests/client/test_demo.py calls /predict
+PREDICT = ".venv/bin/emotion predict tests/fixtures/astronaut.jpg"
 
-    for code in SNIPPETS:
-        assert any(marker in code for marker in covered | not_run), code
+
+async def test_predict_prints_what_the_readme_shows(start_server: StartServer) -> None:
+    from emotion.models.fer import FerModel  # the fer extra; the test extra installs it
+
+    (shown,) = shown_output(snippet(PREDICT, "console"), PREDICT)
+    server = await start_server(FerModel())
+    args = PREDICT.split()[1:]
+
+    code, printed = await run_python("-m", "emotion", *args, "--target", f"127.0.0.1:{server.port}")
+
+    assert code == 0, printed
+    got, expected = json.loads(printed), json.loads(shown)
+    assert got["file"] == expected["file"]
+    assert len(got["faces"]) == len(expected["faces"])
+    for face, face_shown in zip(got["faces"], expected["faces"], strict=True):
+        assert face["bbox"] == pytest.approx(face_shown["bbox"], abs=1.0)  # pixels
+        assert face["expression"] == pytest.approx(face_shown["expression"], abs=0.01)
+
+
+GRPCURL_LIST = "grpcurl -plaintext 127.0.0.1:50051 list"
+
+
+async def test_grpcurl_lists_what_reflection_lists(server: Server) -> None:
+    shown = shown_output(snippet(GRPCURL_LIST, "console"), GRPCURL_LIST)
+
+    code, printed = await run_python(
+        str(ROOT / "tests" / "support" / "reflect.py"), f"127.0.0.1:{server.port}"
+    )
+
+    assert code == 0, printed
+    assert json.loads(printed)["services"] == shown
+
+
+TEST_COMMAND = "pip install -q tox=="
+
+
+def test_the_readme_test_command_is_what_ci_runs() -> None:
+    (command,) = snippet(TEST_COMMAND, "sh").code.splitlines()
+
+    assert snippet(TEST_COMMAND, "sh").page.name == "README.md"
+    assert command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+_RPC = r"rpc\s+(\w+)\(\s*(stream\s+)?(\w+)\)\s*returns\s*\((stream\s+)?(\w+)\)"
+_FIELD = r"(repeated\s+)?(\w+)\s+(\w+)\s*=\s*(\d+)\s*;"
+
+
+def _contract(text: str) -> set[tuple[str, ...]]:
+    """Each rpc and each message field of a .proto text, its comments ignored."""
+    text = re.sub(r"//[^\n]*", "", text)
+    parts = {("rpc", *(word.strip() for word in rpc)) for rpc in re.findall(_RPC, text)}
+    for name, body in re.findall(r"message\s+(\w+)\s*\{(.*?)\}", text, re.S):
+        for field in re.findall(_FIELD, body):
+            parts.add((name, *(word.strip() for word in field)))
+    return parts
+
+
+def test_the_contract_page_shows_the_proto() -> None:
+    proto = (ROOT / "protos" / "emotion" / "v1" / "emotion.proto").read_text()
+
+    shown = _contract(snippet("service Pipeline", "proto").code)
+
+    assert shown == _contract(proto)
+    assert len(shown) == 2 + 1 + 1 + 2 + 4 + 7  # rpcs and fields: the regexes found them
+
+
+def test_every_snippet_is_run_by_a_test_or_named_here() -> None:
+    run = {*CLIENT_SNIPPETS, *MODEL_SNIPPETS}
+    for block in all_blocks():
+        if block.lang in {"sh", "console"}:
+            continue  # each command line is checked by tests/test_docs.py
+        assert block.lang in {"python", "proto"}, f"{block}: a {block.lang!r} block"
+        if block.lang == "proto":
+            assert "service Pipeline" in block.code, f"{block}: not the contract's"
+            continue
+        assert any(marker in block.code for marker in run | set(NOT_RUN)), f"{block}"

@@ -96,7 +96,7 @@ class Limits(Settings):
 class ConnectionLimits(Settings):
     """What one client connection may do before the server refuses it or closes it.
 
-    Each is a guard against HTTP/2 abuse (README, Security): the defaults are
+    Each is a guard against HTTP/2 abuse (docs/security.md): the defaults are
     meant for a public deployment and are never reached by a gRPC client
     that behaves.
     """

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-#: Span names of the steps inside a call (README "Tracing").
+#: Span names of the steps inside a call (docs/tracing.md).
 QUEUE, DECODE, MODEL, BATCH, BATCH_RUN = (
     "emotion.queue",
     "emotion.decode",
