@@ -1,8 +1,8 @@
 """`emotion serve`, `emotion predict` and `emotion demo`.
 
-The flags are made from the settings classes in :mod:`emotion.config`. Every
-flag can also come from an ``EMOTION_*`` environment variable (named as
-:func:`emotion.config.settings.env_name` says), so a container or a systemd unit
+The flags are made from the settings classes in :mod:`emotion.config`
+(:mod:`emotion.config.arguments`). Every flag can also come from an
+``EMOTION_*`` environment variable, so a container or a systemd unit
 configures the server without a command line; a flag given wins.
 """
 
@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, Field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +30,8 @@ from emotion.config import (
     ServeOptions,
     ServerConfig,
 )
-from emotion.config.settings import Flag, flags, from_values
+from emotion.config.arguments import UsageError, add_flags, values_of
+from emotion.config.settings import flags, from_values
 from emotion.model import ModelLoadError, load_model
 from emotion.runtime import (
     LOG_FORMAT,
@@ -48,10 +49,6 @@ from emotion.supervision.supervisor import Supervisor, WorkersFailed, inference_
 T = TypeVar("T")
 
 
-class UsageError(Exception):
-    """A bad flag or environment value; the message names the one the user set."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emotion", description="Facial emotion recognition over gRPC."
@@ -63,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a model over gRPC",
         description="Serve a model over gRPC until SIGTERM/SIGINT, then drain.",
     )
-    _add_flags(serve_cmd, ServeOptions)
+    add_flags(serve_cmd, ServeOptions)
     predict_cmd = commands.add_parser(
         "predict",
         help="send images to a server and print the faces as JSON",
@@ -77,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF), or folders of them; with --stream, "
         "each is one stream: an animated GIF or WebP, or a folder of frames",
     )
-    _add_flags(predict_cmd, PredictOptions)
+    add_flags(predict_cmd, PredictOptions)
     demo_cmd = commands.add_parser(
         "demo",
         help="a browser page (Gradio) that sends uploads and webcam frames to a server",
         description="Serve a Gradio page that answers through a running `emotion serve`. "
         "Needs the extra: pip install 'emotion[demo]'.",
     )
-    _add_flags(demo_cmd, DemoOptions)
+    add_flags(demo_cmd, DemoOptions)
     return parser
 
 
@@ -96,83 +93,12 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
-    """One flag per field that has one; absent flags stay off the namespace (SUPPRESS)."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for item, flag in flags(cls):
-        target: argparse._ActionsContainer = parser
-        if flag.group is not None:
-            if flag.group not in groups:
-                groups[flag.group] = parser.add_argument_group(flag.group)
-            target = groups[flag.group]
-        help = _help(item, flag).replace("%", "%%")
-        if flag.switch:
-            target.add_argument(
-                flag.name, dest=flag.dest, action="store_true", default=argparse.SUPPRESS, help=help
-            )
-        else:
-            target.add_argument(
-                flag.name,
-                dest=flag.dest,
-                type=_argument_type(item, flag),
-                default=argparse.SUPPRESS,
-                metavar=flag.metavar,
-                help=help,
-            )
-
-
-def _help(item: Field[Any], flag: Flag) -> str:
-    if flag.switch:
-        return f"{flag.help} (env {flag.env}=1)"
-    default = flag.default_text
-    if default is None and item.default is not MISSING and item.default is not None:
-        default = str(item.default)
-    return f"{flag.help} (env {flag.env}" + (f"; default {default})" if default else ")")
-
-
-def _parse(item: Field[Any], flag: Flag, text: str) -> Any:
-    """Text into the field's value, checked as the field checks it (ValueError if not)."""
-    value = flag.parse(text)
-    check = item.metadata.get("check")
-    if check is not None and not flag.raw:
-        check(value)
-    return value
-
-
-def _argument_type(item: Field[Any], flag: Flag) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            return _parse(item, flag, text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
-
-
-def _values(args: argparse.Namespace, cls: type[Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Each flag's value: from the command line, else its variable; unset ones are absent."""
-    values: dict[str, Any] = {}
-    for item, flag in flags(cls):
-        if hasattr(args, flag.dest):
-            values[flag.dest] = getattr(args, flag.dest)
-            continue
-        for name in (flag.env, *flag.aliases):
-            text = environ.get(name)
-            if text:  # set but empty counts as unset, as in a shell
-                try:
-                    values[flag.dest] = _parse(item, flag, text)
-                except ValueError as exc:
-                    raise UsageError(f"{name} {exc}") from None
-                break
-    return values
-
-
 def serve_options(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeOptions:
     """What `emotion serve`'s flags and variables ask for, with the CPU-based defaults filled in.
 
     Raises UsageError for bad values, SecurityConfigError for an unusable token file.
     """
-    values = _values(args, ServeOptions, environ)
+    values = values_of(args, ServeOptions, environ)
     tokens = load_tokens(values.get("auth_tokens_file"), environ.get("EMOTION_AUTH_TOKENS"))
     try:
         server = from_values(ServerConfig, values, tokens=tuple(tokens), max_connection_age=None)
@@ -194,13 +120,13 @@ def predict_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Pre
 
     Raises UsageError for bad values, SecurityConfigError for unusable TLS or token files.
     """
-    values = _values(args, PredictOptions, environ)
+    values = values_of(args, PredictOptions, environ)
     return _client_options(PredictOptions, values, environ, images=args.images)
 
 
 def demo_options(args: argparse.Namespace, environ: Mapping[str, str]) -> DemoOptions:
     """What `emotion demo`'s flags and variables ask for; raises as :func:`predict_options`."""
-    return _client_options(DemoOptions, _values(args, DemoOptions, environ), environ)
+    return _client_options(DemoOptions, values_of(args, DemoOptions, environ), environ)
 
 
 def _client_options(

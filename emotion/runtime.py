@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -135,3 +136,10 @@ def write_port_file(path: Path, port: int) -> None:
         os.replace(partial, path)
     except OSError as exc:
         log.error("cannot write the port to %s: %s", path, exc.strerror or exc)
+
+
+def exit_reason(code: int | None) -> str:
+    """How a child process ended, from its exit code, for an operator's log line."""
+    if code is None:
+        return "still running"
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"

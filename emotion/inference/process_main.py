@@ -41,7 +41,8 @@ from emotion.inference.pipeline import decode_for, infer, written
 from emotion.model import Model, ModelFailure, load_model
 from emotion.runtime import LOG_FORMAT, apply_process_settings, configure_logging
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run with -m, this module is __main__.
+log = logging.getLogger("emotion.inference.process_main")
 
 REQUEST = struct.Struct("!dI")
 ANSWER = struct.Struct("!BI")

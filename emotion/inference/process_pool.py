@@ -21,7 +21,6 @@ import logging
 import os
 import select
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -31,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 from emotion.inference.process_main import ANSWER, READY, Status
+from emotion.runtime import exit_reason
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class InferencePool:
                 log.warning(
                     "inference process %d exited (%s); starting another in %.1fs",
                     pid,
-                    _exit_reason(code),
+                    exit_reason(code),
                     self._retire(slot),
                 )
 
@@ -225,7 +225,7 @@ class InferencePool:
         if status == Status.START_FAILED:
             return reason.decode(errors="replace")
         slot.process.wait()
-        return f"inference process exited while starting ({_exit_reason(slot.process.returncode)})"
+        return f"inference process exited while starting ({exit_reason(slot.process.returncode)})"
 
     def _retire(self, slot: _Slot) -> float:
         """Forget a process that died or failed; the seconds until the next one starts."""
@@ -248,9 +248,3 @@ def _end(process: subprocess.Popen[bytes]) -> None:
         return
     process.kill()
     process.wait()
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"

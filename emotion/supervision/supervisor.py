@@ -33,8 +33,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
 from emotion.config import ServeOptions
-from emotion.inference.process_pool import InferencePool
-from emotion.inference.process_pool import StartFailed as PoolStartFailed
+from emotion.inference.process_pool import InferencePool, StartFailed
 from emotion.model import ModelLoadError, load_model
 from emotion.observability.environment import tracing_available
 from emotion.observability.metrics import (
@@ -43,9 +42,9 @@ from emotion.observability.metrics import (
     multiprocess_registry,
     serve_metrics,
 )
-from emotion.runtime import available_cpus, write_port_file
+from emotion.runtime import available_cpus, exit_reason, write_port_file
 from emotion.serving.sockets import bound_socket, format_address, free_port
-from emotion.supervision.worker import Serving, StartFailed, worker_main
+from emotion.supervision.worker import CannotServe, Serving, worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -202,7 +201,7 @@ class Supervisor:
             return True
         try:
             return self._pool.started()
-        except PoolStartFailed as exc:
+        except StartFailed as exc:
             raise WorkersFailed(str(exc)) from exc
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -254,8 +253,12 @@ class Supervisor:
                     )
             for worker in self._ready_to_read(timeout=0.2):
                 message = self._read(worker)
-                if message is None or isinstance(message, StartFailed):
-                    reason = message.reason if message else _exit_reason(worker.process)
+                if message is None or isinstance(message, CannotServe):
+                    reason = (
+                        message.reason
+                        if message
+                        else f"exited ({exit_reason(worker.process.exitcode)})"
+                    )
                     raise WorkersFailed(f"worker {worker.slot} failed to start: {reason}")
 
     def _supervise(self) -> None:
@@ -275,7 +278,7 @@ class Supervisor:
                 return
             for worker in self._ready_to_read(timeout=0.2):
                 message = self._read(worker)
-                if isinstance(message, StartFailed) and not worker.serving:
+                if isinstance(message, CannotServe) and not worker.serving:
                     log.error("worker %d failed to start: %s", worker.slot, message.reason)
             if self._stopping:
                 continue
@@ -303,7 +306,7 @@ class Supervisor:
             if self._failed_restarts > self.max_failed_restarts:
                 raise WorkersFailed(
                     f"worker {worker.slot} died {self._failed_restarts} times in a row "
-                    f"before serving ({_exit_reason(worker.process)}); giving up"
+                    f"before serving ({exit_reason(worker.process.exitcode)}); giving up"
                 )
         delay = 0.0
         if self._failed_restarts:
@@ -312,7 +315,7 @@ class Supervisor:
             "worker %d (pid %s) %s; restarting%s",
             worker.slot,
             worker.process.pid,
-            _exit_reason(worker.process),
+            f"exited ({exit_reason(worker.process.exitcode)})",
             f" in {delay:.1f}s" if delay else "",
         )
         self._restart_at[worker.slot] = time.monotonic() + delay
@@ -322,7 +325,7 @@ class Supervisor:
         ready = wait(list(by_connection), timeout=timeout)
         return [by_connection[c] for c in ready if isinstance(c, Connection)]
 
-    def _read(self, worker: _Worker) -> Serving | StartFailed | None:
+    def _read(self, worker: _Worker) -> Serving | CannotServe | None:
         """The worker's next message, or None once it has exited."""
         try:
             message = worker.messages.recv()
@@ -330,7 +333,7 @@ class Supervisor:
             worker.messages.close()
             worker.process.join(timeout=5)
             return None
-        if not isinstance(message, Serving | StartFailed):
+        if not isinstance(message, Serving | CannotServe):
             raise TypeError(f"worker {worker.slot} sent {message!r}")
         if isinstance(message, Serving):
             worker.serving = True
@@ -355,15 +358,6 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.join()
             worker.messages.close()
-
-
-def _exit_reason(process: BaseProcess) -> str:
-    code = process.exitcode
-    if code is None:
-        return "is still running"
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with status {code}"
 
 
 def worker_paths(paths: tuple[str, ...], slot: int) -> tuple[str, ...]:

@@ -43,7 +43,7 @@ class Serving:
 
 
 @dataclass(frozen=True)
-class StartFailed:
+class CannotServe:
     """Worker to supervisor: the worker cannot serve; ``reason`` is one line for the operator."""
 
     reason: str
@@ -72,7 +72,7 @@ def worker_main(
         run(_serve_while_parent_lives(model, config, messages, traced), options.loop)
     except Exception as exc:
         with contextlib.suppress(OSError):
-            messages.send(StartFailed(str(exc)))
+            messages.send(CannotServe(str(exc)))
         sys.exit(exit_code(1))
     sys.exit(exit_code(0))
 

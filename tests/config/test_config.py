@@ -16,7 +16,7 @@ from support.certs import Authority
 from support.served import Served, start_serving, wait_for_port
 
 from emotion import PipelineStub, Request
-from emotion.cli import UsageError, build_parser, demo_options, predict_options, serve_options
+from emotion.cli import build_parser, demo_options, predict_options, serve_options
 from emotion.config import (
     DEFAULT_MAX_IMAGE_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -29,6 +29,7 @@ from emotion.config import (
     ServerConfig,
     ServerTls,
 )
+from emotion.config.arguments import UsageError
 from emotion.config.settings import env_name, flags
 from emotion.runtime import available_cpus, write_port_file
 

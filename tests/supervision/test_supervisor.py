@@ -103,7 +103,7 @@ async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
     await served.read_until("serving")
     after = worker_pids(served.process.pid)
 
-    assert "exited with status 3; restarting" in line
+    assert "exited (status 3); restarting" in line
     assert len(after) == 2
     assert len(before & after) == 1
     assert await answering_pids(served, jpeg) == after
