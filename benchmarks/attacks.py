@@ -7,9 +7,11 @@ the mock model, then against the plain grpcio reference (reference_grpcio.py),
 from 4 threads of a process of its own driving raw h2 connections
 (tests/support/h2client.py) on 127.0.0.1.
 Meanwhile 4 grpcio callers on their own connections call in a closed loop;
-the report gives their p50/p99 and errors, and the server's RSS (all its
-processes) before, at the peak, and 3 s after the attack, and its open file
-descriptors before and after. A benchmark, not a test: see benchmarks/README.md.
+the report gives their p50/p99 and errors, how many of ``--new-connections``
+new connections opened during the attack (one call each, raw h2) were
+served, and the server's RSS (all its processes) before, at the peak, and 3 s
+after the attack, and its open file descriptors before and after. A
+benchmark, not a test: see benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame
 from support.h2client import RawConnection, framed
 
 from emotion import Request
+from emotion.contract import RUN_PIPELINE_PATH
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MiB = 1024 * 1024
@@ -138,6 +141,23 @@ def idle_connections(port: int, stop: threading.Event) -> None:
             sock.close()
 
 
+def cap_fill(port: int, stop: threading.Event) -> None:
+    """Per thread: 250 connections that send nothing, then 75 that send only the preface, held."""
+    held: list[socket.socket] = []
+    try:
+        for send in [b""] * 250 + [PREFACE] * 75:  # 4 threads: 1,000 and 300
+            if stop.is_set():
+                break
+            with contextlib.suppress(OSError):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(send)
+                held.append(sock)
+        stop.wait()
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def stream_flood(port: int, stop: threading.Event) -> None:
     def one() -> None:
         connection = RawConnection(port)
@@ -177,9 +197,25 @@ ATTACKS: dict[str, Attack] = {
     "zero-window": zero_window,
     "header-block": header_block,
     "idle-connections": idle_connections,
+    "cap-fill": cap_fill,
     "stream-flood": stream_flood,
     "ping-flood": ping_flood,
 }
+
+
+def new_connection(port: int, message: bytes) -> str:
+    """One call on a connection of its own: "served", or what the client got instead."""
+    try:
+        connection = RawConnection(port)
+    except OSError as exc:
+        return type(exc).__name__
+    try:
+        outcome = connection.call(RUN_PIPELINE_PATH, iter([message]))
+    except (OSError, ProtocolError) as exc:
+        return "GOAWAY" if connection.goaway is not None else type(exc).__name__
+    finally:
+        connection.close()
+    return "served" if outcome.status == "0" else f"status {outcome.status}"
 
 
 def rss(target: Target) -> int:
@@ -210,6 +246,8 @@ class Row:
     errors: Counter[str] = field(default_factory=Counter)
     rss: tuple[int, int, int] = (0, 0, 0)
     fds: tuple[int, int] = (0, 0)
+    #: What each new connection opened during the attack got ("served", or the error).
+    new: Counter[str] = field(default_factory=Counter)
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -218,9 +256,12 @@ class Row:
     def line(self) -> str:
         errors = ", ".join(f"{k} {v}" for k, v in self.errors.most_common()) or "0"
         before, peak, after = (value / MiB for value in self.rss)
+        served = f"{self.new['served']}/{sum(self.new.values())}"
+        failed = ", ".join(f"{k} {v}" for k, v in self.new.most_common() if k != "served")
         return (
             f"| {self.attack} | {self.server} | {len(self.latencies)} | "
             f"{self.percentile(0.5):.1f} | {self.percentile(0.99):.1f} | {errors} | "
+            f"{served}{f' ({failed})' if failed else ''} | "
             f"{before:.0f} | {peak:.0f} | {after:.0f} | {self.fds[0]} → {self.fds[1]} |"
         )
 
@@ -239,7 +280,9 @@ def attacking(attack: str, port: int, seconds: float) -> None:
         thread.join(10)
 
 
-async def measure(target: Target, attack: str, seconds: float, payload: bytes) -> Row:
+async def measure(
+    target: Target, attack: str, seconds: float, payload: bytes, new_connections: int
+) -> Row:
     row = Row(target.name, attack)
     calls, close = await grpc_caller(target.address, payload, 4)
     before, fds = rss(target), descriptors(target)
@@ -266,7 +309,22 @@ async def measure(target: Target, attack: str, seconds: float, payload: bytes) -
             peak = max(peak, rss(target))
             await asyncio.sleep(0.2)
 
-    await asyncio.gather(*(caller(call) for call in calls), sample())
+    async def probe() -> None:
+        # New connections from 20% into the attack on, once it has opened its own.
+        message = framed(bytes(Request(image=payload)))
+        started = time.monotonic()
+        for index in range(new_connections):
+            at = started + seconds * (0.2 + 0.7 * index / new_connections)
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            try:
+                got = await asyncio.wait_for(
+                    asyncio.to_thread(new_connection, target.port, message), 5
+                )
+            except TimeoutError:
+                got = "no answer in 5 s"
+            row.new[got] += 1
+
+    await asyncio.gather(*(caller(call) for call in calls), sample(), probe())
     await asyncio.to_thread(attacker.join, 20)
     if attacker.is_alive():
         attacker.kill()
@@ -281,15 +339,15 @@ async def run(args: argparse.Namespace) -> None:
     payload = jpeg(portrait())
     # emotion with one worker, and the grpcio reference; the last --log-level wins.
     servers = targets(MOCK, 1, ["--log-level", "error"])[:2]
-    print("| attack | server | answers | p50 ms | p99 ms | errors | RSS MiB before | peak | after "
-          "| fds |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---|---:|---:|---:|---|")
+    print("| attack | server | answers | p50 ms | p99 ms | errors | new connections served "
+          "| RSS MiB before | peak | after | fds |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---|---|---:|---:|---:|---|")
     for attack in ["none", *args.only]:
         for target in servers:
             target.start()
             try:
                 await wait_ready(target, payload)
-                row = await measure(target, attack, args.seconds, payload)
+                row = await measure(target, attack, args.seconds, payload, args.new_connections)
                 alive = target.process is not None and target.process.poll() is None
                 print(row.line() + ("" if alive else " server died |"), flush=True)
             finally:
@@ -299,6 +357,12 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--new-connections",
+        type=int,
+        default=10,
+        help="new connections opened during each attack, one call each",
+    )
     parser.add_argument(
         "--only", nargs="*", default=[name for name in ATTACKS if name != "none"], choices=ATTACKS
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from support.certs import Authority, Pair
 from support.served import start_serving
 
 from emotion import Client, PipelineStub, Request, Server
-from emotion.config import ClientTls, ServerTls
+from emotion.config import ClientTls, ConnectionLimits, ServerTls
 from emotion.security import SecurityConfigError, load_tokens, read_token
 
 
@@ -108,6 +110,28 @@ async def test_mutual_tls_refuses_clients_without_a_certificate_from_its_ca(
     tls = ClientTls(ca=path(pki, "ca"), cert=good.cert, key=good.key)
     async with Client(f"127.0.0.1:{server.port}", tls=tls) as client:
         assert len((await client.predict(jpeg, timeout=10)).response) == 1
+
+
+async def test_failed_tls_handshakes_take_no_place_among_the_connections(
+    start_server: StartServer, pki: dict[str, Pair | Path], jpeg: bytes
+) -> None:
+    server = await start_server(
+        tls=server_tls(pki), connections=ConnectionLimits(max_connections=2)
+    )
+
+    def plaintext() -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            with contextlib.suppress(OSError):
+                sock.recv(100)  # the server ends the failed handshake
+
+    for _ in range(3):
+        await asyncio.to_thread(plaintext)
+    # Asyncio never tells the protocol of a connection that failed TLS that it is lost.
+    async with Client(f"127.0.0.1:{server.port}", tls=ClientTls(ca=path(pki, "ca"))) as client:
+        response = await client.predict(jpeg, timeout=10)
+
+    assert len(response.response) == 1
 
 
 TOKENS = ("s3cret-one", "s3cret-two")

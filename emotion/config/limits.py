@@ -150,7 +150,9 @@ class ConnectionLimits(Settings):
             "--max-connections",
             parse_int,
             at_least(1),
-            "client connections a worker keeps open; one more gets GOAWAY at once and is closed",
+            "client connections a worker keeps open; at the cap a new one is served, and room "
+            "made by closing one that has not finished its HTTP/2 handshake, else the one idle "
+            "longest (GOAWAY); only with a call in flight on every one is the new one refused",
         ),
     )
     handshake_timeout: float = field(

@@ -73,6 +73,20 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=registry,
         )
+        self.connections_evicted = Counter(
+            "emotion_connections_evicted_total",
+            "Connections closed to make room for a new one at --max-connections, by reason: "
+            "handshake (it had not finished the HTTP/2 handshake) or idle (no call open).",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in ("handshake", "idle"):
+            self.connections_evicted.labels(reason)
+        self.connections_refused = Counter(
+            "emotion_connections_refused_total",
+            "New connections refused at --max-connections: every open one had a call in flight.",
+            registry=registry,
+        )
         self.model_load_seconds = Gauge(
             "emotion_model_load_seconds",
             "How long the model's load() took, per process.",
@@ -88,6 +102,13 @@ class Metrics:
         self.in_flight.dec()
         self.handled.labels(kind, SERVICE, method, code).inc()
         self.handling.labels(kind, SERVICE, method).observe(seconds)
+
+    def connection_at_cap(self, event: str) -> None:
+        """``event``: "handshake" or "idle" (a connection closed for room), or "refused"."""
+        if event == "refused":
+            self.connections_refused.inc()
+        else:
+            self.connections_evicted.labels(event).inc()
 
 
 class _Unrecorded:
@@ -116,6 +137,9 @@ class NoMetrics:
         pass
 
     def call_finished(self, method: str, kind: str, code: str, seconds: float) -> None:
+        pass
+
+    def connection_at_cap(self, event: str) -> None:
         pass
 
 

@@ -140,6 +140,7 @@ class Server:
             services,
             connection_age=self.config.max_connection_age,
             limits=self.config.connections,
+            on_cap=(self.metrics or NoMetrics()).connection_at_cap,
         )
         listener = bound_socket(
             self.config.host, self.config.port, reuse_port=self.config.reuse_port

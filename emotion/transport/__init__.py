@@ -17,6 +17,8 @@ Modules, one concern each:
 - ``connection``: H2ServerConnection, h2's connection with 1 MiB frames,
   DATA frames that format cheaply, and the guards fed each frame.
 - ``guards``: the per-connection policies against HTTP/2 abuse (no internals).
+- ``cap``: ConnectionCap, the connections open on a worker, and which one
+  closes to make room for a new one at the cap (no internals).
 - ``writes``: CoalescingTransport, a connection's writes sent once per loop pass.
 - ``messages``: receive_message, a request read with its size checked first,
   in the time its size allows, within the worker's receive budget.
@@ -51,7 +53,7 @@ grpclib
     - ``H2Protocol.handler``, and ``Connection.flush`` (writes what h2
       queued, a GOAWAY included).
     - ``H2Protocol.processor`` and its ``EventsProcessor.streams`` (the calls
-      open on a connection, for the idle timeout).
+      open on a connection, for the idle timeout and the connection cap).
     - ending a call whose answer waits on a client that reads nothing, as
       grpclib ends one the client reset: ``Stream.window_updated`` (clear
       while an answer waits for window), ``Stream.__terminated__``,

@@ -17,6 +17,7 @@ and tells the server when a closed connection's last task is done.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,8 @@ class CallHandler(Handler):
     def __init__(self, *args: Any, on_closed: Callable[[CallHandler], None]) -> None:
         super().__init__(*args)
         self._on_closed = on_closed
+        #: The loop's time when a call last ended on this connection (0: none yet).
+        self.last_ended = 0.0
 
     def accept(
         self,
@@ -59,6 +62,7 @@ class CallHandler(Handler):
 
         def ended(_: object) -> None:
             release()  # a no-op unless the task was cancelled before it started
+            self.last_ended = asyncio.get_running_loop().time()
             if self._tasks.get(stream) is task:
                 del self._tasks[stream]
             self._cancelled.discard(task)

@@ -25,6 +25,7 @@ from hyperframe.frame import GoAwayFrame
 from emotion.config import ConnectionLimits
 from emotion.transport.connection import H2ServerConnection
 from emotion.transport.guards import Stalls
+from emotion.transport.handler import CallHandler
 from emotion.transport.writes import CoalescingTransport
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from emotion.config import ConnectionAge
+    from emotion.transport.cap import ConnectionCap
 
 _IDLE_CHECK = 0.1
 _GOAWAY_LINGER = 1.0
@@ -76,15 +78,13 @@ class ServerProtocol(H2Protocol):
         *args: Any,
         age: ConnectionAge | None = None,
         limits: ConnectionLimits | None = None,
-        refuse: bool = False,
-        on_lost: Callable[[], None] | None = None,
+        cap: ConnectionCap | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._age = age
         self._limits = limits or ConnectionLimits()
-        self._refuse = refuse
-        self._on_lost = on_lost
+        self._cap = cap
         self._retire_by = 0.0
         self._gone_away = False
         self._transport: CoalescingTransport | None = None
@@ -100,12 +100,14 @@ class ServerProtocol(H2Protocol):
             asyncio.get_running_loop(),
         )
         _grpclib_connection_made(self._limits)(self, self._transport)
-        if self._refuse:
+        self._idle_since = asyncio.get_running_loop().time()
+        # Counted here, not when asyncio made the protocol: with TLS,
+        # connection_lost comes only after connection_made.
+        if self._cap is not None and not self._cap.admit(self):
             limit = self._limits.max_connections
-            # At debug: a flood of connections would flood the log too.
+            # At debug: a flood of connections would flood the log too (the cap logs bursts).
             self._go_away(f"refusing a connection: {limit} are open", logging.DEBUG)
             return
-        self._idle_since = asyncio.get_running_loop().time()
         self._later("handshake", self._limits.handshake_timeout, self._check_handshake)
         self._later("idle", self._limits.max_connection_idle, self._check_idle)
         self._later("sending", self._limits.send_timeout / 4, self._check_sending)
@@ -117,10 +119,35 @@ class ServerProtocol(H2Protocol):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        if self._on_lost is not None:
-            self._on_lost()
-            self._on_lost = None
+        if self._cap is not None:
+            self._cap.lost(self)
         super().connection_lost(exc)
+
+    @property
+    def closing(self) -> bool:
+        """For the cap: closed or closing already."""
+        return self._gone_away or self.connection.is_closing()
+
+    def standing(self) -> tuple[bool, float] | None:
+        """For the cap: None with a call in flight; else whether handshaken, and idle since when."""
+        if self.processor.streams:
+            return None
+        h2 = self.connection._connection
+        assert isinstance(h2, H2ServerConnection)
+        assert isinstance(self.handler, CallHandler)
+        return h2.handshaken, max(self._idle_since, self.handler.last_ended)
+
+    def evict(self) -> None:
+        """Close to make room at the cap: GOAWAY first once handshaken, so the client reconnects."""
+        h2 = self.connection._connection
+        assert isinstance(h2, H2ServerConnection)
+        if h2.handshaken:
+            self._go_away("closing an idle connection at --max-connections", logging.DEBUG)
+            return
+        assert self._transport is not None
+        self._gone_away = True
+        self.handler.close()
+        self._transport.close()
 
     def _later(self, name: str, delay: float, callback: Callable[[], None]) -> None:
         self._timers[name] = asyncio.get_running_loop().call_later(delay, callback)

@@ -18,6 +18,7 @@ from grpclib.server import Handler
 
 from emotion.codec import ProtobufCodec
 from emotion.config import ConnectionLimits
+from emotion.transport.cap import ConnectionCap
 from emotion.transport.handler import CallHandler
 from emotion.transport.protocol import ServerProtocol
 
@@ -65,15 +66,17 @@ class GrpcServer(grpclib.server.Server):
         config: Configuration | None = None,
         connection_age: ConnectionAge | None = None,
         limits: ConnectionLimits | None = None,
+        on_cap: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_cap`` is told what happens at the connection cap (see emotion.transport.cap)."""
         super().__init__(handlers, config=config, codec=ProtobufCodec())
         self._protocols: weakref.WeakSet[ServerProtocol] = weakref.WeakSet()
         self._connection_age = connection_age
         self._limits = limits or ConnectionLimits()
+        #: The connections open (past TLS), and what to close at the cap.
+        self.cap = ConnectionCap(self._limits.max_connections, on_event=on_cap)
         #: Connections accepted since the start.
         self.connections_accepted = 0
-        #: Connections open now (accepted, not yet lost).
-        self.connections_open = 0
 
     def _protocol_factory(self) -> H2Protocol:
         # GRPCLIB_PROTOCOL_FACTORY, with our handler, protocol and their bookkeeping.
@@ -86,23 +89,22 @@ class GrpcServer(grpclib.server.Server):
             on_closed=self._handler_closed,
         )
         self._handlers.add(handler)
-        refuse = self.connections_open >= self._limits.max_connections
         protocol = ServerProtocol(
             handler,
             self._config,
             self._h2_config,
             age=self._connection_age,
             limits=self._limits,
-            refuse=refuse,
-            on_lost=self._connection_lost,
+            cap=self.cap,
         )
         self._protocols.add(protocol)
         self.connections_accepted += 1
-        self.connections_open += 1
         return protocol
 
-    def _connection_lost(self) -> None:
-        self.connections_open -= 1
+    @property
+    def connections_open(self) -> int:
+        """Connections open now (past TLS, not yet lost), those closing included."""
+        return len(self.cap)
 
     @property
     def handlers(self) -> int:

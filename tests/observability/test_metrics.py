@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import Callable
 
 import pytest
 from conftest import StartServer
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
-from prometheus_client.parser import text_string_to_metric_families
 from support.sample_models import BatchModel
+from support.scraping import scrape
 from support.served import free_port, start_serving
 
 from emotion import PipelineStub, Request, Server
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample on /metrics, keyed by name and sorted labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 def handled(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], code: str) -> float:

@@ -1,4 +1,4 @@
-"""Call and worker guards under attack: slow bodies, unread answers, floods, connection counts.
+"""Call and worker guards under attack: slow bodies, unread answers, floods, the backlog.
 
 As in tests/transport/test_guards.py: the attack cut off, a legitimate call answered
 meanwhile; then the policies alone, on a clock of their own.
@@ -179,26 +179,6 @@ async def test_a_few_pings_a_second_are_fine(start_server: StartServer) -> None:
             connection.close()
 
     assert await asyncio.to_thread(pings) == (None, False)
-
-
-async def test_connections_over_the_limit_get_goaway_and_the_others_stay(
-    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
-) -> None:
-    server = await start_server(connections=ConnectionLimits(max_connections=3))
-
-    held = await asyncio.gather(*[asyncio.to_thread(RawConnection, server.port) for _ in range(3)])
-    over = await asyncio.to_thread(RawConnection, server.port)
-    await asyncio.to_thread(over.wait_closed, 5)
-    over.close()
-    held[0].close()
-    await asyncio.sleep(0.2)
-    await legitimate(server, connect, jpeg)  # in the place of the one that left
-
-    assert (over.goaway, over.closed) == (ErrorCodes.NO_ERROR, True)
-    for connection in held[1:]:
-        connection.drain()
-        assert (connection.goaway, connection.closed) == (None, False)
-        connection.close()
 
 
 async def test_the_listening_backlog_is_1024(server: Server) -> None:
