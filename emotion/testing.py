@@ -22,6 +22,7 @@ from emotion.inference.process_pool import InferencePool, StartFailed
 from emotion.model import Model, ModelLoadError, spec_of
 from emotion.observability.tracing import Tracer
 from emotion.serving.server import ModelStartError, Server
+from emotion.serving.wiring import Wiring
 
 
 @contextlib.asynccontextmanager
@@ -61,6 +62,7 @@ async def serve_model(
         raise ValueError("batches form in a server's threads: use inference_processes=0")
     config.setdefault("host", "127.0.0.1")
     config.setdefault("port", 0)
+    wiring = Wiring()
     async with contextlib.AsyncExitStack() as stack:
         if inference_processes:
             limits = config.get("limits") or Limits()
@@ -68,9 +70,9 @@ async def serve_model(
             stack.push_async_callback(asyncio.to_thread, pool.close)
             watch = asyncio.ensure_future(pool.watch())  # restarts a process that dies
             stack.callback(watch.cancel)
-            config["inference_sockets"] = pool.paths
+            wiring = Wiring(inference_sockets=pool.paths)
         settings = ServerConfig(**config)
-        server = Server(model, settings, tracing=tracing)
+        server = Server(model, settings, tracing=tracing, wiring=wiring)
         await server.start()
         stack.push_async_callback(server.stop)
         await server.wait_loaded()

@@ -16,6 +16,7 @@ from support import fuzzing  # noqa: F401 - loads the hypothesis profile before 
 
 from emotion import Model, PipelineStub, Server, ServerConfig
 from emotion.models.mock import MockModel
+from emotion.serving.wiring import Wiring
 
 TESTS = Path(__file__).resolve().parent
 
@@ -46,8 +47,15 @@ async def start_server() -> AsyncIterator[StartServer]:
     """Start servers on ephemeral ports; all are stopped after the test."""
     servers: list[Server] = []
 
-    async def start(model: Model | None = None, *, wait: bool = True, **config: object) -> Server:
-        server = Server(model or MockModel(), ServerConfig(port=0, **config))  # type: ignore[arg-type]
+    async def start(
+        model: Model | None = None,
+        *,
+        wait: bool = True,
+        wiring: Wiring | None = None,
+        **config: object,
+    ) -> Server:
+        settings = ServerConfig(port=0, **config)  # type: ignore[arg-type]
+        server = Server(model or MockModel(), settings, wiring=wiring)
         servers.append(server)
         await server.start()
         if wait:

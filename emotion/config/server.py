@@ -25,7 +25,6 @@ from emotion.config.settings import (
     flag_meta,
     is_a,
     is_path,
-    is_paths,
     is_port,
     is_seconds,
     is_text,
@@ -160,8 +159,6 @@ class ServerConfig(Settings):
             default_text="off",
         ),
     )
-    #: Record metrics without serving them: the supervisor serves the workers' sum.
-    record_metrics: bool = field(default=False, metadata=meta(check=is_a(bool)))
     #: Retire client connections after this long (None: never); the CLI adds --grace.
     max_connection_age: ConnectionAge | None = field(
         default=None,
@@ -175,20 +172,6 @@ class ServerConfig(Settings):
             raw=True,
         ),
     )
-    #: The paths of the inference processes (emotion.inference.process_pool) this server sends its
-    #: images to instead of its threads: set by the supervisor, whose pool every
-    #: worker shares (ServeOptions.inference_processes).
-    inference_sockets: tuple[str, ...] = field(default=(), metadata=meta(check=is_paths))
-    #: Share the port with other processes (SO_REUSEPORT); set by the supervisor.
-    reuse_port: bool = field(default=False, metadata=meta(check=is_a(bool)))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.inference_sockets and self.max_batch_size > 1:
-            raise ValueError(
-                "ServerConfig.inference_sockets cannot be combined with max_batch_size > 1 "
-                "(--max-batch-size): batches run in the worker's threads"
-            )
 
 
 @dataclass(frozen=True)

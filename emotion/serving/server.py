@@ -34,6 +34,7 @@ from emotion.serving.admission import Admission, State
 from emotion.serving.calls import Calls
 from emotion.serving.service import PipelineService
 from emotion.serving.sockets import bound_socket, format_address
+from emotion.serving.wiring import Wiring
 from emotion.transport.server import GrpcServer
 
 if TYPE_CHECKING:
@@ -63,16 +64,27 @@ class Server:
     """
 
     def __init__(
-        self, model: Model, config: ServerConfig | None = None, *, tracing: Tracer | None = None
+        self,
+        model: Model,
+        config: ServerConfig | None = None,
+        *,
+        tracing: Tracer | None = None,
+        wiring: Wiring | None = None,
     ) -> None:
         self.model = model
         self.config = config or ServerConfig()
         self.tracing = tracing or NoTracing()
+        self.wiring = wiring or Wiring()
+        if self.wiring.inference_sockets and self.config.max_batch_size > 1:
+            raise ValueError(
+                "inference processes cannot be combined with max_batch_size > 1 "
+                "(--max-batch-size): batches run in the worker's threads"
+            )
         threads = self.config.threads or available_cpus()
         self._health = ServiceStatus()
         self._health.set(False)
         self.metrics: Metrics | None = None
-        if self.config.metrics_port is not None or self.config.record_metrics:
+        if self.config.metrics_port is not None or self.wiring.record_metrics:
             self.metrics = Metrics()
         recorder = self.metrics or NoMetrics()
         self._metrics_server: WSGIServer | None = None
@@ -80,7 +92,7 @@ class Server:
         # of the threads or processes, and as many again as the queue may hold.
         # Inference processes, when there are any, belong to the supervisor's
         # pool (emotion.inference.process_pool), which every worker shares.
-        sockets = self.config.inference_sockets
+        sockets = self.wiring.inference_sockets
         places = len(sockets) * PROCESS_DEPTH or threads
         capacity = places + self.config.limits.max_queue
         self.backend: Backend
@@ -143,7 +155,7 @@ class Server:
             on_cap=(self.metrics or NoMetrics()).connection_at_cap,
         )
         listener = bound_socket(
-            self.config.host, self.config.port, reuse_port=self.config.reuse_port
+            self.config.host, self.config.port, reuse_port=self.wiring.reuse_port
         )
         listener.listen(1024)
         self._port = int(listener.getsockname()[1])
@@ -257,6 +269,7 @@ async def serve(
     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
     on_serving: Callable[[int], None] | None = None,
     tracing: Tracer | None = None,
+    wiring: Wiring | None = None,
 ) -> None:
     """Run a server until one of ``signals``, then drain and return.
 
@@ -268,7 +281,7 @@ async def serve(
     """
     own_tracing = tracing is None
     tracing = tracing or tracing_from_environment()
-    server = Server(model, config, tracing=tracing)
+    server = Server(model, config, tracing=tracing, wiring=wiring)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
 

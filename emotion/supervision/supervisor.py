@@ -44,12 +44,12 @@ from emotion.observability.metrics import (
 )
 from emotion.runtime import available_cpus, exit_reason, write_port_file
 from emotion.serving.sockets import bound_socket, format_address, free_port
+from emotion.serving.wiring import Wiring
 from emotion.supervision.worker import CannotServe, Serving, worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from emotion.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,8 @@ class Supervisor:
         port = reservation.getsockname()[1]
         self._traced = tracing_available()
         metrics_port = self.config.metrics_port
-        self.config = replace(
-            self.config,
-            port=port,
-            reuse_port=True,
-            metrics_port=None,
-            record_metrics=metrics_port is not None,
-        )
+        self.config = replace(self.config, port=port, metrics_port=None)
+        self._wiring = Wiring(reuse_port=True, record_metrics=metrics_port is not None)
         metrics_dir = None
         metrics_server = None
         if metrics_port is not None:
@@ -193,7 +188,7 @@ class Supervisor:
             log_level=self.options.log_level,
         )
         self._pool.launch()
-        self.config = replace(self.config, inference_sockets=self._pool.paths)
+        self._wiring = replace(self._wiring, inference_sockets=self._pool.paths)
 
     def _pool_started(self) -> bool:
         """Whether the inference processes (if any) have loaded the model; raises if one cannot."""
@@ -215,7 +210,8 @@ class Supervisor:
             target=worker_main,
             args=(
                 self.options,
-                self._config_for(slot),
+                self.config,
+                self._wiring_for(slot),
                 send,
                 self.log_format,
                 self._model_name,
@@ -228,10 +224,10 @@ class Supervisor:
         send.close()
         self._workers[slot] = _Worker(slot, process, receive)
 
-    def _config_for(self, slot: int) -> ServerConfig:
-        """The config of worker ``slot``: its inference processes listed from its own on."""
-        paths = worker_paths(self.config.inference_sockets, slot)
-        return replace(self.config, inference_sockets=paths)
+    def _wiring_for(self, slot: int) -> Wiring:
+        """How worker ``slot`` joins the others: its inference processes listed from its own on."""
+        paths = worker_paths(self._wiring.inference_sockets, slot)
+        return replace(self._wiring, inference_sockets=paths)
 
     def _wait_until_serving(self) -> None:
         pool_ready = False

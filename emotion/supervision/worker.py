@@ -21,6 +21,7 @@ from emotion.model import Model, load_model
 from emotion.observability.tracing import NoTracing
 from emotion.runtime import configure_logging, exit_code, run
 from emotion.serving.server import serve
+from emotion.serving.wiring import Wiring
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -52,12 +53,13 @@ class CannotServe:
 def worker_main(
     options: ServeOptions,
     config: ServerConfig,
+    wiring: Wiring,
     messages: Connection,
     log_format: str,
     model_name: str | None,
     traced: bool,
 ) -> None:
-    """Entry point of a worker process: serve ``config``, the supervisor's share of ``options``.
+    """Entry point of a worker process: serve ``config``, joined to the others by ``wiring``.
 
     ``model_name`` is given when inference processes run the model, which
     the worker then never imports. ``traced``: the supervisor found tracing
@@ -69,7 +71,8 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         model = load_model(options.model) if model_name is None else model_elsewhere(model_name)
-        run(_serve_while_parent_lives(model, config, messages, traced), options.loop)
+        serving = _serve_while_parent_lives(model, config, wiring, messages, traced)
+        run(serving, options.loop)
     except Exception as exc:
         with contextlib.suppress(OSError):
             messages.send(CannotServe(str(exc)))
@@ -78,7 +81,7 @@ def worker_main(
 
 
 async def _serve_while_parent_lives(
-    model: Model, config: ServerConfig, messages: Connection, traced: bool
+    model: Model, config: ServerConfig, wiring: Wiring, messages: Connection, traced: bool
 ) -> None:
     """Serve; drain as on SIGTERM if the parent dies (killed, it could not forward one)."""
     parent = os.getppid()
@@ -89,6 +92,7 @@ async def _serve_while_parent_lives(
             signals=(signal.SIGTERM,),
             on_serving=lambda port: messages.send(Serving(port)),
             tracing=None if traced else NoTracing(),
+            wiring=wiring,
         )
     )
     orphaned = False

@@ -38,9 +38,6 @@ SETTINGS = (Limits, ConnectionAge, ServerTls, ClientTls, ServerConfig, ServeOpti
 WITHOUT_FLAG = {
     "ConnectionAge.limit",
     "ConnectionAge.grace",
-    "ServerConfig.record_metrics",
-    "ServerConfig.inference_sockets",
-    "ServerConfig.reuse_port",
     "PredictOptions.images",
 }
 
@@ -60,8 +57,6 @@ WITHOUT_FLAG = {
         (lambda: ServerConfig(max_batch_delay=-0.1), "ServerConfig.max_batch_delay", "0 or more"),
         (lambda: ServerConfig(tokens=("a b",)), "ServerConfig.tokens", "without spaces"),
         (lambda: ServerConfig(metrics_port=65536), "ServerConfig.metrics_port", "0-65535"),
-        (lambda: ServerConfig(record_metrics=1), "ServerConfig.record_metrics", "bool"),  # type: ignore[arg-type]
-        (lambda: ServerConfig(reuse_port="yes"), "ServerConfig.reuse_port", "bool"),  # type: ignore[arg-type]
         (
             lambda: ServerConfig(max_connection_age=300),  # type: ignore[arg-type]
             "ServerConfig.max_connection_age",
@@ -76,16 +71,6 @@ WITHOUT_FLAG = {
             lambda: ServeOptions(inference_processes=2, server=ServerConfig(max_batch_size=4)),
             "ServeOptions.inference_processes",
             "cannot be combined with max_batch_size > 1",
-        ),
-        (
-            lambda: ServerConfig(inference_sockets=("/run/0.sock",), max_batch_size=4),
-            "ServerConfig.inference_sockets",
-            "cannot be combined with max_batch_size > 1",
-        ),
-        (
-            lambda: ServerConfig(inference_sockets=("",)),
-            "ServerConfig.inference_sockets",
-            "tuple of file paths",
         ),
         (lambda: Limits(max_message_size=0), "Limits.max_message_size", "1 or more"),
         (lambda: Limits(max_pixels=0), "Limits.max_pixels", "1 or more"),

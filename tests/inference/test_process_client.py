@@ -44,6 +44,7 @@ from emotion.inference.process_pool import InferencePool
 from emotion.model import Model, spec_of
 from emotion.runtime import available_cpus
 from emotion.serving.sockets import free_port
+from emotion.serving.wiring import Wiring
 
 Connect = Callable[[Server], Channel]
 
@@ -67,7 +68,9 @@ async def start_pooled(start_server: StartServer) -> AsyncIterator[StartPooled]:
         pools.append(pool)
         await asyncio.to_thread(pool.start)
         watches.append(asyncio.ensure_future(pool.watch()))
-        servers.append(await start_server(model, inference_sockets=pool.paths, **config))
+        servers.append(
+            await start_server(model, wiring=Wiring(inference_sockets=pool.paths), **config)
+        )
         return servers[-1]
 
     yield start
@@ -154,8 +157,8 @@ async def test_workers_listing_the_processes_from_different_ones_keep_apart(
     # Each worker's first process is another's (the supervisor's worker_paths):
     # workers with one call each at a time do not pile onto one process.
     first = await start_pooled(PidModel(), 2)
-    paths = first.config.inference_sockets
-    second = await start_server(PidModel(), inference_sockets=paths[::-1])
+    paths = first.wiring.inference_sockets
+    second = await start_server(PidModel(), wiring=Wiring(inference_sockets=paths[::-1]))
     stubs = [PipelineStub(connect(first)), PipelineStub(connect(second))]
 
     served_by = [
