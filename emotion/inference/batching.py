@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from emotion.contract import Response
-from emotion.inference.threads import DeadlinePassed, Inference
+from emotion.inference.threads import DeadlinePassed, InferenceQueue
 from emotion.observability.tracing import MODEL, NoTracing, Tracer
 
 RunBatch = Callable[[Sequence[Image.Image]], list[Response]]
@@ -41,7 +41,7 @@ class Batcher:
     def __init__(
         self,
         run_batch: RunBatch,
-        inference: Inference,
+        inference: InferenceQueue,
         *,
         max_size: int,
         max_delay: float,

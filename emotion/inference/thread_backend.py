@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from emotion.decode import Decoded
 from emotion.inference.batching import Batcher
 from emotion.inference.pipeline import decode_for, infer, written
-from emotion.inference.threads import Inference
+from emotion.inference.threads import InferenceQueue
 from emotion.model import Model, run_batch
 from emotion.observability.metrics import NoMetrics, Recorder
 from emotion.observability.tracing import BATCH, DECODE, MODEL, NoTracing, Tracer
@@ -44,7 +44,7 @@ class ThreadBackend:
         self._tracing = tracing or NoTracing()
         metrics = metrics or NoMetrics()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="emotion-infer")
-        self._queue = Inference(
+        self._queue = InferenceQueue(
             self._executor, capacity=capacity, metrics=metrics, tracing=self._tracing
         )
         self._batcher: Batcher | None = None

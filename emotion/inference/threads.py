@@ -51,7 +51,7 @@ class Aborted(Exception):
         super().__init__("server shut down before the call finished; retry")
 
 
-class Inference:
+class InferenceQueue:
     """Runs jobs in ``executor``, at most ``capacity`` images at once, waiting or running.
 
     Deadlines are :func:`time.monotonic` instants.

@@ -18,7 +18,7 @@ from support.sample_models import BatchModel
 
 from emotion import BBox, PipelineStub, Request, Response, Server
 from emotion.inference.batching import Batcher
-from emotion.inference.threads import DeadlinePassed, Inference, QueueFull
+from emotion.inference.threads import DeadlinePassed, InferenceQueue, QueueFull
 
 
 def images(count: int) -> list[bytes]:
@@ -125,7 +125,7 @@ def test_a_batch_needs_room_for_two() -> None:
     with pytest.raises(ValueError, match="at least two"):
         Batcher(
             lambda images: [],
-            Inference(ThreadPoolExecutor(1), capacity=1),
+            InferenceQueue(ThreadPoolExecutor(1), capacity=1),
             max_size=1,
             max_delay=0.0,
         )
@@ -133,7 +133,7 @@ def test_a_batch_needs_room_for_two() -> None:
 
 async def test_a_batch_is_a_job_of_the_queue_whose_late_images_are_left_out() -> None:
     executor = ThreadPoolExecutor(1)
-    inference = Inference(executor, capacity=3)
+    inference = InferenceQueue(executor, capacity=3)
     seen: list[list[int]] = []
     busy = threading.Event()
     executor.submit(busy.wait, 10)  # the only thread is taken until the test says
@@ -161,7 +161,7 @@ async def test_a_batch_counts_each_of_its_images_against_the_queue() -> None:
     executor = ThreadPoolExecutor(1)
     batcher = Batcher(
         lambda batch: [Response() for _ in batch],
-        Inference(executor, capacity=1),
+        InferenceQueue(executor, capacity=1),
         max_size=2,
         max_delay=10,
     )
@@ -176,7 +176,7 @@ async def test_a_batch_counts_each_of_its_images_against_the_queue() -> None:
 
 async def test_a_batch_whose_callers_all_left_is_withdrawn_and_never_runs() -> None:
     executor = ThreadPoolExecutor(1)
-    inference = Inference(executor, capacity=4)
+    inference = InferenceQueue(executor, capacity=4)
     ran: list[int] = []
     busy = threading.Event()
     executor.submit(busy.wait, 10)  # the only thread is taken until the test says

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from emotion.inference.threads import Aborted, DeadlinePassed, Inference, QueueFull
+from emotion.inference.threads import Aborted, DeadlinePassed, InferenceQueue, QueueFull
 
 
 class Gate:
@@ -37,7 +37,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 async def test_a_job_runs_in_a_thread_and_returns_its_result(executor: ThreadPoolExecutor) -> None:
-    inference = Inference(executor, capacity=2)
+    inference = InferenceQueue(executor, capacity=2)
     caller = threading.get_ident()
 
     thread = await inference.run(lambda _: threading.get_ident(), None, deadline=None)
@@ -47,7 +47,7 @@ async def test_a_job_runs_in_a_thread_and_returns_its_result(executor: ThreadPoo
 
 
 async def test_the_queue_refuses_at_once_past_its_capacity(executor: ThreadPoolExecutor) -> None:
-    inference = Inference(executor, capacity=2)
+    inference = InferenceQueue(executor, capacity=2)
     gate = Gate()
     first = asyncio.ensure_future(inference.run(gate, "first", deadline=None))
     second = asyncio.ensure_future(inference.run(gate, "second", deadline=None))
@@ -64,7 +64,7 @@ async def test_the_queue_refuses_at_once_past_its_capacity(executor: ThreadPoolE
 
 
 async def test_a_cancelled_caller_withdraws_its_waiting_job(executor: ThreadPoolExecutor) -> None:
-    inference = Inference(executor, capacity=3)
+    inference = InferenceQueue(executor, capacity=3)
     gate = Gate()
     running = asyncio.ensure_future(inference.run(gate, "running", deadline=None))
     await asyncio.to_thread(gate.entered.wait, 10)
@@ -83,7 +83,7 @@ async def test_a_cancelled_caller_withdraws_its_waiting_job(executor: ThreadPool
 async def test_a_job_whose_deadline_passed_in_the_queue_never_runs(
     executor: ThreadPoolExecutor,
 ) -> None:
-    inference = Inference(executor, capacity=3)
+    inference = InferenceQueue(executor, capacity=3)
     gate = Gate()
     running = asyncio.ensure_future(inference.run(gate, "running", deadline=None))
     await asyncio.to_thread(gate.entered.wait, 10)
@@ -101,7 +101,7 @@ async def test_a_job_whose_deadline_passed_in_the_queue_never_runs(
 async def test_abort_ends_every_waiting_caller_and_refuses_nothing_else(
     executor: ThreadPoolExecutor,
 ) -> None:
-    inference = Inference(executor, capacity=3)
+    inference = InferenceQueue(executor, capacity=3)
     gate = Gate()
     running = asyncio.ensure_future(inference.run(gate, "running", deadline=None))
     waiting = asyncio.ensure_future(inference.run(gate, "waiting", deadline=None))
