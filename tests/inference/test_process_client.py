@@ -6,9 +6,11 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from support.served import (
     alive,
     children,
     inference_processes,
+    inference_processes_in,
     parent,
     start_serving,
     wait_for_port,
@@ -49,6 +52,15 @@ Connect = Callable[[Server], Channel]
 
 
 StartPooled = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+def sockets_folder() -> Iterator[Path]:
+    """A TMPDIR for `emotion serve`: its pool's socket paths, on its processes' command lines,
+    then mark them as this test's (short: tmp_path is too long for a Unix socket's path)."""
+    folder = Path(tempfile.mkdtemp(prefix="emotion-test-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -517,12 +529,14 @@ async def test_emotion_serve_workers_listen_not_serving_while_the_processes_load
     assert code == 0
 
 
-async def test_emotion_serve_exits_1_with_the_reason_when_the_processes_cannot_load() -> None:
+async def test_emotion_serve_exits_1_with_the_reason_when_the_processes_cannot_load(
+    sockets_folder: Path,
+) -> None:
     # One worker too: the supervisor owns the processes.
     process = await asyncio.create_subprocess_exec(
         *EMOTION, "serve", "--port", "0", "--workers", "1",
         "--inference-processes", "2", "--model", "support.sample_models:FailingLoadModel",
-        env=subprocess_env(),
+        env=subprocess_env(TMPDIR=str(sockets_folder)),
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
@@ -533,4 +547,34 @@ async def test_emotion_serve_exits_1_with_the_reason_when_the_processes_cannot_l
         "failed to load: FileNotFoundError: weights.bin is missing"
         for number in (0, 1)
     }
-    assert inference_processes(os.getpid()) == set()
+    assert inference_processes_in(sockets_folder) == set()
+
+
+async def test_emotion_serve_stopped_while_its_processes_load_leaves_none_running(
+    sockets_folder: Path,
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION, "serve", "--port", "0", "--workers", "1",
+        "--inference-processes", "2", "--model", "support.sample_models:SlowLoadModel",
+        env=subprocess_env(TMPDIR=str(sockets_folder), EMOTION_TEST_SECONDS="120"),
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(loading := inference_processes_in(sockets_folder)) < 2:
+            assert time.monotonic() < deadline, "the inference processes never started"
+            await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 60)
+        # The supervisor is gone: a process left loading would be init's child now.
+        left = inference_processes_in(sockets_folder)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for pid in inference_processes_in(sockets_folder):
+            os.kill(pid, signal.SIGKILL)
+
+    assert len(loading) == 2
+    assert code == 0
+    assert left == set()

@@ -136,13 +136,31 @@ def command_line(pid: int) -> bytes:
     """The process's command line, or nothing once it has exited."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return b""
 
 
 def inference_processes(pid: int) -> set[int]:
     """The inference processes (emotion.inference.process_main) under process ``pid``."""
     return {p for p in descendants(pid) if b"emotion.inference.process_main" in command_line(p)}
+
+
+def inference_processes_in(folder: str | Path) -> set[int]:
+    """Every running inference process whose socket lies under ``folder``, whoever its parent.
+
+    Found by command line (``... FD PATH ...``), not by parentage: a process
+    whose owner exited is re-parented to init, where :func:`descendants`
+    never looks. A zombie's command line is empty (it has ended), as is that of
+    a process for the moment its exec takes.
+    """
+    marker = str(folder).encode() + b"/"
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            line = command_line(int(entry.name))
+            if b"emotion.inference.process_main" in line and marker in line:
+                found.add(int(entry.name))
+    return found
 
 
 def worker_pids(pid: int) -> set[int]:
