@@ -32,6 +32,7 @@ from support.sample_models import (
 from support.served import (
     alive,
     children,
+    free_port,
     inference_processes,
     inference_processes_in,
     parent,
@@ -46,7 +47,6 @@ from emotion.inference.process_client import InferenceProcesses
 from emotion.inference.process_pool import InferencePool
 from emotion.model import Model, spec_of
 from emotion.runtime import available_cpus
-from emotion.serving.sockets import free_port
 
 Connect = Callable[[Server], Channel]
 
@@ -499,7 +499,7 @@ async def health(port: int) -> int | None:
 async def test_emotion_serve_workers_listen_not_serving_while_the_processes_load(
     jpeg: bytes, tmp_path: Path
 ) -> None:
-    port = free_port("127.0.0.1", 0)
+    port = free_port()
     port_file = tmp_path / "port"
     process = await asyncio.create_subprocess_exec(
         *EMOTION, "serve", "--port", str(port), "--workers", "2", "--port-file", str(port_file),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +25,28 @@ class Served:
         self.process = process
         self.port = port
         self.log: list[str] = []
+
+    @property
+    def target(self) -> str:
+        """Its address as clients take it (``--target``)."""
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, timeout: float = 15) -> int:
+        """SIGTERM, as an operator stops it; killed if still running after ``timeout``.
+
+        Its exit status.
+        """
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        code = self.process.returncode
+        assert code is not None
+        return code
 
     async def read_until(self, text: str, timeout: float = 60) -> str:
         """Read its log (stderr, or stdout when merged) up to a line holding ``text``."""
