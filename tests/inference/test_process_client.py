@@ -23,6 +23,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from support.sample_models import (
     CrashingModel,
+    FileGatedModel,
     HalfSizeModel,
     PidModel,
     RaisingModel,
@@ -346,6 +347,40 @@ async def test_images_past_the_capacity_are_refused_at_once(
     assert caught.value.status is Status.RESOURCE_EXHAUSTED
     assert time.monotonic() - started < 0.9
     assert all(isinstance(a, Response) for a in await asyncio.gather(*held))
+
+
+async def test_a_process_is_sent_at_most_three_of_a_workers_images_at_once(
+    start_pooled: StartPooled,
+    connect: Connect,
+    jpeg: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls, gate = tmp_path / "calls", tmp_path / "gate"
+    monkeypatch.setenv("EMOTION_TEST_CALLS", str(calls))
+    monkeypatch.setenv("EMOTION_TEST_GATE", str(gate))
+    server = await start_pooled(FileGatedModel(), 1)
+    processes = server.backend
+    assert isinstance(processes, InferenceProcesses)
+    stub = PipelineStub(connect(server))
+
+    # Eight images for one process, its model held at the first.
+    held = [asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg))) for _ in range(8)]
+    while processes.queued < 8 or not calls.exists():  # noqa: ASYNC110 - counts to watch
+        await asyncio.sleep(0.01)
+    # Every caller leaves: an image still in the worker is withdrawn; one sent
+    # to the process is run all the same, so the model counts those sent.
+    for call in held:
+        call.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    while processes.queued:  # noqa: ASYNC110 - a count to watch, not an event
+        await asyncio.sleep(0.01)
+    gate.touch()
+    # The process answers a connection's images in order: once this one is
+    # answered, every image sent before it has run.
+    await stub.run_pipeline(Request(image=jpeg), timeout=30)
+
+    assert len(calls.read_text().splitlines()) == 3 + 1
 
 
 async def test_stopping_aborts_waiting_calls(
