@@ -21,12 +21,14 @@ per-field bookkeeping in Python (see :func:`encode`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import types
+import typing
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import betterproto2
-from betterproto2 import ProtoClassMetadata
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtobufMessage
@@ -171,14 +173,12 @@ class _Writer:
         reader = _reader(message_type)  # it refuses the field kinds neither supports
         self.protobuf_class = reader.protobuf_class
         descriptor: Descriptor = getattr(message_type, "DESCRIPTOR")  # noqa: B009 - a static property
-        meta = _field_table(message_type)
+        table = _field_table(message_type)
         #: (dataclass attribute, protobuf field, repeated, nested message type or None)
         self._fields: list[tuple[str, str, bool, type[betterproto2.Message] | None]] = []
         for field in descriptor.fields:
-            name = meta.field_name_by_number[field.number]
-            nested = None
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
-                nested = meta.cls_by_field[name]
+            name, _, inner = table[field.number]
+            nested = inner if field.type == FieldDescriptor.TYPE_MESSAGE else None
             self._fields.append((name, field.name, _is_repeated(field), nested))
 
     def fill(self, message: betterproto2.Message, target: ProtobufMessage) -> None:
@@ -215,29 +215,19 @@ class _Reader:
         self.message_type = message_type
         self.type_name = descriptor.full_name
         self.protobuf_class: type[ProtobufMessage] = GetMessageClass(descriptor)
-        meta = _field_table(message_type)
+        table = _field_table(message_type)
         self._fields: dict[int, tuple[str, str, Callable[[Any, str], Any]]] = {}
         for field in descriptor.fields:
-            name = meta.field_name_by_number[field.number]
-            field_meta = meta.meta_by_field_name[name]
-            if field_meta.map_meta is not None or field_meta.unwrap is not None:
+            name, meta, inner = table[field.number]
+            if meta.map_meta is not None or meta.unwrap is not None:
                 raise TypeError(
                     f"{self.type_name}.{field.name}: map and well-known wrapper fields "
                     "are not supported by emotion.codec"
                 )
-            read_one = self._value_reader(field, name)
+            read_one = _value_reader(field, inner)
             if _is_repeated(field):
                 read_one = _each(read_one)
             self._fields[field.number] = (name, _expected_wire_type(field), read_one)
-
-    def _value_reader(self, field: FieldDescriptor, name: str) -> Callable[[Any, str], Any]:
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
-            nested = _field_table(self.message_type).cls_by_field[name]
-            return lambda value, path: _reader(nested).read(value, path)
-        if field.type == FieldDescriptor.TYPE_ENUM:
-            enum = _field_table(self.message_type).cls_by_field[name]
-            return lambda value, path: enum(value)
-        return lambda value, path: value
 
     def read(self, parsed: ProtobufMessage, path: str) -> betterproto2.Message:
         """The dataclass for ``parsed``; ``path`` names it inside the outermost message."""
@@ -260,9 +250,48 @@ class _Reader:
         return self.message_type(**values)
 
 
-def _field_table(message_type: Any) -> ProtoClassMetadata:
-    """betterproto2's table of a message's fields: names, numbers, nested classes."""
-    return message_type._betterproto  # type: ignore[no-any-return]
+class _DataclassField(NamedTuple):
+    name: str
+    meta: betterproto2.FieldMetadata
+    #: the class a value (or each item) has: a nested message or enum, or a builtin
+    inner: Any
+
+
+@functools.cache
+def _field_table(message_type: type[betterproto2.Message]) -> dict[int, _DataclassField]:
+    """A generated dataclass's fields by protobuf field number.
+
+    Read from public APIs only (dataclass fields, betterproto2's per-field
+    metadata, the generated annotations), not betterproto2's private table.
+    """
+    if not dataclasses.is_dataclass(message_type):
+        raise TypeError(f"{message_type!r} is not a generated message dataclass")
+    hints = typing.get_type_hints(message_type)
+    table = {}
+    for field in dataclasses.fields(message_type):
+        meta = betterproto2.FieldMetadata.get(field)
+        table[meta.number] = _DataclassField(field.name, meta, _inner_type(hints[field.name]))
+    return table
+
+
+def _inner_type(hint: Any) -> Any:
+    """``X`` from the annotation ``X``, ``X | None`` or ``list[X]``."""
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return _inner_type(typing.get_args(hint)[0])
+    if origin in (typing.Union, types.UnionType):
+        others = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(others) == 1:
+            return _inner_type(others[0])
+    return hint
+
+
+def _value_reader(field: FieldDescriptor, inner: Any) -> Callable[[Any, str], Any]:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return lambda value, path: _reader(inner).read(value, path)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return lambda value, path: inner(value)
+    return lambda value, path: value
 
 
 @functools.cache

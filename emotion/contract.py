@@ -4,6 +4,8 @@ Every other module imports messages, the service base and the stub from here,
 so the generated package's layout is known in exactly one place.
 """
 
+import dataclasses
+
 from emotion._generated.emotion.v1 import (
     EMOTION_V1_EMOTION_PROTO_DESCRIPTOR,
     BBox,
@@ -29,16 +31,9 @@ LEGACY_RUN_PIPELINE_PATH = "/emotion.v1.Pipeline/run_pipeline"
 #: Protobuf file descriptor of emotion.proto, for server reflection.
 FILE_DESCRIPTOR = EMOTION_V1_EMOTION_PROTO_DESCRIPTOR
 
-#: The seven Expression fields in field-number order.
-EXPRESSION_FIELDS = (
-    "neutral",
-    "anger",
-    "disgust",
-    "fear",
-    "happiness",
-    "sadness",
-    "surprise",
-)
+#: The Expression fields in the order emotion.proto declares them (read from
+#: the generated dataclass, so a field added to the contract appears here).
+EXPRESSION_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Expression))
 
 __all__ = [
     "EXPRESSION_FIELDS",

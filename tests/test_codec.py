@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
+import betterproto2
 import hypothesis
 import hypothesis.strategies as st
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import Descriptor
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 from support.fuzzing import examples
 
@@ -187,3 +191,124 @@ def test_a_message_encoded_beforehand_is_sent_as_its_bytes() -> None:
 
     assert sent == bytes(response)
     assert parse(Response, sent) == response
+
+
+_FIELD = descriptor_pb2.FieldDescriptorProto
+
+# Field kinds emotion.proto lacks, declared as betterproto2's compiler writes them.
+_TEST_PROTO = descriptor_pb2.FileDescriptorProto(
+    name="codec_test.proto",
+    package="codectest",
+    syntax="proto3",
+    enum_type=[
+        descriptor_pb2.EnumDescriptorProto(
+            name="Mood",
+            value=[
+                descriptor_pb2.EnumValueDescriptorProto(name="MOOD_UNSPECIFIED", number=0),
+                descriptor_pb2.EnumValueDescriptorProto(name="MOOD_GLAD", number=1),
+                descriptor_pb2.EnumValueDescriptorProto(name="MOOD_SAD", number=2),
+            ],
+        )
+    ],
+    message_type=[
+        descriptor_pb2.DescriptorProto(
+            name="Moods",
+            field=[
+                _FIELD(
+                    name="mood",
+                    number=1,
+                    type=_FIELD.TYPE_ENUM,
+                    type_name=".codectest.Mood",
+                    label=_FIELD.LABEL_OPTIONAL,
+                ),
+                _FIELD(
+                    name="history",
+                    number=2,
+                    type=_FIELD.TYPE_ENUM,
+                    type_name=".codectest.Mood",
+                    label=_FIELD.LABEL_REPEATED,
+                ),
+            ],
+        ),
+        descriptor_pb2.DescriptorProto(
+            name="Tagged",
+            field=[
+                _FIELD(
+                    name="tags",
+                    number=1,
+                    type=_FIELD.TYPE_MESSAGE,
+                    type_name=".codectest.Tagged.TagsEntry",
+                    label=_FIELD.LABEL_REPEATED,
+                )
+            ],
+            nested_type=[
+                descriptor_pb2.DescriptorProto(
+                    name="TagsEntry",
+                    field=[
+                        _FIELD(
+                            name="key",
+                            number=1,
+                            type=_FIELD.TYPE_STRING,
+                            label=_FIELD.LABEL_OPTIONAL,
+                        ),
+                        _FIELD(
+                            name="value",
+                            number=2,
+                            type=_FIELD.TYPE_INT32,
+                            label=_FIELD.LABEL_OPTIONAL,
+                        ),
+                    ],
+                    options=descriptor_pb2.MessageOptions(map_entry=True),
+                )
+            ],
+        ),
+    ],
+)
+_TEST_POOL = descriptor_pool.DescriptorPool()
+_TEST_POOL.Add(_TEST_PROTO)
+
+
+class Mood(betterproto2.Enum):
+    UNSPECIFIED = 0
+    GLAD = 1
+    SAD = 2
+
+
+@dataclass(eq=False, repr=False)
+class Moods(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return _TEST_POOL.FindMessageTypeByName("codectest.Moods")
+
+    mood: Mood = betterproto2.field(1, betterproto2.TYPE_ENUM, default_factory=lambda: Mood(0))  # noqa: RUF009
+    history: list[Mood] = betterproto2.field(2, betterproto2.TYPE_ENUM, repeated=True)  # noqa: RUF009
+
+
+@dataclass(eq=False, repr=False)
+class Tagged(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return _TEST_POOL.FindMessageTypeByName("codectest.Tagged")
+
+    tags: dict[str, int] = betterproto2.field(  # noqa: RUF009
+        1,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT32),
+    )
+
+
+def test_enum_fields_read_back_as_members_of_their_enum() -> None:
+    moods = Moods(mood=Mood.SAD, history=[Mood.GLAD, Mood.SAD])
+
+    read = parse(Moods, encode(moods))
+
+    assert read == moods
+    assert type(read.mood) is Mood
+    assert [type(item) for item in read.history] == [Mood, Mood]
+
+
+def test_a_message_with_a_map_field_is_refused_by_name() -> None:
+    with pytest.raises(TypeError, match=r"codectest\.Tagged\.tags: map"):
+        parse(Tagged, b"")

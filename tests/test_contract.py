@@ -52,6 +52,19 @@ def original(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleT
         sys.modules.pop("emotion_pb2_grpc", None)
 
 
+def test_expression_fields_are_the_seven_expressions_in_contract_order() -> None:
+    # Tables and JSON list the scores in this order; ties go to the first.
+    assert EXPRESSION_FIELDS == (
+        "neutral",
+        "anger",
+        "disgust",
+        "fear",
+        "happiness",
+        "sadness",
+        "surprise",
+    )
+
+
 def test_messages_encode_to_identical_bytes(original: tuple[ModuleType, Any]) -> None:
     pb2, _ = original
     ours = Response(

@@ -1,4 +1,4 @@
-"""decode_image: what the model receives, and the reason given for every refusal."""
+"""decode and decode_image: what the model receives, and the reason given for every refusal."""
 
 from __future__ import annotations
 

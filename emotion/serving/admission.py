@@ -68,13 +68,6 @@ class Admission:
             raise NotServing("server is shutting down; retry on another")
 
     @contextlib.contextmanager
-    def admit(self, authorization: str | None) -> Iterator[None]:
-        """:meth:`check`, then :meth:`hold`."""
-        self.check(authorization)
-        with self.hold():
-            yield
-
-    @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         """Hold a place for one call, or raise Busy.
 

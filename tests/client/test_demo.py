@@ -7,6 +7,7 @@ only ever a client of them, so these tests check what a visitor would see.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -15,13 +16,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from conftest import EMOTION, TESTS, subprocess_env
-from support.served import free_port
+from support.served import Served, free_port, start_serving
 
 pytest.importorskip("gradio", reason="the demo extra is not installed: pip install '.[demo]'")
 
@@ -51,57 +54,28 @@ SCREENSHOT = os.environ.get("EMOTION_DEMO_SCREENSHOT")
 MOCK = "emotion.models.mock:MockModel"
 
 
-class Served:
-    """An `emotion serve` process; its log goes to a file so a long run never blocks on a pipe."""
-
-    def __init__(self, log: Path, *args: str, port: int = 0) -> None:
-        self.log = log
-        with log.open("wb") as sink:
-            self.process = subprocess.Popen(
-                [*EMOTION, "serve", "--port", str(port), "--workers", "1", *args],
-                stderr=sink,
-                env=subprocess_env(),
-            )
-        self.port = port
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            text = log.read_text()
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
-            if found and "serving" in text:
-                self.port = int(found.group(1))
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"emotion serve did not start: {log.read_text()}")
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+@contextlib.asynccontextmanager
+async def serving(log: Path, *args: str) -> AsyncIterator[Served]:
+    """`emotion serve --workers 1 ARGS`, its log in a file: a long run never blocks on a pipe."""
+    with log.open("wb") as sink:
+        served = await start_serving("--workers", "1", *args, stderr=sink)
+    try:
+        yield served
+    finally:
+        await served.stop()
 
 
-@pytest.fixture(scope="module")
-def mock_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = Served(tmp_path_factory.mktemp("mock") / "serve.log", "--model", MOCK)
-    yield served
-    served.stop()
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mock_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
+    log = tmp_path_factory.mktemp("mock") / "serve.log"
+    async with serving(log, "--port", "0", "--model", MOCK) as served:
+        yield served
 
 
-@pytest.fixture(scope="module")
-def fer_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = Served(tmp_path_factory.mktemp("fer") / "serve.log")
-    yield served
-    served.stop()
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fer_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
+    async with serving(tmp_path_factory.mktemp("fer") / "serve.log", "--port", "0") as served:
+        yield served
 
 
 @pytest.fixture
@@ -123,6 +97,11 @@ def open_demo(tmp_path: Path) -> Iterator[Any]:
     yield launch
     for demo in demos:
         demo.close()
+
+
+async def predict(page: GradioClient, image: Path) -> Any:
+    """The demo's /predict for ``image``, called off the event loop (gradio_client blocks)."""
+    return await asyncio.to_thread(page.predict, handle_file(str(image)), api_name="/predict")
 
 
 def emotion_predict(target: str, *images: Path, annotate: Path) -> list[dict[str, Any]]:
@@ -221,38 +200,33 @@ def test_files_the_server_cannot_use_are_explained(
     assert len(faces["faces"]) == 1
 
 
-def test_a_refused_token_is_explained(open_demo: Any, tmp_path: Path) -> None:
+async def test_a_refused_token_is_explained(open_demo: Any, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("right-token\n")
-    served = Served(tmp_path / "serve.log", "--model", MOCK, "--auth-tokens-file", str(tokens))
-    try:
-        wrong = open_demo(served.target, token="wrong-token")
-        right = open_demo(served.target, token="right-token")
+    log = tmp_path / "serve.log"
+    async with serving(log, "--port", "0", "--model", MOCK, "--auth-tokens-file", str(tokens)) as s:
+        wrong = open_demo(s.target, token="wrong-token")
+        right = open_demo(s.target, token="right-token")
 
         with pytest.raises(AppError, match="refused this demo's token"):
-            wrong.predict(handle_file(str(ASTRONAUT)), api_name="/predict")
-        _, faces = right.predict(handle_file(str(ASTRONAUT)), api_name="/predict")
+            await predict(wrong, ASTRONAUT)
+        _, faces = await predict(right, ASTRONAUT)
         assert len(faces["faces"]) == 1
-    finally:
-        served.stop()
 
 
-def test_a_stopped_server_is_explained_and_the_page_recovers(
+async def test_a_stopped_server_is_explained_and_the_page_recovers(
     open_demo: Any, tmp_path: Path
 ) -> None:
     port = free_port()
     page = open_demo(f"127.0.0.1:{port}")
 
     with pytest.raises(AppError, match=rf"Cannot reach the emotion server at 127\.0\.0\.1:{port}"):
-        page.predict(handle_file(str(ASTRONAUT)), api_name="/predict")
-    served = Served(tmp_path / "serve.log", "--model", MOCK, port=port)
-    try:
-        _, faces = page.predict(handle_file(str(ASTRONAUT)), api_name="/predict")
+        await predict(page, ASTRONAUT)
+    async with serving(tmp_path / "serve.log", "--port", str(port), "--model", MOCK):
+        _, faces = await predict(page, ASTRONAUT)
         assert len(faces["faces"]) == 1
-    finally:
-        served.stop()
     with pytest.raises(AppError, match="Cannot reach the emotion server"):
-        page.predict(handle_file(str(ASTRONAUT)), api_name="/predict")
+        await predict(page, ASTRONAUT)
 
 
 async def test_webcam_frames_are_drawn_with_the_rate_and_failures_go_to_the_status(
@@ -283,6 +257,19 @@ def test_frame_rate_counts_answers_over_a_sliding_window() -> None:
     assert rate.tick(10.0) == 0.0
     assert [rate.tick(10.0 + n / 10) for n in range(1, 6)][-1] == pytest.approx(10.0)
     assert rate.tick(20.0) == 0.0  # the earlier answers left the window
+
+
+def wait_for_page(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Return once ``url`` answers 200 (not when the log says so); fail if ``process`` exits."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, no proxy
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(OSError), direct.open(url, timeout=5) as page:
+            if page.status == 200:
+                return
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -336,11 +323,7 @@ def test_the_page_in_a_browser_shows_the_drawing_and_the_table(
         )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 60
-        while f"emotion demo: {url}" not in log.read_text():
-            assert demo.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_for_page(url, demo, log)
         wait = WebDriverWait(browser, 30)
 
         def show(image: Path) -> list[str]:

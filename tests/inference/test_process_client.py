@@ -6,9 +6,11 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from support.sample_models import (
     CrashingModel,
+    FileGatedModel,
     HalfSizeModel,
     PidModel,
     RaisingModel,
@@ -30,7 +33,9 @@ from support.sample_models import (
 from support.served import (
     alive,
     children,
+    free_port,
     inference_processes,
+    inference_processes_in,
     parent,
     start_serving,
     wait_for_port,
@@ -43,13 +48,21 @@ from emotion.inference.process_client import InferenceProcesses
 from emotion.inference.process_pool import InferencePool
 from emotion.model import Model, spec_of
 from emotion.runtime import available_cpus
-from emotion.serving.sockets import free_port
 from emotion.serving.wiring import Wiring
 
 Connect = Callable[[Server], Channel]
 
 
 StartPooled = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+def sockets_folder() -> Iterator[Path]:
+    """A TMPDIR for `emotion serve`: its pool's socket paths, on its processes' command lines,
+    then mark them as this test's (short: tmp_path is too long for a Unix socket's path)."""
+    folder = Path(tempfile.mkdtemp(prefix="emotion-test-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -339,6 +352,40 @@ async def test_images_past_the_capacity_are_refused_at_once(
     assert all(isinstance(a, Response) for a in await asyncio.gather(*held))
 
 
+async def test_a_process_is_sent_at_most_three_of_a_workers_images_at_once(
+    start_pooled: StartPooled,
+    connect: Connect,
+    jpeg: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls, gate = tmp_path / "calls", tmp_path / "gate"
+    monkeypatch.setenv("EMOTION_TEST_CALLS", str(calls))
+    monkeypatch.setenv("EMOTION_TEST_GATE", str(gate))
+    server = await start_pooled(FileGatedModel(), 1)
+    processes = server.backend
+    assert isinstance(processes, InferenceProcesses)
+    stub = PipelineStub(connect(server))
+
+    # Eight images for one process, its model held at the first.
+    held = [asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg))) for _ in range(8)]
+    while processes.queued < 8 or not calls.exists():  # noqa: ASYNC110 - counts to watch
+        await asyncio.sleep(0.01)
+    # Every caller leaves: an image still in the worker is withdrawn; one sent
+    # to the process is run all the same, so the model counts those sent.
+    for call in held:
+        call.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    while processes.queued:  # noqa: ASYNC110 - a count to watch, not an event
+        await asyncio.sleep(0.01)
+    gate.touch()
+    # The process answers a connection's images in order: once this one is
+    # answered, every image sent before it has run.
+    await stub.run_pipeline(Request(image=jpeg), timeout=30)
+
+    assert len(calls.read_text().splitlines()) == 3 + 1
+
+
 async def test_stopping_aborts_waiting_calls(
     start_pooled: StartPooled, connect: Connect, jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -490,7 +537,7 @@ async def health(port: int) -> int | None:
 async def test_emotion_serve_workers_listen_not_serving_while_the_processes_load(
     jpeg: bytes, tmp_path: Path
 ) -> None:
-    port = free_port("127.0.0.1", 0)
+    port = free_port()
     port_file = tmp_path / "port"
     process = await asyncio.create_subprocess_exec(
         *EMOTION, "serve", "--port", str(port), "--workers", "2", "--port-file", str(port_file),
@@ -520,12 +567,14 @@ async def test_emotion_serve_workers_listen_not_serving_while_the_processes_load
     assert code == 0
 
 
-async def test_emotion_serve_exits_1_with_the_reason_when_the_processes_cannot_load() -> None:
+async def test_emotion_serve_exits_1_with_the_reason_when_the_processes_cannot_load(
+    sockets_folder: Path,
+) -> None:
     # One worker too: the supervisor owns the processes.
     process = await asyncio.create_subprocess_exec(
         *EMOTION, "serve", "--port", "0", "--workers", "1",
         "--inference-processes", "2", "--model", "support.sample_models:FailingLoadModel",
-        env=subprocess_env(),
+        env=subprocess_env(TMPDIR=str(sockets_folder)),
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
@@ -536,4 +585,34 @@ async def test_emotion_serve_exits_1_with_the_reason_when_the_processes_cannot_l
         "failed to load: FileNotFoundError: weights.bin is missing"
         for number in (0, 1)
     }
-    assert inference_processes(os.getpid()) == set()
+    assert inference_processes_in(sockets_folder) == set()
+
+
+async def test_emotion_serve_stopped_while_its_processes_load_leaves_none_running(
+    sockets_folder: Path,
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *EMOTION, "serve", "--port", "0", "--workers", "1",
+        "--inference-processes", "2", "--model", "support.sample_models:SlowLoadModel",
+        env=subprocess_env(TMPDIR=str(sockets_folder), EMOTION_TEST_SECONDS="120"),
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(loading := inference_processes_in(sockets_folder)) < 2:
+            assert time.monotonic() < deadline, "the inference processes never started"
+            await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 60)
+        # The supervisor is gone: a process left loading would be init's child now.
+        left = inference_processes_in(sockets_folder)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for pid in inference_processes_in(sockets_folder):
+            os.kill(pid, signal.SIGKILL)
+
+    assert len(loading) == 2
+    assert code == 0
+    assert left == set()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import encode
 from PIL import Image
-from support.served import alive, inference_processes
+from support.served import alive, inference_processes_in
 
 from emotion import Response
 from emotion.config.limits import DEFAULT_MAX_PIXELS
@@ -162,8 +162,28 @@ def test_a_model_that_cannot_load_fails_the_start_with_its_reason_and_leaves_not
     with pytest.raises(StartFailed, match=r"FileNotFoundError: weights\.bin is missing"):
         two.start()
 
-    assert inference_processes(os.getpid()) == set()
+    assert inference_processes_in(Path(two.paths[0]).parent) == set()
     assert not Path(two.paths[0]).parent.exists()
+
+
+def test_closing_kills_a_process_that_does_not_end_when_its_socket_closes(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMOTION_TEST_SECONDS", "60")
+    one = pool("SlowLoadModel")  # loading, it does not watch its owner's socket
+    one.launch()
+    folder = Path(one.paths[0]).parent
+    deadline = time.monotonic() + 10
+    while not inference_processes_in(folder):  # its command line shows once exec is done
+        assert time.monotonic() < deadline, "the process never started"
+        time.sleep(0.01)
+
+    one.close()
+
+    left = inference_processes_in(folder)
+    for pid in left:  # a failed test leaves nothing running
+        os.kill(pid, signal.SIGKILL)
+    assert left == set()
 
 
 def test_a_process_that_dies_is_replaced_at_the_same_path(

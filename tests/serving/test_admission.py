@@ -1,4 +1,5 @@
-"""Admission from a call's headers: credentials first, then the server's state, then room."""
+"""Admission as the service uses it: credentials, then the server's state, at a call's headers
+(``check``); room for the call once its message came (``hold``)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ def test_calls_wait_for_the_model_and_are_refused_while_draining() -> None:
     admission = Admission(capacity=1)
 
     assert admission.state is State.LOADING
-    with pytest.raises(NotServing, match="model is still loading"), admission.admit(None):
-        pass
+    with pytest.raises(NotServing, match="model is still loading"):
+        admission.check(None)
     admission.start_serving()
-    with admission.admit(None):
+    admission.check(None)
+    with admission.hold():
         admission.start_draining()
         # A call admitted before the drain goes on; new ones are refused.
         assert admission.admitted == 1
-        with pytest.raises(NotServing, match="server is shutting down"), admission.admit(None):
-            pass
+        with pytest.raises(NotServing, match="server is shutting down"):
+            admission.check(None)
     assert admission.admitted == 0
 
 
@@ -34,33 +36,36 @@ def test_a_call_past_the_capacity_is_refused_and_a_finished_one_frees_its_place(
     admission = serving(capacity=2)
 
     with (
-        admission.admit(None),
-        admission.admit(None),
+        admission.hold(),
+        admission.hold(),
         pytest.raises(Busy, match="server is busy: 2 calls are in progress"),
-        admission.admit(None),
+        admission.hold(),
     ):
         pass
-    with admission.admit(None):
+    with admission.hold():
         assert admission.admitted == 1
 
 
 def test_a_failed_call_frees_its_place_too() -> None:
     admission = serving(capacity=1)
 
-    with pytest.raises(RuntimeError), admission.admit(None):
+    with pytest.raises(RuntimeError), admission.hold():
         raise RuntimeError
 
     assert admission.admitted == 0
 
 
 def test_credentials_are_checked_before_anything_else() -> None:
-    admission = Admission(capacity=0, tokens=BearerTokens(["s3cret"]))
+    admission = Admission(capacity=1, tokens=BearerTokens(["s3cret"]))
 
-    # Loading and full, but the caller without a token learns only that.
-    with pytest.raises(Unauthenticated), admission.admit(None):
-        pass
-    with pytest.raises(NotServing), admission.admit("Bearer s3cret"):
-        pass
+    # Loading, but the caller without a token learns only that.
+    with pytest.raises(Unauthenticated):
+        admission.check(None)
+    with pytest.raises(NotServing):
+        admission.check("Bearer s3cret")
+    admission.start_serving()
+    with admission.hold(), pytest.raises(Unauthenticated):
+        admission.check("Bearer other")
 
 
 @pytest.mark.parametrize(

@@ -8,43 +8,65 @@ from grpclib.exceptions import GRPCError
 
 from emotion.codec import InvalidMessage
 from emotion.decode import InvalidImage
+from emotion.inference.process_client import ProcessExited
 from emotion.inference.threads import Aborted, DeadlinePassed, QueueFull
 from emotion.model import ModelFailure
 from emotion.security import Unauthenticated
 from emotion.serving.admission import Busy, NotServing
 from emotion.serving.statuses import STATUSES, to_grpc_error
-from emotion.transport.messages import CompressedMessage, MalformedMessage, MessageTooLarge
-
-
-@pytest.mark.parametrize(
-    ("failure", "status", "message"),
-    [
-        (Unauthenticated("no token"), Status.UNAUTHENTICATED, "no token"),
-        (NotServing("loading"), Status.UNAVAILABLE, "loading"),
-        (Busy("busy"), Status.RESOURCE_EXHAUSTED, "busy"),
-        (
-            MessageTooLarge(10, 5),
-            Status.RESOURCE_EXHAUSTED,
-            "request message is 10 bytes; this server accepts at most 5",
-        ),
-        (CompressedMessage("compressed"), Status.UNIMPLEMENTED, "compressed"),
-        (
-            MalformedMessage("cut short"),
-            Status.INVALID_ARGUMENT,
-            "request is not a valid emotion.v1.Request: cut short",
-        ),
-        (
-            InvalidMessage("emotion.v1.Request", "broken"),
-            Status.INVALID_ARGUMENT,
-            "request is not a valid emotion.v1.Request: broken",
-        ),
-        (InvalidImage("not an image"), Status.INVALID_ARGUMENT, "not an image"),
-        (QueueFull(3), Status.RESOURCE_EXHAUSTED, str(QueueFull(3))),
-        (DeadlinePassed(), Status.DEADLINE_EXCEEDED, str(DeadlinePassed())),
-        (Aborted(), Status.UNAVAILABLE, str(Aborted())),
-        (ModelFailure("model M failed: KeyError"), Status.INTERNAL, "model M failed: KeyError"),
-    ],
+from emotion.transport.messages import (
+    CompressedMessage,
+    MalformedMessage,
+    MessageTooLarge,
+    ReceivingFull,
+    SlowMessage,
 )
+
+#: One failure of each kind in the table, the status and the exact message a client gets.
+ROWS: list[tuple[Exception, Status, str]] = [
+    (Unauthenticated("no token"), Status.UNAUTHENTICATED, "no token"),
+    (NotServing("loading"), Status.UNAVAILABLE, "loading"),
+    (Busy("busy"), Status.RESOURCE_EXHAUSTED, "busy"),
+    (
+        MessageTooLarge(10, 5),
+        Status.RESOURCE_EXHAUSTED,
+        "request message is 10 bytes; this server accepts at most 5",
+    ),
+    (ReceivingFull("receiving is full"), Status.RESOURCE_EXHAUSTED, "receiving is full"),
+    (SlowMessage("too slow"), Status.DEADLINE_EXCEEDED, "too slow"),
+    (CompressedMessage("compressed"), Status.UNIMPLEMENTED, "compressed"),
+    (
+        MalformedMessage("cut short"),
+        Status.INVALID_ARGUMENT,
+        "request is not a valid emotion.v1.Request: cut short",
+    ),
+    (
+        InvalidMessage("emotion.v1.Request", "broken"),
+        Status.INVALID_ARGUMENT,
+        "request is not a valid emotion.v1.Request: broken",
+    ),
+    (InvalidImage("not an image"), Status.INVALID_ARGUMENT, "not an image"),
+    (
+        QueueFull(3),
+        Status.RESOURCE_EXHAUSTED,
+        "server is busy: 3 images are waiting for the model; retry with backoff",
+    ),
+    (
+        DeadlinePassed(),
+        Status.DEADLINE_EXCEEDED,
+        "the deadline passed while the call waited for the model",
+    ),
+    (Aborted(), Status.UNAVAILABLE, "server shut down before the call finished; retry"),
+    (
+        ProcessExited(),
+        Status.UNAVAILABLE,
+        "the inference process running this call exited; retry",
+    ),
+    (ModelFailure("model M failed: KeyError"), Status.INTERNAL, "model M failed: KeyError"),
+]
+
+
+@pytest.mark.parametrize(("failure", "status", "message"), ROWS)
 def test_each_failure_has_its_status_and_a_message_for_the_client(
     failure: Exception, status: Status, message: str
 ) -> None:
@@ -52,6 +74,10 @@ def test_each_failure_has_its_status_and_a_message_for_the_client(
 
     assert error is not None
     assert (error.status, error.message) == (status, message)
+
+
+def test_every_row_of_the_table_is_tested_once_in_its_order() -> None:
+    assert [type(failure) for failure, _, _ in ROWS] == [kind for kind, _, _ in STATUSES]
 
 
 def test_the_table_has_one_row_per_failure_and_no_row_hides_another() -> None:

@@ -77,6 +77,25 @@ class GatedModel(Model):
         return Response(response=[Result()])
 
 
+class FileGatedModel(Model):
+    """GatedModel for another process: the gate is the file EMOTION_TEST_GATE.
+
+    Adds a line to EMOTION_TEST_CALLS for each image it starts, then waits
+    for the file to exist.
+    """
+
+    def process_sample(self, image: Image.Image) -> Response:
+        with open(os.environ["EMOTION_TEST_CALLS"], "a") as calls:
+            calls.write(f"{os.getpid()}\n")
+        gate = Path(os.environ["EMOTION_TEST_GATE"])
+        deadline = time.monotonic() + 30
+        while not gate.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never opened the gate")
+            time.sleep(0.01)
+        return Response(response=[Result()])
+
+
 class GatedLoadModel(Model):
     """Blocks in load() until the test opens the gate."""
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +25,28 @@ class Served:
         self.process = process
         self.port = port
         self.log: list[str] = []
+
+    @property
+    def target(self) -> str:
+        """Its address as clients take it (``--target``)."""
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, timeout: float = 15) -> int:
+        """SIGTERM, as an operator stops it; killed if still running after ``timeout``.
+
+        Its exit status.
+        """
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        code = self.process.returncode
+        assert code is not None
+        return code
 
     async def read_until(self, text: str, timeout: float = 60) -> str:
         """Read its log (stderr, or stdout when merged) up to a line holding ``text``."""
@@ -136,13 +159,31 @@ def command_line(pid: int) -> bytes:
     """The process's command line, or nothing once it has exited."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return b""
 
 
 def inference_processes(pid: int) -> set[int]:
     """The inference processes (emotion.inference.process_main) under process ``pid``."""
     return {p for p in descendants(pid) if b"emotion.inference.process_main" in command_line(p)}
+
+
+def inference_processes_in(folder: str | Path) -> set[int]:
+    """Every running inference process whose socket lies under ``folder``, whoever its parent.
+
+    Found by command line (``... FD PATH ...``), not by parentage: a process
+    whose owner exited is re-parented to init, where :func:`descendants`
+    never looks. A zombie's command line is empty (it has ended), as is that of
+    a process for the moment its exec takes.
+    """
+    marker = str(folder).encode() + b"/"
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            line = command_line(int(entry.name))
+            if b"emotion.inference.process_main" in line and marker in line:
+                found.add(int(entry.name))
+    return found
 
 
 def worker_pids(pid: int) -> set[int]:

@@ -324,7 +324,9 @@ class Echo:
 
 
 @dataclass
-class Served:
+class Echoing:
+    """A GrpcServer in this process serving Echo, a channel to it, and the Echo service."""
+
     server: GrpcServer
     channel: Channel
     echo: Echo
@@ -335,14 +337,14 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[Served]:
+async def serving() -> AsyncIterator[Echoing]:
     """A GrpcServer serving Echo on 127.0.0.1, and a grpclib channel to it."""
     echo = Echo()
     server = GrpcServer([echo])
     listener = socket.create_server(("127.0.0.1", 0))
     await server.start(sock=listener)
     channel = Channel("127.0.0.1", listener.getsockname()[1])
-    yield Served(server, channel, echo)
+    yield Echoing(server, channel, echo)
     channel.close()
     server.close()
     server.close_connections()
@@ -350,12 +352,12 @@ async def serving() -> AsyncIterator[Served]:
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[Served]:
+async def served() -> AsyncIterator[Echoing]:
     async with serving() as served:
         yield served
 
 
-def instance_expectations(served: Served) -> list[Expect]:
+def instance_expectations(served: Echoing) -> list[Expect]:
     server = served.server
     protocol = next(iter(server._protocols), None)
     connection = getattr(protocol, "connection", None)
@@ -503,7 +505,7 @@ def instance_expectations(served: Served) -> list[Expect]:
     ]
 
 
-async def test_instance_internals_exist_on_a_real_server_and_client(served: Served) -> None:
+async def test_instance_internals_exist_on_a_real_server_and_client(served: Echoing) -> None:
     # A moved internal may break the call itself: check what was made, then report both.
     try:
         await served.call(timeout=2)
@@ -522,7 +524,7 @@ def named_in(doc: str, label: str) -> bool:
 
 
 async def test_every_internal_checked_is_listed_in_the_package_docstring(
-    served: Served,
+    served: Echoing,
 ) -> None:
     await served.call()
     doc = emotion.transport.__doc__ or ""
@@ -534,7 +536,7 @@ async def test_every_internal_checked_is_listed_in_the_package_docstring(
 
 
 async def test_receive_message_dispatches_recv_message_and_keeps_the_statistics(
-    served: Served,
+    served: Echoing,
 ) -> None:
     async def replace(event: RecvMessage) -> None:
         event.message = HealthCheckRequest(service=f"seen {event.message.service}")
@@ -550,7 +552,7 @@ async def test_receive_message_dispatches_recv_message_and_keeps_the_statistics(
     assert stream._stream.connection.last_message_received is not None
 
 
-async def test_a_client_sees_the_goaway_of_close_connections(served: Served) -> None:
+async def test_a_client_sees_the_goaway_of_close_connections(served: Echoing) -> None:
     await served.call()
     before = told_to_go_away(served.channel)
 

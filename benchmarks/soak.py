@@ -1,7 +1,7 @@
-"""Soak: many calls, bad ones mixed in, against a real `emotion serve`; outside the default run.
+"""Soak: many calls, bad ones mixed in, against a real `emotion serve`; not part of the tests.
 
-    python tests/soak.py                  # 20,000 calls, mock model, 2 workers
-    python tests/soak.py --model fer --calls 5000
+    python benchmarks/soak.py             # 20,000 calls, mock model, a worker per CPU
+    python benchmarks/soak.py --model fer --calls 5000
 
 Passes (exit 0) when the server never crashed, every good call got the right
 answer, every bad call got the status it deserves, and the workers' memory
@@ -25,8 +25,9 @@ from pathlib import Path
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# It starts the server as the tests do, with their images: tests/ is importable.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
 
 from conftest import encode, gradient  # noqa: E402
 from support.served import start_serving  # noqa: E402
@@ -40,7 +41,7 @@ GOOD = "OK"
 def cases(model: str) -> list[tuple[str, bytes, str, Callable[[Response], bool]]]:
     """(name, image bytes, expected status, check of a good answer), weighted by repetition."""
     if model == "fer":
-        photo = (HERE / "fixtures" / "astronaut.jpg").read_bytes()
+        photo = (TESTS / "fixtures" / "astronaut.jpg").read_bytes()
 
         def right(answer: Response) -> bool:
             if len(answer.response) != 1 or answer.response[0].expression is None:
