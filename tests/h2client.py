@@ -103,6 +103,29 @@ class RawConnection:
             self._pump()
         return outcome
 
+    def send_whole(self, stream: int, body: bytes) -> None:
+        """Send ``body`` and END_STREAM on ``stream`` as the server's windows allow.
+
+        Reads what the server sends while it waits for window (its
+        WINDOW_UPDATEs); stops early if the stream ends first.
+        """
+        outcome = self._outcomes[stream]
+        sent = 0
+        while sent < len(body) and outcome.status is None and not outcome.reset:
+            window = self.h2.local_flow_control_window(stream)
+            room = min(window, self.h2.max_outbound_frame_size, len(body) - sent)
+            if room <= 0:
+                self._pump()
+                continue
+            try:
+                self.h2.send_data(
+                    stream, body[sent : sent + room], end_stream=sent + room == len(body)
+                )
+            except StreamClosedError:
+                return
+            sent += room
+            self.sock.sendall(self.h2.data_to_send())
+
     def reset_early(self, body: bytes) -> int:
         """Rapid Reset: HEADERS, as much of ``body`` as the windows allow, then RST_STREAM.
 

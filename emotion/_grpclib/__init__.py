@@ -47,6 +47,9 @@ grpclib
     - ``grpclib.client.Channel._protocol``.
     - ``Handler.accept``: extended; it reads ``Handler._tasks`` (the task of
       each stream) and ``Handler._cancelled``, and ``Handler.closing``.
+    - ``grpclib.protocol.Stream.wrapper`` (set by grpclib's request handler)
+      and ``grpclib.utils.Wrapper._error``: the error that cancelled a call,
+      dropped when its task ends (it holds the call's frames in a cycle).
     - ``H2Protocol.handler``, and ``Connection.flush`` (writes what h2
       queued, a GOAWAY included).
     - ``H2Protocol.processor`` and its ``EventsProcessor.streams`` (the calls
