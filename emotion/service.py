@@ -14,7 +14,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from emotion._grpclib import Patience, ReceiveBudget, receive_message
+from emotion._grpclib import Patience, ReceiveBudget, receive_message, send_message
 from emotion.admission import Admission
 from emotion.batching import Batcher
 from emotion.calls import Calls, metadata
@@ -117,8 +117,11 @@ class PipelineService(PipelineBase):
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
         with self._admission.hold():
-            answer = await self._answer_image(request, stream.deadline)
-            await stream.send_message(answer.encoded)
+            encoded = (await self._answer_image(request, stream.deadline)).encoded
+            # The answer may wait for a client that reads nothing (a zero
+            # flow-control window): the image is not kept meanwhile.
+            del request
+            await send_message(stream, encoded, len(encoded.data))
 
     async def _answer_stream(self, stream: _Stream) -> None:
         """Answer each image of the stream in order, a few at a time.
@@ -222,7 +225,7 @@ class _InOrder:
                     continue
                 answer = await self._in_order.popleft()
                 self._room.release()
-                await self._stream.send_message(answer)
+                await send_message(self._stream, answer, len(answer.data))
         finally:
             reader.cancel()
             for task in self._in_order:

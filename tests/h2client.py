@@ -39,6 +39,8 @@ class Outcome:
     data: bytes = b""
     sent: int = 0
     frames: int = 0
+    #: Whether the answer's first HEADERS came (a DATA frame may still wait for window).
+    answered: bool = False
 
 
 @dataclass
@@ -236,6 +238,7 @@ class RawConnection:
                 # An error may come as "trailers only": status in the first HEADERS.
                 headers = {str(k): str(v) for k, v in event.headers}
                 outcome = self._outcomes[event.stream_id]
+                outcome.answered = True
                 if "grpc-status" in headers:
                     outcome.status = headers["grpc-status"]
                     outcome.message = headers.get("grpc-message")

@@ -18,7 +18,8 @@ Modules, one concern each:
 - ``guards``: the per-connection policies against HTTP/2 abuse (no internals).
 - ``writes``: CoalescingTransport, a connection's writes sent once per loop pass.
 - ``messages``: receive_message, a request read with its size checked first,
-  in the time its size allows, within the worker's receive budget.
+  in the time its size allows, within the worker's receive budget; and
+  send_message, an answer counted as unread while it waits for window.
 - ``client``: told_to_go_away, whether a channel's connection got a GOAWAY.
 
 Nothing here changes anything process-wide, at import or later: importing
@@ -101,6 +102,7 @@ from emotion._grpclib.messages import (
     ReceivingFull,
     SlowMessage,
     receive_message,
+    send_message,
 )
 from emotion._grpclib.server import GrpcServer
 
@@ -115,5 +117,6 @@ __all__ = [
     "ReceivingFull",
     "SlowMessage",
     "receive_message",
+    "send_message",
     "told_to_go_away",
 ]

@@ -35,10 +35,11 @@ if TYPE_CHECKING:
 
 _IDLE_CHECK = 0.1
 _GOAWAY_LINGER = 1.0
-#: What a connection may have waiting to be written. grpclib writes answers
-#: only while asyncio's transport is under its high-water mark (64 KiB), but
-#: h2 answers PINGs, SETTINGS and resets whatever the buffer holds: a client
-#: that sends them and reads nothing would grow it without end.
+#: What a connection may have waiting to be written, answers waiting for its
+#: flow-control window included. grpclib writes answers only while asyncio's
+#: transport is under its high-water mark (64 KiB), but h2 answers PINGs,
+#: SETTINGS and resets whatever the buffer holds: a client that sends them
+#: and reads nothing would grow it without end.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,9 @@ class ServerProtocol(H2Protocol):
         """
         if self._gone_away or self.connection.is_closing():
             return
+        if self._unread() > MAX_WRITE_BUFFER:  # answers that piled up after its last request
+            self._drop(f"a client that left over {MAX_WRITE_BUFFER} bytes unread")
+            return
         h2 = self.connection._connection
         stalled = []
         for stream_id, stream in list(self.processor.streams.items()):
@@ -258,12 +262,17 @@ class ServerProtocol(H2Protocol):
         assert isinstance(h2, H2ServerConnection)
         if h2.failure is not None:
             self._abandon(f"closing a connection: {h2.failure}")
-        elif self._transport is not None and (
-            self._transport.get_write_buffer_size() > MAX_WRITE_BUFFER
-        ):
+        elif self._unread() > MAX_WRITE_BUFFER:
             self._drop(f"a client that left over {MAX_WRITE_BUFFER} bytes unread")
         elif self.processor.streams:
             self._idle_since = asyncio.get_running_loop().time()
+
+    def _unread(self) -> int:
+        """Bytes written and not sent, and of answers waiting to be written (for window)."""
+        h2 = self.connection._connection
+        assert isinstance(h2, H2ServerConnection)
+        assert self._transport is not None
+        return self._transport.get_write_buffer_size() + h2.unsent_answers
 
     def _abandon(self, reason: str, level: int = logging.INFO) -> None:
         """Send what h2 queued (its GOAWAY), end every call, stop reading, close soon.
