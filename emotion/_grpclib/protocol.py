@@ -22,6 +22,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from hyperframe.frame import GoAwayFrame
 
+from emotion import heap
 from emotion._grpclib.connection import H2ServerConnection
 from emotion._grpclib.guards import Stalls
 from emotion._grpclib.writes import CoalescingTransport
@@ -41,6 +42,9 @@ _GOAWAY_LINGER = 1.0
 #: SETTINGS and resets whatever the buffer holds: a client that sends them
 #: and reads nothing would grow it without end.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
+#: A connection that received this much may have left as much free in the
+#: heap, which glibc keeps: its end asks for a trim (emotion.heap).
+TRIM_AFTER = 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,8 @@ class ServerProtocol(H2Protocol):
             self._on_lost()
             self._on_lost = None
         super().connection_lost(exc)
+        if self.connection.data_received >= TRIM_AFTER:
+            heap.trim_soon()
 
     def _later(self, name: str, delay: float, callback: Callable[[], None]) -> None:
         self._timers[name] = asyncio.get_running_loop().call_later(delay, callback)
