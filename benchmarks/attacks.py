@@ -1,17 +1,20 @@
 """HTTP/2 attacks against one worker, while a legitimate client keeps calling: latency, errors, RSS.
 
     python benchmarks/attacks.py [--seconds 10] [--only rapid-reset slow-body ...]
+                                 [--repeat zero-window ...]
 
 Each attack runs for ``--seconds`` against ``emotion serve --workers 1`` with
 the mock model, then against the plain grpcio reference (reference_grpcio.py),
-from 4 threads of a process of its own driving raw h2 connections
-(tests/support/h2client.py) on 127.0.0.1.
+from 4 threads (2 for zero-window) of a process of its own driving raw h2
+connections (tests/support/h2client.py) on 127.0.0.1.
 Meanwhile 4 grpcio callers on their own connections call in a closed loop;
 the report gives their p50/p99 and errors, how many of ``--new-connections``
 new connections opened during the attack (one call each, raw h2) were
 served, and the server's RSS (all its processes) before, at the peak, and 3 s
-after the attack, and its open file descriptors before and after. A
-benchmark, not a test: see benchmarks/README.md.
+after the attack, and its open file descriptors before and after. The
+attacks named by ``--repeat`` then run 3 times more (each followed by 3 s),
+without the callers, and the RSS after them is reported too. A benchmark, not
+a test: see benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from images import jpeg, portrait
+from images import jpeg, noise_jpeg, portrait
 from loadgen import grpc_caller, wait_ready
 from servers import HERE, MOCK, Target, _tree, targets
 
@@ -37,6 +40,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame
+from support.guarding import zero_window as zero_window_calls
 from support.h2client import RawConnection, framed
 
 from emotion import Request
@@ -89,22 +93,17 @@ def slow_body(port: int, stop: threading.Event) -> None:
 
 
 def zero_window(port: int, stop: threading.Event) -> None:
-    message = framed(bytes(Request(image=jpeg(portrait()) + bytes(MiB))))
+    """A connection with SETTINGS_INITIAL_WINDOW_SIZE 0: 25 calls of a 1.3 MB JPEG, answers unread.
 
-    def one() -> None:
-        connection = RawConnection(port)
-        connection.acknowledge = False
+    Held until ``stop``; 2 threads make the issue's 50 calls on 2 connections.
+    """
+    message = framed(bytes(Request(image=noise_jpeg())))
+    with contextlib.suppress(OSError, ProtocolError):
+        connection = zero_window_calls(port, message, 25)
         try:
-            while not stop.is_set() and not connection.closed:
-                stream = connection.open(connection.headers())
-                with contextlib.suppress(Exception):
-                    connection.h2.send_data(stream, message[: 60 * 1024])
-                connection.sock.sendall(connection.h2.data_to_send())
-                time.sleep(0.05)  # never reads its answers: drain() is never called
+            stop.wait()
         finally:
             connection.close()
-
-    _until(stop, one)
 
 
 def header_block(port: int, stop: threading.Event) -> None:
@@ -190,6 +189,11 @@ def ping_flood(port: int, stop: threading.Event) -> None:
     _until(stop, one)
 
 
+#: Threads (each its own connections) per attack, where not 4.
+THREADS = {"zero-window": 2}
+#: Runs after the first of the attacks that --repeat names.
+REPEATS = 3
+
 ATTACKS: dict[str, Attack] = {
     "none": lambda port, stop: None,
     "rapid-reset": rapid_reset,
@@ -248,6 +252,8 @@ class Row:
     fds: tuple[int, int] = (0, 0)
     #: What each new connection opened during the attack got ("served", or the error).
     new: Counter[str] = field(default_factory=Counter)
+    #: RSS after REPEATS more runs of the attack, if it was repeated.
+    repeated: int | None = None
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -258,11 +264,13 @@ class Row:
         before, peak, after = (value / MiB for value in self.rss)
         served = f"{self.new['served']}/{sum(self.new.values())}"
         failed = ", ".join(f"{k} {v}" for k, v in self.new.most_common() if k != "served")
+        repeated = "" if self.repeated is None else f"{self.repeated / MiB:.0f}"
         return (
             f"| {self.attack} | {self.server} | {len(self.latencies)} | "
             f"{self.percentile(0.5):.1f} | {self.percentile(0.99):.1f} | {errors} | "
             f"{served}{f' ({failed})' if failed else ''} | "
-            f"{before:.0f} | {peak:.0f} | {after:.0f} | {self.fds[0]} → {self.fds[1]} |"
+            f"{before:.0f} | {peak:.0f} | {after:.0f} | {repeated} | "
+            f"{self.fds[0]} → {self.fds[1]} |"
         )
 
 
@@ -270,7 +278,8 @@ def attacking(attack: str, port: int, seconds: float) -> None:
     """Run ``attack`` from 4 threads for ``seconds``: in a process of its own (see measure)."""
     stop = threading.Event()
     threads = [
-        threading.Thread(target=ATTACKS[attack], args=(port, stop), daemon=True) for _ in range(4)
+        threading.Thread(target=ATTACKS[attack], args=(port, stop), daemon=True)
+        for _ in range(THREADS.get(attack, 4))
     ]
     for thread in threads:
         thread.start()
@@ -280,6 +289,22 @@ def attacking(attack: str, port: int, seconds: float) -> None:
         thread.join(10)
 
 
+def attacker(target: Target, attack: str, seconds: float) -> multiprocessing.process.BaseProcess:
+    """The attack, started in a process of its own: threads of this one would take the GIL
+    from the legitimate callers."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=attacking, args=(attack, target.port, seconds)
+    )
+    process.start()
+    return process
+
+
+async def ended(process: multiprocessing.process.BaseProcess) -> None:
+    await asyncio.to_thread(process.join, 20)
+    if process.is_alive():
+        process.kill()
+
+
 async def measure(
     target: Target, attack: str, seconds: float, payload: bytes, new_connections: int
 ) -> Row:
@@ -287,11 +312,7 @@ async def measure(
     calls, close = await grpc_caller(target.address, payload, 4)
     before, fds = rss(target), descriptors(target)
     peak = before
-    # Not threads of this process: they would take the GIL from the legitimate callers.
-    attacker = multiprocessing.get_context("spawn").Process(
-        target=attacking, args=(attack, target.port, seconds)
-    )
-    attacker.start()
+    attack_process = attacker(target, attack, seconds)
     ends = time.monotonic() + seconds
 
     async def caller(call: Callable[[], object]) -> None:
@@ -325,9 +346,7 @@ async def measure(
             row.new[got] += 1
 
     await asyncio.gather(*(caller(call) for call in calls), sample(), probe())
-    await asyncio.to_thread(attacker.join, 20)
-    if attacker.is_alive():
-        attacker.kill()
+    await ended(attack_process)
     await close()
     await asyncio.sleep(3)
     row.rss = (before, max(peak, rss(target)), rss(target))
@@ -335,19 +354,29 @@ async def measure(
     return row
 
 
+async def repeat(target: Target, attack: str, seconds: float) -> int:
+    """The server's RSS after REPEATS more runs of ``attack``, each followed by 3 s."""
+    for _ in range(REPEATS):
+        await ended(attacker(target, attack, seconds))
+        await asyncio.sleep(3)
+    return rss(target)
+
+
 async def run(args: argparse.Namespace) -> None:
     payload = jpeg(portrait())
     # emotion with one worker, and the grpcio reference; the last --log-level wins.
     servers = targets(MOCK, 1, ["--log-level", "error"])[:2]
     print("| attack | server | answers | p50 ms | p99 ms | errors | new connections served "
-          "| RSS MiB before | peak | after | fds |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---|---|---:|---:|---:|---|")
+          f"| RSS MiB before | peak | after | after {REPEATS} more | fds |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---|")
     for attack in ["none", *args.only]:
         for target in servers:
             target.start()
             try:
                 await wait_ready(target, payload)
                 row = await measure(target, attack, args.seconds, payload, args.new_connections)
+                if attack in args.repeat:
+                    row.repeated = await repeat(target, attack, args.seconds)
                 alive = target.process is not None and target.process.poll() is None
                 print(row.line() + ("" if alive else " server died |"), flush=True)
             finally:
@@ -366,6 +395,7 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", default=[name for name in ATTACKS if name != "none"], choices=ATTACKS
     )
+    parser.add_argument("--repeat", nargs="*", default=["zero-window"], choices=ATTACKS)
     asyncio.run(run(parser.parse_args()))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from pathlib import Path
 
 from PIL import Image
@@ -62,6 +63,12 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def noise_jpeg(width: int = 1200, height: int = 960) -> bytes:
+    """A JPEG of about 1.3 MB: random pixels, which JPEG cannot compress away."""
+    pixels = random.Random(0).randbytes(width * height * 3)
+    return jpeg(Image.frombytes("RGB", (width, height), pixels), quality=95)
 
 
 def noisy(image: Image.Image, amount: int) -> Image.Image:

@@ -28,7 +28,7 @@ from emotion.decode import InvalidImage
 from emotion.inference.backend import Backend
 from emotion.serving.admission import Admission
 from emotion.serving.calls import Calls, metadata
-from emotion.transport.messages import Patience, ReceiveBudget, receive_message
+from emotion.transport.messages import Patience, ReceiveBudget, receive_message, send_message
 
 if TYPE_CHECKING:
     from grpclib.metadata import Deadline
@@ -82,7 +82,11 @@ class PipelineService(PipelineBase):
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
         with self._admission.hold():
-            await stream.send_message(await self._answer_image(request, stream.deadline))
+            encoded = await self._answer_image(request, stream.deadline)
+            # The answer may wait for a client that reads nothing (a zero
+            # flow-control window): the image is not kept meanwhile.
+            del request
+            await send_message(stream, encoded, len(encoded.data))
 
     async def _answer_stream(self, stream: _Stream) -> None:
         """Answer each image of the stream in order, a few at a time.
@@ -174,7 +178,7 @@ class _InOrder:
                     continue
                 answer = await self._in_order.popleft()
                 self._room.release()
-                await self._stream.send_message(answer)
+                await send_message(self._stream, answer, len(answer.data))
         finally:
             reader.cancel()
             for task in self._in_order:

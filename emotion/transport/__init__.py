@@ -21,7 +21,8 @@ Modules, one concern each:
   closes to make room for a new one at the cap (no internals).
 - ``writes``: CoalescingTransport, a connection's writes sent once per loop pass.
 - ``messages``: receive_message, a request read with its size checked first,
-  in the time its size allows, within the worker's receive budget.
+  in the time its size allows, within the worker's receive budget; and
+  send_message, an answer counted as unread while it waits for window.
 - ``client``: told_to_go_away, whether a channel's connection got a GOAWAY.
 
 Nothing here changes anything process-wide, at import or later: importing
@@ -50,6 +51,11 @@ grpclib
     - ``grpclib.client.Channel._protocol``.
     - ``Handler.accept``: extended; it reads ``Handler._tasks`` (the task of
       each stream) and ``Handler._cancelled``, and ``Handler.closing``.
+    - ``grpclib.protocol.Stream.wrapper`` (set by grpclib's request handler)
+      and ``grpclib.utils.Wrapper._error``: the error that cancelled a call,
+      dropped when its task ends (it holds the call's frames in a cycle).
+    - ``Connection.data_received`` (bytes of DATA a connection received):
+      a connection that received much asks for a heap trim when it ends.
     - ``H2Protocol.handler``, and ``Connection.flush`` (writes what h2
       queued, a GOAWAY included).
     - ``H2Protocol.processor`` and its ``EventsProcessor.streams`` (the calls

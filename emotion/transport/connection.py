@@ -136,6 +136,9 @@ class H2ServerConnection(H2Connection):
         self._settings = Rate("SETTINGS", rate, burst=10 * rate)
         #: The protocol error that ended the connection (h2 has queued its GOAWAY), if any.
         self.failure: ProtocolError | None = None
+        #: Bytes of answers being sent, not all handed to the transport yet: they
+        #: wait for flow-control window (see emotion.transport.messages.send_message).
+        self.unsent_answers = 0
 
     def receive_data(self, data: bytes) -> list[Event]:  # type: ignore[override]
         """h2's, but a protocol error is kept in :attr:`failure` instead of raised.

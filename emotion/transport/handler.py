@@ -11,8 +11,9 @@ one). grpclib also keeps finished tasks, and a closed connection's handler,
 until a collection step every tenth call or connection.
 
 :class:`CallHandler` releases the stream when the task ends, however it
-ends (once: grpclib's release is not idempotent), forgets the task at once,
-and tells the server when a closed connection's last task is done.
+ends (once: grpclib's release is not idempotent), forgets the task and the
+error that cancelled it at once, and tells the server when a closed
+connection's last task is done.
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ class _Once:
             release()
 
 
+def _forget_error(stream: grpclib.protocol.Stream) -> None:
+    """Drop the error that ended the call, which its wrapper keeps in a reference cycle.
+
+    A call that grpclib cancels (its connection lost, its stream reset, its
+    deadline passed) ends with the error in ``Wrapper._error``; the error's
+    traceback holds the frames it went through, grpclib's handler with the
+    wrapper among its locals, and ours with the request. Nothing else refers
+    to them, but only a full garbage collection (rare in a worker with many
+    long-lived objects) would free them: each zero-window attack added its
+    requests' images to the worker for good (tests/test_memory.py).
+    """
+    wrapper = stream.wrapper
+    if wrapper is not None:
+        wrapper._error = None
+
+
 class CallHandler(Handler):
     """grpclib's Handler for one connection; ``on_closed`` runs once it is closed and idle."""
 
@@ -63,6 +80,7 @@ class CallHandler(Handler):
         def ended(_: object) -> None:
             release()  # a no-op unless the task was cancelled before it started
             self.last_ended = asyncio.get_running_loop().time()
+            _forget_error(stream)
             if self._tasks.get(stream) is task:
                 del self._tasks[stream]
             self._cancelled.discard(task)

@@ -1,5 +1,8 @@
 """Reading one request message of a call: its size checked before its body is read, in time.
 
+And sending an answer, counted against the connection's unread-buffer cap
+while it waits for the client's flow-control window.
+
 A message being read is held in memory whole (grpclib gives the flow-control
 window back as the bytes arrive), so what a worker buffers at once is bounded
 by a :class:`ReceiveBudget`, and a message must arrive in a time its size
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from grpclib.server import Stream
+
+from emotion.transport.connection import H2ServerConnection
 
 T = TypeVar("T")
 
@@ -163,3 +168,23 @@ async def receive_message(
     h2_stream.connection.messages_received += 1
     h2_stream.connection.last_message_received = time.monotonic()
     return dispatched[0]
+
+
+async def send_message(stream: Stream[Any, Any], message: Any, size: int) -> None:
+    """``stream.send_message(message)``, its ``size`` bytes counted as unsent meanwhile.
+
+    grpclib writes an answer only as the client's flow-control window allows:
+    for a client that reads nothing (a zero window) it waits, held in memory
+    but not in the transport's buffer. Counted on the connection, it counts
+    against what the connection may leave unread (emotion.transport.protocol).
+    An answer sent at once is counted and uncounted without a pause between.
+    """
+    h2 = stream._stream.connection._connection
+    if not isinstance(h2, H2ServerConnection):  # a grpclib server of someone else's
+        await stream.send_message(message)
+        return
+    h2.unsent_answers += size
+    try:
+        await stream.send_message(message)
+    finally:
+        h2.unsent_answers -= size

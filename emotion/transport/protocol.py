@@ -23,6 +23,7 @@ from h2.exceptions import ProtocolError
 from hyperframe.frame import GoAwayFrame
 
 from emotion.config import ConnectionLimits
+from emotion.transport import heap
 from emotion.transport.connection import H2ServerConnection
 from emotion.transport.guards import Stalls
 from emotion.transport.handler import CallHandler
@@ -37,11 +38,15 @@ if TYPE_CHECKING:
 
 _IDLE_CHECK = 0.1
 _GOAWAY_LINGER = 1.0
-#: What a connection may have waiting to be written. grpclib writes answers
-#: only while asyncio's transport is under its high-water mark (64 KiB), but
-#: h2 answers PINGs, SETTINGS and resets whatever the buffer holds: a client
-#: that sends them and reads nothing would grow it without end.
+#: What a connection may have waiting to be written, answers waiting for its
+#: flow-control window included. grpclib writes answers only while asyncio's
+#: transport is under its high-water mark (64 KiB), but h2 answers PINGs,
+#: SETTINGS and resets whatever the buffer holds: a client that sends them
+#: and reads nothing would grow it without end.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
+#: A connection that received this much may have left as much free in the
+#: heap, which glibc keeps: its end asks for a trim (emotion.heap).
+TRIM_AFTER = 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +127,8 @@ class ServerProtocol(H2Protocol):
         if self._cap is not None:
             self._cap.lost(self)
         super().connection_lost(exc)
+        if self.connection.data_received >= TRIM_AFTER:
+            heap.trim_soon()
 
     @property
     def closing(self) -> bool:
@@ -193,6 +200,9 @@ class ServerProtocol(H2Protocol):
         and its call cancelled; a stalled socket ends the connection.
         """
         if self._gone_away or self.connection.is_closing():
+            return
+        if self._unread() > MAX_WRITE_BUFFER:  # answers that piled up after its last request
+            self._drop(f"a client that left over {MAX_WRITE_BUFFER} bytes unread")
             return
         h2 = self.connection._connection
         stalled = []
@@ -285,12 +295,17 @@ class ServerProtocol(H2Protocol):
         assert isinstance(h2, H2ServerConnection)
         if h2.failure is not None:
             self._abandon(f"closing a connection: {h2.failure}")
-        elif self._transport is not None and (
-            self._transport.get_write_buffer_size() > MAX_WRITE_BUFFER
-        ):
+        elif self._unread() > MAX_WRITE_BUFFER:
             self._drop(f"a client that left over {MAX_WRITE_BUFFER} bytes unread")
         elif self.processor.streams:
             self._idle_since = asyncio.get_running_loop().time()
+
+    def _unread(self) -> int:
+        """Bytes written and not sent, and of answers waiting to be written (for window)."""
+        h2 = self.connection._connection
+        assert isinstance(h2, H2ServerConnection)
+        assert self._transport is not None
+        return self._transport.get_write_buffer_size() + h2.unsent_answers
 
     def _abandon(self, reason: str, level: int = logging.INFO) -> None:
         """Send what h2 queued (its GOAWAY), end every call, stop reading, close soon.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from grpclib.client import Channel
 from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
 from hyperframe.frame import SettingsFrame
 
 from emotion import PipelineStub, Request, Server
@@ -59,6 +60,21 @@ async def legitimate(server: Server, connect: Callable[[Server], Channel], jpeg:
     """One call on a connection of its own: it must be answered."""
     answer = await PipelineStub(connect(server)).run_pipeline(Request(image=jpeg), timeout=10)
     assert answer.response
+
+
+def zero_window(port: int, message: bytes, calls: int) -> RawConnection:
+    """A connection that gives answers no flow-control window and sends ``calls`` calls whole.
+
+    SETTINGS_INITIAL_WINDOW_SIZE 0, and no WINDOW_UPDATE for what the server
+    sends: each answer's HEADERS come, its DATA waits. Returned open.
+    """
+    connection = RawConnection(port)
+    connection.acknowledge = False
+    connection.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    connection.sock.sendall(connection.h2.data_to_send())
+    for _ in range(calls):
+        connection.send_whole(connection.open(connection.headers()), message)
+    return connection
 
 
 def send_frames(port: int, frames: list[bytes]) -> tuple[ErrorCodes | int | None, bool]:

@@ -39,6 +39,8 @@ class Outcome:
     data: bytes = b""
     sent: int = 0
     frames: int = 0
+    #: Whether the answer's first HEADERS came (a DATA frame may still wait for window).
+    answered: bool = False
 
 
 @dataclass
@@ -102,6 +104,29 @@ class RawConnection:
         while outcome.status is None and not outcome.reset:
             self._pump()
         return outcome
+
+    def send_whole(self, stream: int, body: bytes) -> None:
+        """Send ``body`` and END_STREAM on ``stream`` as the server's windows allow.
+
+        Reads what the server sends while it waits for window (its
+        WINDOW_UPDATEs); stops early if the stream ends first.
+        """
+        outcome = self._outcomes[stream]
+        sent = 0
+        while sent < len(body) and outcome.status is None and not outcome.reset:
+            window = self.h2.local_flow_control_window(stream)
+            room = min(window, self.h2.max_outbound_frame_size, len(body) - sent)
+            if room <= 0:
+                self._pump()
+                continue
+            try:
+                self.h2.send_data(
+                    stream, body[sent : sent + room], end_stream=sent + room == len(body)
+                )
+            except StreamClosedError:
+                return
+            sent += room
+            self.sock.sendall(self.h2.data_to_send())
 
     def reset_early(self, body: bytes) -> int:
         """Rapid Reset: HEADERS, as much of ``body`` as the windows allow, then RST_STREAM.
@@ -213,6 +238,7 @@ class RawConnection:
                 # An error may come as "trailers only": status in the first HEADERS.
                 headers = {str(k): str(v) for k, v in event.headers}
                 outcome = self._outcomes[event.stream_id]
+                outcome.answered = True
                 if "grpc-status" in headers:
                     outcome.status = headers["grpc-status"]
                     outcome.message = headers.get("grpc-message")

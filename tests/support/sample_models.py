@@ -96,6 +96,14 @@ class FileGatedModel(Model):
         return Response(response=[Result()])
 
 
+class CrowdModel(Model):
+    """Forty thousand faces in every image: an answer of 1.2 MB."""
+
+    def process_sample(self, image: Image.Image) -> Response:
+        face = Result(bbox=BBox(x1=1.5, y1=2.5, x2=3.5, y2=4.5), expression=Expression(fear=1))
+        return Response(response=[face] * 40_000)
+
+
 class GatedLoadModel(Model):
     """Blocks in load() until the test opens the gate."""
 

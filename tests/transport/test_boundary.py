@@ -25,6 +25,7 @@ from typing import Any
 import grpclib.client
 import grpclib.protocol
 import grpclib.server
+import grpclib.utils
 import h2.connection
 import h2.stream
 import hyperframe.frame
@@ -36,6 +37,7 @@ from grpclib.const import Cardinality
 from grpclib.const import Handler as MethodHandler
 from grpclib.encoding.base import CodecBase
 from grpclib.events import RecvMessage, listen
+from grpclib.exceptions import StreamTerminatedError
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.protocol import Buffer, H2Protocol
 from h2.config import DummyLogger, H2Configuration
@@ -95,6 +97,8 @@ def assert_unchanged(expectations: list[Expect]) -> None:
 
 # Names on classes, modules and a bare h2 connection, checked without a server.
 H2 = H2Connection()
+CANCELLED = grpclib.utils.Wrapper()
+CANCELLED.cancel(StreamTerminatedError("cancelled"))
 STATIC = [
     Expect(
         "Server._protocol_factory", grpclib.server.Server, "_protocol_factory", FUNCTION, "a method"
@@ -207,6 +211,13 @@ STATIC = [
         "state_machine",
         lambda v: isinstance(getattr(v, "state", None), ConnectionState),
         "a state machine whose state is a ConnectionState",
+    ),
+    Expect(
+        "Wrapper._error",
+        CANCELLED,
+        "_error",
+        of_type(StreamTerminatedError),
+        "the error a cancelled wrapper raises",
     ),
     Expect("Frame._body_repr", Frame, "_body_repr", FUNCTION, "a method"),
     Expect(
@@ -433,6 +444,20 @@ def instance_expectations(served: Echoing) -> list[Expect]:
         ),
         Expect(
             "Connection.messages_received", connection, "messages_received", of_type(int), "an int"
+        ),
+        Expect(
+            "Connection.data_received",
+            connection,
+            "data_received",
+            lambda v: isinstance(v, int) and v > 0,
+            "a count of the DATA bytes received",
+        ),
+        Expect(
+            "Stream.wrapper",
+            getattr(stream, "_stream", None),
+            "wrapper",
+            of_type(grpclib.utils.Wrapper),
+            "the grpclib.utils.Wrapper of its call",
         ),
         Expect(
             "Connection.last_message_received",

@@ -17,8 +17,9 @@ from grpclib.const import Status
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import PingFrame, SettingsFrame
-from support.guarding import legitimate, send_frames
+from support.guarding import legitimate, send_frames, zero_window
 from support.h2client import Outcome, RawConnection, framed
+from support.sample_models import CrowdModel
 
 from emotion import PipelineStub, Request, Server
 from emotion.config import ConnectionLimits, Limits
@@ -139,6 +140,31 @@ async def test_an_answer_the_client_will_not_read_ends_its_call_and_frees_its_pl
     assert [(o.reset_code, o.status) for o in outcomes] == [(ErrorCodes.CANCEL, None)] * 2
     assert seconds < 4
     assert server.admission.admitted == 0
+    await legitimate(server, connect, jpeg)
+
+
+async def test_answers_waiting_on_a_zero_window_count_against_the_unread_buffer_cap(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    server = await start_server(CrowdModel())
+    message = framed(bytes(Request(image=jpeg)))
+
+    def unread(calls: int) -> bool:
+        """Whether the server closes a connection that leaves ``calls`` 1.2 MB answers unread."""
+        connection = zero_window(server.port, message, calls)
+        try:
+            streams = [connection.outcome(s) for s in range(1, 2 * calls, 2)]
+            connection.until(lambda: all(s.answered for s in streams), timeout=10)
+            assert [(s.answered, s.data, s.status) for s in streams] == [(True, b"", None)] * calls
+            connection.h2.ping(b"12345678")  # anything it reads has the server look
+            connection.sock.sendall(connection.h2.data_to_send())
+            connection.wait_closed(1)
+            return connection.closed
+        finally:
+            connection.close()
+
+    assert await asyncio.to_thread(unread, 3) is False  # 3.7 MB waiting: under 4 MiB
+    assert await asyncio.to_thread(unread, 4) is True
     await legitimate(server, connect, jpeg)
 
 

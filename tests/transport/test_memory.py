@@ -1,0 +1,161 @@
+"""A worker's memory after attacks: what they held is freed with their connections, and returned.
+
+Calls cancelled with their connection free their requests at once, without
+waiting for the garbage collector; freed memory is handed back to the system
+(glibc's malloc_trim) at most once per TRIM_DELAY; and `emotion serve` with
+the mock model, in a subprocess, returns to its resident memory (read from
+/proc) after zero-window attacks: 50 calls of a 1.3 MB image each, whose
+answers are never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import random
+import time
+
+from conftest import StartServer
+from grpclib.client import Channel
+from PIL import Image
+from support.guarding import zero_window
+from support.h2client import Outcome, RawConnection, framed
+from support.sample_models import GatedModel
+from support.served import Served, resident, start_serving, worker_pids
+
+from emotion import PipelineStub, Request
+from emotion.transport import heap
+from emotion.transport.heap import TRIM_DELAY
+
+MiB = 1024 * 1024
+#: How far above its RSS before the attacks the worker may end up.
+MARGIN = 10 * MiB
+
+
+def noise_jpeg(width: int = 1200, height: int = 960) -> bytes:
+    """A JPEG of about 1.3 MB: noise, which JPEG cannot compress away."""
+    pixels = random.Random(0).randbytes(width * height * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (width, height), pixels).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def attack(port: int, message: bytes) -> list[RawConnection]:
+    """2 connections, 25 calls each with ``message``, until every answer waits on a zero window."""
+    connections = [zero_window(port, message, 25) for _ in range(2)]
+    for connection in connections:
+        streams = [connection.outcome(s) for s in range(1, 50, 2)]
+
+        def answered(streams: list[Outcome] = streams) -> bool:
+            return all(s.answered for s in streams)
+
+        connection.until(answered, timeout=30)
+        assert [(s.answered, s.data, s.status) for s in streams] == [(True, b"", None)] * 25
+    return connections
+
+
+async def attacked(served: Served, worker: int, message: bytes) -> int:
+    """The worker's peak RSS while an attack runs; its connections are closed on return."""
+    peak = resident(worker)
+    running = asyncio.ensure_future(asyncio.to_thread(attack, served.port, message))
+    while not running.done():
+        peak = max(peak, resident(worker))
+        await asyncio.sleep(0.05)
+    for connection in await running:
+        connection.close()
+    return peak
+
+
+async def settled(worker: int, below: int, timeout: float = 10) -> int:
+    """The worker's RSS once it is under ``below`` or ``timeout`` has passed."""
+    deadline = time.monotonic() + timeout
+    now = resident(worker)
+    while now >= below and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        now = resident(worker)
+    return now
+
+
+async def test_zero_window_attacks_leave_the_worker_as_it_was() -> None:
+    image = noise_jpeg()
+    message = framed(bytes(Request(image=image)))
+    served = await start_serving(
+        "--port",
+        "0",
+        "--model",
+        "emotion.models.mock:MockModel",
+        "--workers",
+        "1",
+        "--inference-processes",
+        "1",
+        "--log-level",
+        "warning",
+    )
+    try:
+        (worker,) = worker_pids(served.process.pid)
+        # Not an attack first, which would leave the heap at its size: calls
+        # that any server gets, whose first run may keep something (code
+        # paths run once, the link to the inference process at working size).
+        channel = Channel("127.0.0.1", served.port)
+        for _ in range(4):
+            await PipelineStub(channel).run_pipeline(Request(image=image), timeout=30)
+        channel.close()
+        await asyncio.sleep(TRIM_DELAY + 1)
+        before = resident(worker)
+        rounds = []
+        for _ in range(3):
+            peak = await attacked(served, worker, message)
+            rounds.append((peak, await settled(worker, before + MARGIN)))
+    finally:
+        served.process.terminate()
+        await asyncio.wait_for(served.process.wait(), 30)
+
+    shown = ", ".join(f"peak {peak / MiB:.0f} then {after / MiB:.0f}" for peak, after in rounds)
+    assert all(after < before + MARGIN for _, after in rounds), (
+        f"worker RSS {before / MiB:.0f} MiB before the attacks; {shown} MiB"
+    )
+
+
+def requests_alive() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is Request)
+
+
+async def test_calls_cancelled_with_their_connection_free_their_requests_at_once(
+    start_server: StartServer, jpeg: bytes
+) -> None:
+    model = GatedModel()
+    server = await start_server(model, threads=1)
+    message = framed(bytes(Request(image=jpeg)))
+    gc.collect()  # what earlier tests left
+    gc.disable()  # freed here by reference counting alone, or not at all
+    try:
+
+        def three_calls() -> None:
+            connection = RawConnection(server.port)
+            for _ in range(3):  # one in the model, two waiting for it
+                connection.send_whole(connection.open(connection.headers()), message)
+            model.entered.wait(10)
+            connection.close()
+
+        await asyncio.to_thread(three_calls)
+        for _ in range(50):
+            if not requests_alive() and not server.admission.admitted:
+                break
+            await asyncio.sleep(0.02)
+        left = requests_alive()
+    finally:
+        gc.enable()
+        model.gate.set()
+
+    assert (left, server.admission.admitted) == (0, 0)
+
+
+async def test_trims_asked_for_together_are_one_trim() -> None:
+    done = heap.trims_done()
+    for _ in range(5):  # five connections closing at once
+        heap.trim_soon()
+    await asyncio.sleep(TRIM_DELAY / 2)
+    assert heap.trims_done() == done
+    await asyncio.sleep(TRIM_DELAY)
+    assert heap.trims_done() == done + (1 if heap.trim() else 0)
