@@ -54,8 +54,6 @@ grpclib
     - ``grpclib.protocol.Stream.wrapper`` (set by grpclib's request handler)
       and ``grpclib.utils.Wrapper._error``: the error that cancelled a call,
       dropped when its task ends (it holds the call's frames in a cycle).
-    - ``Connection.data_received`` (bytes of DATA a connection received):
-      a connection that received much asks for a heap trim when it ends.
     - ``H2Protocol.handler``, and ``Connection.flush`` (writes what h2
       queued, a GOAWAY included).
     - ``H2Protocol.processor`` and its ``EventsProcessor.streams`` (the calls

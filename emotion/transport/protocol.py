@@ -44,8 +44,9 @@ _GOAWAY_LINGER = 1.0
 #: SETTINGS and resets whatever the buffer holds: a client that sends them
 #: and reads nothing would grow it without end.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
-#: A connection that received this much may have left as much free in the
-#: heap, which glibc keeps: its end asks for a trim (emotion.heap).
+#: A connection that received this much (any frames: DATA, or a header block
+#: of CONTINUATIONs) may have left as much free in the heap, which glibc
+#: keeps: its end asks for a trim (emotion.transport.heap).
 TRIM_AFTER = 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class ServerProtocol(H2Protocol):
         self._cap = cap
         self._retire_by = 0.0
         self._gone_away = False
+        self._received = 0
         self._transport: CoalescingTransport | None = None
         # By name, so that one replaces its predecessor; all cancelled when the
         # connection is lost (a pending timer would keep this connection alive).
@@ -127,7 +129,7 @@ class ServerProtocol(H2Protocol):
         if self._cap is not None:
             self._cap.lost(self)
         super().connection_lost(exc)
-        if self.connection.data_received >= TRIM_AFTER:
+        if self._received >= TRIM_AFTER:
             heap.trim_soon()
 
     @property
@@ -280,6 +282,7 @@ class ServerProtocol(H2Protocol):
         self._later("close", _GOAWAY_LINGER, self._transport.close)
 
     def data_received(self, data: bytes) -> None:
+        self._received += len(data)
         if self._gone_away:
             return  # calls sent across our GOAWAY: the client retries them elsewhere
         try:

@@ -446,13 +446,6 @@ def instance_expectations(served: Echoing) -> list[Expect]:
             "Connection.messages_received", connection, "messages_received", of_type(int), "an int"
         ),
         Expect(
-            "Connection.data_received",
-            connection,
-            "data_received",
-            lambda v: isinstance(v, int) and v > 0,
-            "a count of the DATA bytes received",
-        ),
-        Expect(
             "Stream.wrapper",
             getattr(stream, "_stream", None),
             "wrapper",
