@@ -43,7 +43,7 @@ from emotion.observability.metrics import (
     serve_metrics,
 )
 from emotion.runtime import available_cpus, exit_reason, write_port_file
-from emotion.serving.sockets import bound_socket, format_address, free_port
+from emotion.serving.sockets import format_address, reserved_socket
 from emotion.serving.wiring import Wiring
 from emotion.supervision.worker import CannotServe, Serving, worker_main
 
@@ -120,9 +120,7 @@ class Supervisor:
         Raises WorkersFailed when the workers cannot start or keep dying.
         """
         # Bound, not listening: the port is ours and known before the workers start.
-        reservation = bound_socket(
-            self.config.host, free_port(self.config.host, self.config.port), reuse_port=True
-        )
+        reservation = reserved_socket(self.config.host, self.config.port)
         port = reservation.getsockname()[1]
         self._traced = tracing_available()
         metrics_port = self.config.metrics_port
