@@ -41,7 +41,7 @@ from emotion.runtime import (
     run,
     write_port_file,
 )
-from emotion.security import SecurityConfigError, load_tokens, read_token
+from emotion.security import TOKENS_VARIABLE, SecurityConfigError, load_tokens, read_token
 from emotion.serving.server import ModelStartError, serve
 from emotion.serving.sockets import format_address
 from emotion.supervision.supervisor import Supervisor, WorkersFailed, inference_process_count
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser(
         "serve",
         help="serve a model over gRPC",
-        description="Serve a model over gRPC until SIGTERM/SIGINT, then drain.",
+        description="Serve a model over gRPC until SIGTERM/SIGINT, then drain. "
+        "SIGHUP reads the TLS and token files again.",
     )
     add_flags(serve_cmd, ServeOptions)
     predict_cmd = commands.add_parser(
@@ -99,9 +100,16 @@ def serve_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Serve
     Raises UsageError for bad values, SecurityConfigError for an unusable token file.
     """
     values = values_of(args, ServeOptions, environ)
-    tokens = load_tokens(values.get("auth_tokens_file"), environ.get("EMOTION_AUTH_TOKENS"))
+    tokens_file = values.get("auth_tokens_file")
+    tokens = load_tokens(tokens_file, environ.get(TOKENS_VARIABLE))
     try:
-        server = from_values(ServerConfig, values, tokens=tuple(tokens), max_connection_age=None)
+        server = from_values(
+            ServerConfig,
+            values,
+            tokens=tuple(tokens),
+            tokens_file=tokens_file,
+            max_connection_age=None,
+        )
         workers = values.get("workers") or available_cpus()
         age = values.get("max_connection_age", 0)
         server = replace(
@@ -190,6 +198,9 @@ def _serve(options: ServeOptions) -> int:
     # Importing a model can take seconds; a stop signal meanwhile is a clean exit.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop_before_serving)
+    # SIGHUP reads the TLS and token files again once serving; until then it
+    # must not kill, and the files are read at the start anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Find models in the working directory, as `python -m emotion` would.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -11,6 +11,9 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
+#: The server's tokens beside those of its token file, comma-separated.
+TOKENS_VARIABLE = "EMOTION_AUTH_TOKENS"
+
 
 class SecurityConfigError(Exception):
     """A certificate, key or token file is missing or unusable; the message says which."""
@@ -51,6 +54,10 @@ class BearerTokens:
     """The tokens a server accepts in ``authorization: Bearer <token>``."""
 
     def __init__(self, tokens: Sequence[str]) -> None:
+        self.accept(tokens)
+
+    def accept(self, tokens: Sequence[str]) -> None:
+        """Accept ``tokens`` from now on, and no others (the token file was read again)."""
         if not tokens:
             raise ValueError("BearerTokens needs at least one token")
         self._tokens = [token.encode() for token in tokens]
@@ -112,7 +119,9 @@ def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
     try:
         context.load_cert_chain(os.fspath(cert), os.fspath(key))
     except FileNotFoundError as exc:
-        raise SecurityConfigError(f"cannot read {exc.filename or cert}: no such file") from None
+        # ssl names no file: the certificate and the key are both candidates.
+        missing = exc.filename or next((p for p in (cert, key) if not p.exists()), cert)
+        raise SecurityConfigError(f"cannot read {missing}: no such file") from None
     except (ssl.SSLError, OSError) as exc:
         raise SecurityConfigError(
             f"certificate {cert} and key {key} are not a usable pair: {exc}"

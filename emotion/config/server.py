@@ -148,6 +148,9 @@ class ServerConfig(Settings):
             raw=True,
         ),
     )
+    #: The file ``tokens`` were read from: on SIGHUP, its tokens and those of
+    #: EMOTION_AUTH_TOKENS replace them. Set by the CLI with ``tokens``.
+    tokens_file: Path | None = field(default=None, metadata=meta(check=optional(is_path)))
     tls: ServerTls | None = field(default=None, metadata=meta(nested=ServerTls, group="security"))
     metrics_port: int | None = field(
         default=None,

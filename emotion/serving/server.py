@@ -29,9 +29,9 @@ from emotion.observability.environment import tracing_from_environment
 from emotion.observability.metrics import Metrics, NoMetrics, serve_metrics
 from emotion.observability.tracing import NoTracing, Tracer
 from emotion.runtime import apply_process_settings, available_cpus
-from emotion.security import BearerTokens
 from emotion.serving.admission import Admission, State
 from emotion.serving.calls import Calls
+from emotion.serving.credentials import Credentials
 from emotion.serving.service import PipelineService
 from emotion.serving.sockets import bound_socket, format_address
 from emotion.serving.wiring import Wiring
@@ -111,8 +111,8 @@ class Server:
                 metrics=recorder,
                 tracing=self.tracing,
             )
-        tokens = BearerTokens(self.config.tokens) if self.config.tokens else None
-        self.admission = Admission(capacity=capacity, tokens=tokens)
+        self.credentials = Credentials(self.config)
+        self.admission = Admission(capacity=capacity, tokens=self.credentials.tokens)
         self.calls = Calls(recorder, self.tracing)
         self.service = PipelineService(
             self.backend,
@@ -143,7 +143,7 @@ class Server:
     async def start(self) -> None:
         """Listen, then load the model in the background (see :meth:`wait_loaded`)."""
         apply_process_settings(max_pixels=self.config.limits.max_pixels)
-        tls = self.config.tls.context() if self.config.tls is not None else None
+        tls = self.credentials.tls()
         services = ServerReflection.extend(
             [self.service, Health({self.service: [self._health]})],
             pool=_reflection_pool(),
@@ -257,6 +257,10 @@ class Server:
         """The sockets of the open client connections (for inspection and tests)."""
         return [] if self._grpc is None else self._grpc.accepted_sockets()
 
+    def reload(self) -> None:
+        """Read the TLS and token files again, as on SIGHUP: see :class:`Credentials`."""
+        self.credentials.reload()
+
     def end_grace(self) -> None:
         """Cut a running :meth:`stop` short: cancel in-flight calls now."""
         self._grace_over.set()
@@ -267,6 +271,7 @@ async def serve(
     config: ServerConfig,
     *,
     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    reload_signals: tuple[signal.Signals, ...] = (signal.SIGHUP,),
     on_serving: Callable[[int], None] | None = None,
     tracing: Tracer | None = None,
     wiring: Wiring | None = None,
@@ -274,6 +279,7 @@ async def serve(
     """Run a server until one of ``signals``, then drain and return.
 
     A second signal during the drain cancels the remaining calls at once.
+    ``reload_signals`` make it read its TLS and token files again.
     ``on_serving`` is called with the bound port once the model has loaded.
     ``tracing`` defaults to what the ``OTEL_*`` variables ask for (each
     ``--workers`` process builds its own). Raises ModelStartError when the
@@ -294,8 +300,14 @@ async def serve(
             log.info("received %s; draining", name)
             stop_requested.set()
 
+    def on_reload(signum: int) -> None:
+        log.info("received %s; reading the TLS and token files again", signal.Signals(signum).name)
+        server.reload()
+
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
+    for signum in reload_signals:
+        loop.add_signal_handler(signum, on_reload, signum)
     try:
         await server.start()
         loaded = asyncio.ensure_future(server.wait_loaded())
@@ -312,7 +324,7 @@ async def serve(
         await server.stop()
         log.info("stopped")
     finally:
-        for signum in signals:
+        for signum in signals + reload_signals:
             loop.remove_signal_handler(signum)
         if own_tracing:
             await asyncio.to_thread(tracing.shutdown, _FLUSH_WAIT)

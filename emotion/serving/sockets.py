@@ -35,14 +35,39 @@ def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.so
 
 
 def free_port(host: str, port: int) -> int:
-    """``port`` if nothing holds it (any free one for 0); OSError if something does.
+    """``port`` if no server holds it (any free one for 0); OSError if one does.
 
-    An exclusive bind fails even where another server shares the port with
-    SO_REUSEPORT, which a bind with SO_REUSEPORT would join instead.
+    A bind without SO_REUSEPORT fails even where another server shares the
+    port with SO_REUSEPORT, which a bind with SO_REUSEPORT would join instead.
+    With SO_REUSEADDR, so that the connections of a server that just stopped
+    (TIME_WAIT, FIN_WAIT2: a minute after it closed them) do not count; a
+    listening socket still does, and so does a :func:`reserved_socket`.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6 and host == "::":
             probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         probe.bind((host, port))
         return int(probe.getsockname()[1])
+
+
+def reserved_socket(host: str, port: int) -> socket.socket:
+    """``port`` (a free one for 0) bound for servers that will share it, not listening.
+
+    Bound with SO_REUSEPORT, for them to join, and without SO_REUSEADDR:
+    a socket bound with it and not listening does not stop another
+    :func:`free_port` (that of a second supervisor started on the same port,
+    before this one's servers listen). OSError if a server holds the port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, free_port(host, port)))
+    except OSError:
+        sock.close()
+        raise
+    return sock

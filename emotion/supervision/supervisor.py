@@ -15,7 +15,9 @@ in each worker's threads. The parent only starts, watches and stops them:
 - it restarts a worker or an inference process that dies, backing off while
   restarts keep failing;
 - it turns SIGTERM and SIGINT into SIGTERM for every worker, which drain; a
-  second signal cuts their grace period short.
+  second signal cuts their grace period short;
+- it passes SIGHUP on to every worker, which reads its TLS and token files
+  again.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from emotion.observability.metrics import (
     serve_metrics,
 )
 from emotion.runtime import available_cpus, exit_reason, write_port_file
-from emotion.serving.sockets import bound_socket, format_address, free_port
+from emotion.serving.sockets import format_address, reserved_socket
 from emotion.serving.wiring import Wiring
 from emotion.supervision.worker import CannotServe, Serving, worker_main
 
@@ -105,6 +107,8 @@ class Supervisor:
         self._failed_restarts = 0
         self._restart_at: dict[int, float] = {}
         self._last_signal = ""
+        self._reloads = 0
+        self._reloads_forwarded = 0
         #: Where the workers' summed metrics are served, once running.
         self.metrics_port: int | None = None
         #: The inference processes every worker shares (--inference-processes).
@@ -120,9 +124,7 @@ class Supervisor:
         Raises WorkersFailed when the workers cannot start or keep dying.
         """
         # Bound, not listening: the port is ours and known before the workers start.
-        reservation = bound_socket(
-            self.config.host, free_port(self.config.host, self.config.port), reuse_port=True
-        )
+        reservation = reserved_socket(self.config.host, self.config.port)
         port = reservation.getsockname()[1]
         self._traced = tracing_available()
         metrics_port = self.config.metrics_port
@@ -142,6 +144,7 @@ class Supervisor:
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT)
         }
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_reload)
         try:
             self._start_pool()
             for slot in range(self.count):
@@ -204,6 +207,19 @@ class Supervisor:
         self._stopping = True
         self._last_signal = signal.Signals(signum).name
 
+    def _on_reload(self, signum: int, frame: object) -> None:
+        self._reloads += 1
+
+    def _forward_reloads(self) -> None:
+        """Pass a SIGHUP on to the workers; one that starts meanwhile reads the new files."""
+        if self._reloads == self._reloads_forwarded:
+            return
+        self._reloads_forwarded = self._reloads
+        if self._stopping:  # a worker past its server has SIGHUP's default back: death
+            return
+        log.info("received SIGHUP; workers read their TLS and token files again")
+        self._signal_all(signal.SIGHUP)
+
     def _start(self, slot: int) -> None:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
@@ -220,7 +236,13 @@ class Supervisor:
             name=f"emotion-worker-{slot}",
             daemon=False,
         )
-        process.start()
+        # Started with SIGHUP blocked, so that one passed on before the worker
+        # handles it cannot kill it (the default); the worker unblocks it.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         send.close()
         self._workers[slot] = _Worker(slot, process, receive)
 
@@ -235,6 +257,7 @@ class Supervisor:
             if self._stopping:
                 log.info("all workers stopped")
                 return
+            self._forward_reloads()
             # The workers listen meanwhile, answering health checks NOT_SERVING.
             if pool_ready:
                 if self._pool is not None:
@@ -272,6 +295,7 @@ class Supervisor:
             if self._stopping and not any(w.process.is_alive() for w in self._workers.values()):
                 log.info("all workers stopped")
                 return
+            self._forward_reloads()
             for worker in self._ready_to_read(timeout=0.2):
                 message = self._read(worker)
                 if isinstance(message, CannotServe) and not worker.serving:

@@ -69,6 +69,10 @@ def worker_main(
     configure_logging(options.log_level, log_format)
     # Ctrl-C reaches the whole process group; only the parent's word counts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Until the server handles SIGHUP (it reads its files again), it must not
+    # kill: the files are read at the start anyway. It came blocked.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
         model = load_model(options.model) if model_name is None else model_elsewhere(model_name)
         serving = _serve_while_parent_lives(model, config, wiring, messages, traced)

@@ -39,6 +39,7 @@ WITHOUT_FLAG = {
     "ConnectionAge.limit",
     "ConnectionAge.grace",
     "PredictOptions.images",
+    "ServerConfig.tokens_file",  # set with tokens, from --auth-tokens-file
 }
 
 

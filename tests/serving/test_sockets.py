@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from emotion.serving.sockets import bound_socket, format_address, free_port
+from emotion.serving.sockets import bound_socket, format_address, free_port, reserved_socket
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,38 @@ def test_free_port_refuses_a_port_that_sharing_servers_hold() -> None:
         with pytest.raises(OSError, match="Address already in use"):
             free_port("127.0.0.1", port)
     assert free_port("127.0.0.1", 0) > 0
+
+
+@pytest.mark.parametrize("client_closes", [True, False], ids=["time-wait", "fin-wait-2"])
+def test_a_port_is_free_as_soon_as_the_server_that_held_it_stops(client_closes: bool) -> None:
+    with bound_socket("127.0.0.1", 0, reuse_port=True) as listener:
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        accepted, _ = listener.accept()
+    # The server closes first, as at its drain: its side lingers (TIME_WAIT
+    # once the client closes too, FIN_WAIT2 while it does not) for a minute.
+    accepted.close()
+    with client:
+        if client_closes:
+            assert client.recv(1) == b""
+            client.close()
+
+        assert free_port("127.0.0.1", port) == port
+        with reserved_socket("127.0.0.1", port) as reservation:
+            assert reservation.getsockname()[1] == port
+            with bound_socket("127.0.0.1", port, reuse_port=True) as worker:
+                worker.listen(8)
+
+
+def test_a_reserved_port_is_refused_to_another_server_before_its_workers_listen() -> None:
+    with reserved_socket("127.0.0.1", 0) as reservation:
+        port = reservation.getsockname()[1]
+
+        with pytest.raises(OSError, match="Address already in use"):
+            free_port("127.0.0.1", port)
+        with pytest.raises(OSError, match="Address already in use"):
+            reserved_socket("127.0.0.1", port)
 
 
 @pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no IPv6 on this machine")

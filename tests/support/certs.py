@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from emotion.security import client_context
 
 
 @dataclass(frozen=True)
@@ -110,3 +114,22 @@ class Authority:
                 critical=False,
             )
         return _write(self.directory, stem, builder.sign(self._key, hashes.SHA256()), key)
+
+
+def install(source: Path, target: Path) -> None:
+    """Replace ``target`` with ``source``'s bytes at once, as Kubernetes updates a Secret."""
+    staged = target.with_name(f".{target.name}.new")
+    staged.write_bytes(source.read_bytes())
+    os.replace(staged, target)
+
+
+async def presented_name(port: int, ca: Path, client: Pair | None = None) -> str:
+    """The common name of the certificate the server on ``port`` shows a new connection."""
+    context = client_context(ca, client.cert if client else None, client.key if client else None)
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        certificate = writer.get_extra_info("peercert")
+    finally:
+        writer.close()
+    subject = dict(item[0] for item in certificate["subject"])
+    return str(subject["commonName"])
