@@ -22,8 +22,7 @@ Modules, one concern each:
 - ``writes``: CoalescingTransport, a connection's writes sent once per loop pass.
 - ``messages``: receive_message, a request read with its size checked first,
   in the time its size allows, within the worker's receive budget.
-- ``client``: told_to_go_away, whether a channel's connection got a GOAWAY;
-  turned_away, whether the server sent a failed call away
+- ``client``: turned_away, whether the server sent a failed call away
   (a GOAWAY, a refused stream) rather than failing under it; and
   received_trailer, a trailer grpclib's metadata drops (``grpc-``).
 - ``trailers``: add_trailer, a ``grpc-`` trailer grpclib's metadata refuses
@@ -52,7 +51,6 @@ grpclib
       AssertionError when a call ends short), ``Stream._codec``,
       ``Stream._dispatch``, ``Stream._messages_received``,
       ``Connection.messages_received``, ``Connection.last_message_received``.
-    - ``grpclib.client.Channel._protocol``.
     - ``grpclib.client.Stream._stream``: a client call's
       ``grpclib.protocol.Stream``, once its headers went out; its
       ``grpclib.protocol.Stream._h2_connection`` (the state of the call's own
