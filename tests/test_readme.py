@@ -21,7 +21,12 @@ from support.pages import ROOT, Block, all_blocks
 from emotion import Server
 
 #: Python snippets run below, by a line each contains.
-CLIENT_SNIPPETS = ("print(face.bbox", "client.stream(frames())", "PipelineStub(channel)")
+CLIENT_SNIPPETS = (
+    "print(face.bbox",
+    "client.stream(frames())",
+    "PipelineStub(channel)",
+    "RetryPolicy(max_attempts=8",
+)
 MODEL_SNIPPETS = ("# mypkg/mymodel.py", "# tests/test_mymodel.py")
 #: Snippets, by a line each contains, that no test runs, and why.
 NOT_RUN = {
