@@ -121,17 +121,17 @@ async def test_retrying_never_extends_the_deadline(
     scripted: tuple[Scripted, str], jpeg: bytes
 ) -> None:
     service, target = scripted
-    service.always = (Status.UNAVAILABLE, None)
+    service.always = (Status.UNAVAILABLE, "2000")  # come back in 2 s
     service.delay = 0.1
-    slow = RetryPolicy(max_attempts=5, initial_backoff=1.0, max_backoff=1.0)
-    async with Client(target, retry=slow) as client:
+    async with Client(target, retry=QUICK) as client:
         started = time.monotonic()
         with pytest.raises((GRPCError, TimeoutError)):
             await client.predict(jpeg, timeout=0.6)
         took = time.monotonic() - started
 
-    # Five tries with up to 1 s between them would take about 2.5 s.
+    # A retry 2 s later would end past the deadline: the call fails by it, not 2 s later.
     assert took < 0.6 + 0.25
+    assert len(service.tries) == 1
 
 
 async def test_the_retry_budget_stops_retries_after_an_outage(
