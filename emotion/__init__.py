@@ -13,7 +13,7 @@ import typing as _typing
 if _typing.TYPE_CHECKING:
     from emotion.client import Client
     from emotion.codec import InvalidMessage
-    from emotion.config import ClientTls, Limits, ServerConfig
+    from emotion.config import ClientTls, Limits, RetryPolicy, ServerConfig
     from emotion.contract import BBox, Expression, PipelineStub, Request, Response, Result
     from emotion.model import Model, ModelLoadError, load_model
     from emotion.serving.server import Server
@@ -32,6 +32,7 @@ _HOMES = {
     "Request": "emotion.contract",
     "Response": "emotion.contract",
     "Result": "emotion.contract",
+    "RetryPolicy": "emotion.config",
     "Server": "emotion.serving.server",
     "ServerConfig": "emotion.config",
     "load_model": "emotion.model",
@@ -50,6 +51,7 @@ __all__ = [
     "Request",
     "Response",
     "Result",
+    "RetryPolicy",
     "Server",
     "ServerConfig",
     "load_model",

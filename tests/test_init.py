@@ -19,6 +19,7 @@ PUBLIC = [
     "Request",
     "Response",
     "Result",
+    "RetryPolicy",
     "Server",
     "ServerConfig",
     "load_model",

@@ -40,6 +40,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "config",
         "contract",
         "decode",
+        "errors",
         "inference",
         "model",
         "observability",

@@ -26,6 +26,7 @@ CLIENT_SNIPPETS = (
     "client.stream(frames())",
     "PipelineStub(channel)",
     "grpc.service_config",
+    "RetryPolicy(max_attempts=8",
 )
 MODEL_SNIPPETS = ("# mypkg/mymodel.py", "# tests/test_mymodel.py")
 #: Snippets, by a line each contains, that no test runs, and why.

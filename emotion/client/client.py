@@ -1,16 +1,21 @@
-"""A thin async client over the generated stub."""
+"""The async client: the generated stub's calls, retried and resumed as a deployment needs."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 
 from grpclib.client import Channel
-from grpclib.exceptions import StreamTerminatedError
+from grpclib.const import Cardinality
+from grpclib.metadata import Deadline
 
+from emotion.client.retries import Retries
+from emotion.client.streams import Feed, stream_pipeline
 from emotion.codec import ProtobufCodec
 from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET, ClientTls
+from emotion.config.client import RetryPolicy
 from emotion.config.settings import parse_target as parse_target
 from emotion.contract import (
     RUN_PIPELINE_PATH,
@@ -20,7 +25,9 @@ from emotion.contract import (
     Response,
 )
 from emotion.observability.tracing import NoTracing, Tracer
-from emotion.transport.client import told_to_go_away
+
+#: What a Client retries unless told otherwise: see RetryPolicy.
+DEFAULT_RETRY = RetryPolicy()
 
 
 class Client:
@@ -34,6 +41,11 @@ class Client:
     hostile server) raises :class:`emotion.codec.InvalidMessage`.
     Each call carries the caller's OpenTelemetry trace (``traceparent``), if
     it has one; with ``tracing``, each call also gets a CLIENT span of its own.
+
+    A call that fails for a reason a new try can mend (the server restarting,
+    draining, busy, a worker that died) is tried again, as ``retry`` says,
+    within the call's one deadline; a stream goes on over a new call. With
+    ``retry=None`` every failure reaches the caller. See docs/client.md.
     """
 
     def __init__(
@@ -45,6 +57,7 @@ class Client:
         token: str | None = None,
         max_image_size: int = DEFAULT_MAX_IMAGE_SIZE,
         tracing: Tracer | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
         host, port = parse_target(target)
         self.target = target
@@ -56,6 +69,8 @@ class Client:
         self._metadata = {} if token is None else {"authorization": f"Bearer {token}"}
         self._tracing = tracing or NoTracing()
         self.stub = PipelineStub(self._channel, timeout=timeout, metadata=self._metadata or None)
+        self.retry = retry
+        self._retries = None if retry is None else Retries(retry)
 
     async def predict(self, image: bytes, *, timeout: float | None = None) -> Response:
         """Run the pipeline on the bytes of one image file."""
@@ -63,18 +78,34 @@ class Client:
         request = Request(image=image)
         with self._tracing.client_call(RUN_PIPELINE_PATH) as trace:
             metadata = self._with(trace)
-            for _ in range(2):
+            retries = self._retries
+            if retries is None:
+                return await self.stub.run_pipeline(request, timeout=timeout, metadata=metadata)
+            deadline = self._deadline(timeout)
+            tries = None
+            while True:
+                call = self._channel.request(
+                    RUN_PIPELINE_PATH,
+                    Cardinality.UNARY_UNARY,
+                    Request,
+                    Response,
+                    deadline=deadline,
+                    metadata=metadata,
+                )
                 try:
-                    return await self.stub.run_pipeline(request, timeout=timeout, metadata=metadata)
-                except StreamTerminatedError:
-                    # A server retiring its connection (GOAWAY, --max-connection-age)
-                    # can cross a call on the wire; such a call did not run, and
-                    # inference is safe to repeat. A connection that broke without
-                    # a GOAWAY (a crashed server) is not retried.
-                    if not told_to_go_away(self._channel):
+                    async with call:
+                        await call.send_message(request, end=True)
+                        response = await call.recv_message()
+                except Exception as exc:
+                    tries = tries or retries.tries(deadline)
+                    delay = tries.after(exc, call)
+                    if delay is None:
                         raise
-                    await asyncio.sleep(0.01)  # let the channel drop the old connection
-            return await self.stub.run_pipeline(request, timeout=timeout, metadata=metadata)
+                    await asyncio.sleep(delay)
+                else:
+                    retries.succeeded()
+                    assert response is not None
+                    return response
 
     async def stream(
         self,
@@ -86,34 +117,24 @@ class Client:
 
         The server takes a few images at a time; HTTP/2 flow control makes
         this wait while it catches up, so ``images`` may be an endless camera feed.
+        A call cut under the stream is followed by a new one, which sends
+        again the images not yet answered: each answer comes once, in order,
+        and ``images`` is asked for each image once. An image that ``images``
+        fails to give is raised once the images before it are answered.
         """
-
-        failure: list[BaseException] = []
-
-        async def requests() -> AsyncIterator[Request]:
-            # The stub sends from a task of its own that would swallow an
-            # error here and leave the call hanging: end the stream instead,
-            # and raise the error once the answers so far are delivered.
-            try:
-                if isinstance(images, AsyncIterable):
-                    async for image in images:
-                        self._check_size(image)
-                        yield Request(image=image)
-                else:
-                    for image in images:
-                        self._check_size(image)
-                        yield Request(image=image)
-            except Exception as exc:
-                failure.append(exc)
-
+        feed = Feed(images, self._check_size)
         with self._tracing.client_call(STREAM_PIPELINE_PATH) as trace:
-            answers = self.stub.stream_pipeline(
-                requests(), timeout=timeout, metadata=self._with(trace)
+            answers = stream_pipeline(
+                self._channel, self._retries, feed, self._deadline(timeout), self._with(trace)
             )
-            async for response in answers:
-                yield response
-        if failure:
-            raise failure[0]
+            async with contextlib.aclosing(answers):
+                async for response in answers:
+                    yield response
+
+    def _deadline(self, timeout: float | None) -> Deadline | None:
+        """One deadline for a call's every try: retrying never extends it."""
+        timeout = self.timeout if timeout is None else timeout
+        return None if timeout is None else Deadline.from_timeout(timeout)
 
     def _with(self, trace: dict[str, str] | None) -> dict[str, str] | None:
         """The call's metadata: the stub's own, or that and the trace's headers."""

@@ -92,6 +92,7 @@ async def _run(options: PredictOptions, tracing: Tracer) -> int:
         token=options.token,
         max_image_size=options.max_image_size,
         tracing=tracing,
+        retry=options.retry,
     ) as client:
         try:
             for path in options.images:

@@ -12,6 +12,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from grpclib.const import Status
+
 from emotion.config.limits import DEFAULT_MAX_IMAGE_SIZE
 from emotion.config.server import DEFAULT_TARGET
 from emotion.config.settings import (
@@ -22,6 +24,7 @@ from emotion.config.settings import (
     is_fixed_port,
     is_path,
     is_positive_seconds,
+    is_seconds,
     is_target,
     is_text,
     meta,
@@ -81,6 +84,72 @@ class ClientTls(Settings):
     def context(self) -> ssl.SSLContext:
         """Raises SecurityConfigError for unreadable or mismatched files."""
         return client_context(self.ca, self.cert, self.key)
+
+
+def _are_statuses(value: Any) -> None:
+    if not isinstance(value, frozenset) or not all(
+        isinstance(s, Status) and s is not Status.OK for s in value
+    ):
+        raise ValueError(f"must be a frozenset of grpclib Status other than OK, not {value!r}")
+
+
+def _is_ratio(value: Any) -> None:
+    if not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"must be a number more than 0 and at most 1, not {value!r}")
+
+
+def _is_tokens(value: Any) -> None:
+    if not isinstance(value, (int, float)) or not 1 <= value <= 1000:
+        raise ValueError(f"must be a number from 1 to 1000, not {value!r}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy(Settings):
+    """How emotion.Client retries a call that failed for a reason a retry can fix.
+
+    gRPC's client retries (gRFC A6): up to ``max_attempts`` tries, the first
+    included, for the statuses in ``retryable``, the n-th retry after a random
+    wait in [0, min(initial_backoff * backoff_multiplier**(n-1), max_backoff)]
+    or after what the server asks for (``grpc-retry-pushback-ms``); all
+    within the call's one deadline. A budget of ``max_tokens`` per client
+    (A6's retryThrottling) stops retries while failures outnumber successes
+    more than ``1 / token_ratio`` to one, so that an outage meets no retry storm.
+    ``max_attempts=1`` leaves only the retries of calls the server never saw;
+    ``Client(retry=None)`` retries nothing.
+    """
+
+    max_attempts: int = field(
+        default=5,
+        metadata=_predict(
+            "--max-attempts",
+            parse_int,
+            at_least(1),
+            "tries per call, the first included, while the server answers UNAVAILABLE or "
+            "is busy; 1 retries only calls the server never saw",
+        ),
+    )
+    initial_backoff: float = field(default=0.1, metadata=meta(check=is_positive_seconds))
+    max_backoff: float = field(default=1.0, metadata=meta(check=is_positive_seconds))
+    backoff_multiplier: float = field(default=2.0, metadata=meta(check=is_positive_seconds))
+    #: RESOURCE_EXHAUSTED is a full queue (retry later) or a message too
+    #: large (never): an emotion server says which with its pushback.
+    retryable: frozenset[Status] = field(
+        default=frozenset({Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED}),
+        metadata=meta(check=_are_statuses),
+    )
+    max_tokens: float = field(default=100.0, metadata=meta(check=_is_tokens))
+    token_ratio: float = field(default=0.1, metadata=meta(check=_is_ratio))
+    #: How long a call waits for a server this client reached before to take
+    #: connections again (a restart), within its deadline; 0 waits not at all.
+    wait_for_server: float = field(default=10.0, metadata=meta(check=is_seconds))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_backoff < self.initial_backoff:
+            raise ValueError(
+                f"RetryPolicy.max_backoff ({self.max_backoff:g}s) is less than "
+                f"initial_backoff ({self.initial_backoff:g}s)"
+            )
 
 
 def _target(command: str) -> Any:
@@ -163,6 +232,9 @@ class PredictOptions(Settings):
             "largest image to send, e.g. 32MiB; raise it with the server's --max-message-size",
             default_text="16 MiB",
         ),
+    )
+    retry: RetryPolicy = field(
+        default_factory=RetryPolicy, metadata=meta(check=is_a(RetryPolicy), nested=RetryPolicy)
     )
     stream: bool = field(
         default=False,

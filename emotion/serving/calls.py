@@ -17,16 +17,20 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
+from emotion.errors import PUSHBACK
 from emotion.observability.metrics import NoMetrics, Recorder
 from emotion.observability.tracing import NoTracing, Tracer
 from emotion.serving.sockets import format_address
-from emotion.serving.statuses import to_grpc_error
+from emotion.serving.statuses import pushback_ms, to_grpc_error
+from emotion.transport.trailers import add_trailer
 
 log = logging.getLogger(__name__)
 
 Answer = Callable[[Stream[Any, Any]], Awaitable[None]]
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/-]+")
+# How much each answered unary call moves the estimate of a call's duration.
+_TURNOVER_WEIGHT = 0.05
 
 
 class Calls:
@@ -38,6 +42,9 @@ class Calls:
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Seconds an answered unary call takes, headers to trailers (a moving
+        #: average): how long a full queue takes to turn over, for pushback.
+        self.turnover = 0.05
 
     @property
     def active(self) -> int:
@@ -78,6 +85,9 @@ class Calls:
                 status, message = error.status, error.message
                 if status is Status.INTERNAL:
                     failure = exc.__cause__ or exc
+                pushback = pushback_ms(exc, self.turnover, _IDS.random())
+                if pushback is not None:
+                    add_trailer(stream, PUSHBACK, pushback)
                 await stream.send_trailing_metadata(
                     status=status, status_message=message, metadata=trailers
                 )
@@ -102,6 +112,8 @@ class Calls:
             if not self._active:
                 self._idle.set()
             seconds = time.perf_counter() - started
+            if status is Status.OK and kind == "unary":
+                self.turnover += (seconds - self.turnover) * _TURNOVER_WEIGHT
             span.end(status, message)
             self._metrics.call_finished(method, kind, status.name, seconds)
             _log(stream, path, status, message, seconds, request_id, failure)

@@ -209,6 +209,7 @@ class Server:
             return
         grace = self.config.grace if grace is None else grace
         self.admission.start_draining()
+        self.service.stop_taking_images()
         self._health.set(False)
         self._grpc.stop_listening()
         if self.calls.active:

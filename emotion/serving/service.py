@@ -26,7 +26,7 @@ from emotion.contract import (
 )
 from emotion.decode import InvalidImage
 from emotion.inference.backend import Backend
-from emotion.serving.admission import Admission
+from emotion.serving.admission import Admission, NotServing
 from emotion.serving.calls import Calls, metadata
 from emotion.transport.messages import Patience, ReceiveBudget, receive_message, send_message
 
@@ -63,6 +63,7 @@ class PipelineService(PipelineBase):
         self._receiving = ReceiveBudget(limits.max_receiving)
         # Images of one stream in progress at once: enough to keep the threads busy.
         self._window = window
+        self._streams: set[_InOrder] = set()
 
     async def run_pipeline(self, message: Request, deadline: Deadline | None = None) -> Response:
         """Decode and infer; a failure raises what emotion.serving.statuses maps to a status.
@@ -105,7 +106,23 @@ class PipelineService(PipelineBase):
             first = False
             return request
 
-        await _InOrder(stream, self._window, receive, self._frame).answer()
+        in_order = _InOrder(stream, self._window, receive, self._frame)
+        self._streams.add(in_order)
+        try:
+            await in_order.answer()
+        finally:
+            self._streams.discard(in_order)
+
+    def stop_taking_images(self) -> None:
+        """At a drain: each stream answers the images it has taken, then ends UNAVAILABLE.
+
+        A stream's client may send for as long as it likes; a drain that
+        waited for it would wait out its grace and abort the images in
+        progress. Ended this way, the client has every answer to what it
+        sent and sends the rest elsewhere (emotion.Client does so itself).
+        """
+        for in_order in list(self._streams):
+            in_order.stop_reading()
 
     async def _receive(self, stream: _Stream, *, first: bool = False) -> Request | None:
         """The call's next request message, or None at its end."""
@@ -163,9 +180,17 @@ class _InOrder:
         self._in_order: collections.deque[asyncio.Task[Encoded]] = collections.deque()
         self._arrived = asyncio.Event()
         self._ended: list[BaseException | None] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def stop_reading(self) -> None:
+        """Take no more images: answer those taken, then end the call UNAVAILABLE."""
+        self._stopping = True
+        if self._reader is not None:
+            self._reader.cancel()
 
     async def answer(self) -> None:
-        reader = asyncio.ensure_future(self._read())
+        reader = self._reader = asyncio.ensure_future(self._read())
         try:
             while True:
                 if not self._in_order:
@@ -188,8 +213,9 @@ class _InOrder:
 
     async def _read(self) -> None:
         index = 0
+        ended: BaseException | None = None
         try:
-            while True:
+            while not self._stopping:
                 await self._room.acquire()  # wait for room before reading: flow control
                 request = await self._receive(self._stream)
                 if request is None:
@@ -198,10 +224,14 @@ class _InOrder:
                 self._in_order.append(asyncio.ensure_future(frame))
                 self._arrived.set()
                 index += 1
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise  # the call is over: answer() cancels its reader on the way out
         except Exception as exc:  # a refusal, or a broken stream
-            self._ended.append(exc)
-        else:
-            self._ended.append(None)
+            ended = exc
+        if self._stopping and ended is None:
+            ended = NotServing("server is shutting down; send the other images to another")
+        self._ended.append(ended)
         self._arrived.set()
 
 

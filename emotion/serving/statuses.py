@@ -46,6 +46,30 @@ STATUSES: tuple[tuple[type[Exception], Status, str], ...] = (
 )
 
 
+#: Refusals of a server that is full for now: worth a retry once calls have left.
+_FULL = (Busy, QueueFull, ReceivingFull)
+#: Bounds of the pushback for a full server, in milliseconds.
+PUSHBACK_RANGE = (10, 2000)
+
+
+def pushback_ms(exc: Exception, turnover: float, spread: float) -> str | None:
+    """The grpc-retry-pushback-ms trailer (gRFC A6) that goes with refusing a call for ``exc``.
+
+    A full server asks the client to come back once its queue has turned
+    over: ``turnover`` seconds, the time a call takes from admission to
+    answer, which grows with the queue. ``spread`` (0 to 1, random per call)
+    scatters the returning clients over half to one and a half times that, so
+    that they do not all come back at once. A message too large asks for no
+    retry: a negative value. Other refusals leave it to the client's backoff.
+    """
+    if isinstance(exc, _FULL):
+        low, high = PUSHBACK_RANGE
+        return str(min(high, max(low, round(turnover * (0.5 + spread) * 1000))))
+    if isinstance(exc, MessageTooLarge):
+        return "-1"
+    return None
+
+
 def to_grpc_error(exc: Exception) -> GRPCError | None:
     """The status and message a client gets for ``exc``; None for an unforeseen error."""
     if isinstance(exc, GRPCError):

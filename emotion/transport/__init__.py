@@ -23,7 +23,11 @@ Modules, one concern each:
 - ``messages``: receive_message, a request read with its size checked first,
   in the time its size allows, within the worker's receive budget; and
   send_message, an answer counted as unread while it waits for window.
-- ``client``: told_to_go_away, whether a channel's connection got a GOAWAY.
+- ``client``: turned_away, whether the server sent a failed call away
+  (a GOAWAY, a refused stream) rather than failing under it; and
+  received_trailer, a trailer grpclib's metadata drops (``grpc-``).
+- ``trailers``: add_trailer, a ``grpc-`` trailer grpclib's metadata refuses
+  to send (gRFC A6's retry pushback).
 
 Nothing here changes anything process-wide, at import or later: importing
 emotion, serving, or calling leaves every grpclib, h2 and hyperframe
@@ -48,7 +52,14 @@ grpclib
       AssertionError when a call ends short), ``Stream._codec``,
       ``Stream._dispatch``, ``Stream._messages_received``,
       ``Connection.messages_received``, ``Connection.last_message_received``.
-    - ``grpclib.client.Channel._protocol``.
+    - ``grpclib.client.Stream._stream``: a client call's
+      ``grpclib.protocol.Stream``, once its headers went out; its
+      ``grpclib.protocol.Stream._h2_connection`` (the state of the call's own
+      connection), ``grpclib.protocol.Stream._transport``, and the raw fields
+      received, ``grpclib.protocol.Stream.headers`` and
+      ``grpclib.protocol.Stream.trailers``.
+    - ``grpclib.protocol.Stream.send_headers``: replaced on one server call's
+      stream, to add a trailer to those grpclib sends.
     - ``Handler.accept``: extended; it reads ``Handler._tasks`` (the task of
       each stream) and ``Handler._cancelled``, and ``Handler.closing``.
     - ``grpclib.protocol.Stream.wrapper`` (set by grpclib's request handler)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import EMOTION, run_emotion, subprocess_env
 from grpclib.client import Channel
+from grpclib.const import Status
 from support.certs import Authority
 from support.served import Served, start_serving, wait_for_port
 
@@ -25,6 +26,7 @@ from emotion.config import (
     DemoOptions,
     Limits,
     PredictOptions,
+    RetryPolicy,
     ServeOptions,
     ServerConfig,
     ServerTls,
@@ -33,13 +35,30 @@ from emotion.config.arguments import UsageError
 from emotion.config.settings import env_name, flags
 from emotion.runtime import available_cpus, write_port_file
 
-SETTINGS = (Limits, ConnectionAge, ServerTls, ClientTls, ServerConfig, ServeOptions, PredictOptions)
+SETTINGS = (
+    Limits,
+    ConnectionAge,
+    ServerTls,
+    ClientTls,
+    ServerConfig,
+    ServeOptions,
+    PredictOptions,
+    RetryPolicy,
+)
 # Fields no command line sets: made by the CLI or the supervisor, or positional.
 WITHOUT_FLAG = {
     "ConnectionAge.limit",
     "ConnectionAge.grace",
     "PredictOptions.images",
     "ServerConfig.tokens_file",  # set with tokens, from --auth-tokens-file
+    # Python callers set these; a command line tunes only the attempts.
+    "RetryPolicy.initial_backoff",
+    "RetryPolicy.max_backoff",
+    "RetryPolicy.backoff_multiplier",
+    "RetryPolicy.retryable",
+    "RetryPolicy.max_tokens",
+    "RetryPolicy.token_ratio",
+    "RetryPolicy.wait_for_server",
 }
 
 
@@ -88,6 +107,18 @@ WITHOUT_FLAG = {
         (lambda: PredictOptions([], timeout=0), "PredictOptions.timeout", "more than 0"),
         (lambda: PredictOptions([], target="here"), "target 'here'", "host:port"),
         (lambda: PredictOptions([], stream=1), "PredictOptions.stream", "bool"),  # type: ignore[arg-type]
+        (lambda: RetryPolicy(max_attempts=0), "RetryPolicy.max_attempts (--max-attempts)", "1 or"),
+        (lambda: RetryPolicy(initial_backoff=0), "RetryPolicy.initial_backoff", "more than 0"),
+        (lambda: RetryPolicy(backoff_multiplier=-1), "RetryPolicy.backoff_multiplier", "than 0"),
+        (
+            lambda: RetryPolicy(retryable=frozenset({Status.OK})),
+            "RetryPolicy.retryable",
+            "other than OK",
+        ),
+        (lambda: RetryPolicy(max_tokens=0), "RetryPolicy.max_tokens", "1 to 1000"),
+        (lambda: RetryPolicy(token_ratio=2), "RetryPolicy.token_ratio", "at most 1"),
+        (lambda: RetryPolicy(wait_for_server=-1), "RetryPolicy.wait_for_server", "0 or more"),
+        (lambda: RetryPolicy(max_backoff=0.01), "RetryPolicy.max_backoff", "less than"),
     ],
 )
 def test_each_bad_value_raises_naming_the_field_and_what_it_accepts(
@@ -245,6 +276,7 @@ PREDICT_SAMPLES: dict[str, tuple[str, Any]] = {
     "--stream": ("true", lambda o: o.stream is True),
     "--annotate": ("out.png", lambda o: o.annotate == Path("out.png")),
     "--max-image-size": ("32MiB", lambda o: o.max_image_size == 32 * 1024 * 1024),
+    "--max-attempts": ("1", lambda o: o.retry.max_attempts == 1),
 }
 DEMO_SAMPLES: dict[str, tuple[str, Any]] = {
     **CLIENT_SAMPLES,

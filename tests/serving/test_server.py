@@ -7,7 +7,7 @@ import json
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -174,6 +174,36 @@ async def test_calls_still_running_after_the_grace_period_end_unavailable(
 
     assert caught.value.status is Status.UNAVAILABLE
     assert caught.value.message == "server shut down before the call finished; retry"
+
+
+async def test_a_drain_answers_the_images_a_stream_took_then_ends_it_unavailable(
+    start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
+) -> None:
+    model = GatedModel()
+    server = await start_server(model, threads=1)  # a stream takes two images at a time
+    stub = PipelineStub(connect(server))
+    answers: list[Response] = []
+
+    async def images() -> AsyncIterator[Request]:
+        for _ in range(50):
+            yield Request(image=jpeg)
+
+    async def stream() -> None:
+        async for answer in stub.stream_pipeline(images(), timeout=30):
+            answers.append(answer)
+
+    streaming = asyncio.ensure_future(stream())
+    await asyncio.to_thread(model.entered.wait, 10)
+    stopping = asyncio.ensure_future(server.stop(grace=30))
+    await asyncio.sleep(0.2)
+    model.gate.set()
+    with pytest.raises(GRPCError) as caught:
+        await asyncio.wait_for(streaming, 10)
+    await asyncio.wait_for(stopping, 5)  # not the grace: the stream did not hold it
+
+    assert caught.value.status is Status.UNAVAILABLE
+    assert caught.value.message == "server is shutting down; send the other images to another"
+    assert len(answers) == 2
 
 
 async def _call_in_flight(channel: Channel, jpeg: bytes, marker: Path) -> asyncio.Future[Response]:

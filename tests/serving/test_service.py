@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from conftest import StartServer, encode, gradient
 from grpclib.client import Channel
+from grpclib.client import Stream as ClientStream
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
@@ -30,6 +31,9 @@ from support.sample_models import (
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
 from emotion.config import Limits
 from emotion.contract import LEGACY_RUN_PIPELINE_PATH, RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH
+from emotion.errors import PUSHBACK
+from emotion.serving.statuses import PUSHBACK_RANGE
+from emotion.transport.client import received_trailer
 
 
 def float32(value: float) -> float:
@@ -330,8 +334,11 @@ async def test_a_full_queue_answers_resource_exhausted_at_once(
     queued = asyncio.ensure_future(stub.run_pipeline(Request(image=jpeg), timeout=30))
     await asyncio.sleep(0.2)
 
+    refused = connect(server).request(
+        RUN_PIPELINE_PATH, Cardinality.UNARY_UNARY, Request, Response, timeout=5
+    )
     with pytest.raises(GRPCError) as caught:
-        await stub.run_pipeline(Request(image=jpeg), timeout=5)
+        await _call(refused, Request(image=jpeg))
     model.gate.set()
     await running
     await queued
@@ -339,6 +346,15 @@ async def test_a_full_queue_answers_resource_exhausted_at_once(
     assert caught.value.status is Status.RESOURCE_EXHAUSTED
     assert caught.value.message == "server is busy: 2 calls are in progress; retry with backoff"
     assert model.calls == 2
+    # When to come back: a client retrying later than at once (gRFC A6's pushback).
+    low, high = PUSHBACK_RANGE
+    assert low <= int(received_trailer(refused, PUSHBACK) or "") <= high
+
+
+async def _call(call: ClientStream[Request, Response], request: Request) -> Response | None:
+    async with call:
+        await call.send_message(request, end=True)
+        return await call.recv_message()
 
 
 async def test_a_call_whose_deadline_passes_in_the_queue_never_reaches_the_model(

@@ -13,7 +13,7 @@ from emotion.inference.threads import Aborted, DeadlinePassed, QueueFull
 from emotion.model import ModelFailure
 from emotion.security import Unauthenticated
 from emotion.serving.admission import Busy, NotServing
-from emotion.serving.statuses import STATUSES, to_grpc_error
+from emotion.serving.statuses import PUSHBACK_RANGE, STATUSES, pushback_ms, to_grpc_error
 from emotion.transport.messages import (
     CompressedMessage,
     MalformedMessage,
@@ -93,3 +93,18 @@ def test_an_unforeseen_error_has_no_status_here_and_a_grpc_error_keeps_its_own()
 
     assert to_grpc_error(KeyError("bug")) is None
     assert to_grpc_error(own) is own
+
+
+@pytest.mark.parametrize("full", [Busy("busy"), QueueFull(3), ReceivingFull("arriving")])
+def test_a_full_server_asks_to_come_back_once_its_queue_turned_over(full: Exception) -> None:
+    low, high = PUSHBACK_RANGE
+
+    assert pushback_ms(full, turnover=0.2, spread=0.5) == "200"
+    assert [pushback_ms(full, 0.2, spread) for spread in (0.0, 1.0)] == ["100", "300"]
+    assert pushback_ms(full, turnover=60, spread=0.5) == str(high)
+    assert pushback_ms(full, turnover=0, spread=0.5) == str(low)
+
+
+def test_a_message_too_large_asks_for_no_retry_and_other_refusals_ask_nothing() -> None:
+    assert pushback_ms(MessageTooLarge(10, 5), 0.2, 0.5) == "-1"
+    assert pushback_ms(NotServing("loading"), 0.2, 0.5) is None

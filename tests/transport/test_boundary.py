@@ -31,7 +31,7 @@ import h2.stream
 import hyperframe.frame
 import pytest
 from conftest import subprocess_env
-from grpclib.client import Channel, UnaryUnaryMethod
+from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.const import Handler as MethodHandler
@@ -47,11 +47,12 @@ from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import DataFrame, Frame
 
 import emotion.transport
-from emotion.transport.client import told_to_go_away
+from emotion.transport.client import received_trailer, turned_away
 from emotion.transport.connection import H2ServerConnection, QuietDataFrame
 from emotion.transport.handler import CallHandler
 from emotion.transport.messages import receive_message
 from emotion.transport.server import GRPCLIB_PROTOCOL_FACTORY, GrpcServer, normalized_source
+from emotion.transport.trailers import add_trailer
 from emotion.transport.writes import CoalescingTransport
 
 ECHO_PATH = "/test.Echo/Echo"
@@ -317,11 +318,14 @@ class Echo:
         default_factory=list
     )
     received: list[HealthCheckRequest | None] = field(default_factory=list)
+    trailer: tuple[str, str] | None = None
 
     async def echo(
         self, stream: grpclib.server.Stream[HealthCheckRequest, HealthCheckResponse]
     ) -> None:
         self.streams.append(stream)
+        if self.trailer is not None:
+            add_trailer(stream, *self.trailer)
         request = await receive_message(stream, HealthCheckRequest, limit=1024)
         self.received.append(request)
         await stream.send_message(HealthCheckResponse(status=HealthCheckResponse.SERVING))
@@ -342,9 +346,19 @@ class Echoing:
     channel: Channel
     echo: Echo
 
-    async def call(self, service: str = "x", timeout: float = 5) -> HealthCheckResponse:
-        method = UnaryUnaryMethod(self.channel, ECHO_PATH, HealthCheckRequest, HealthCheckResponse)
-        return await method(HealthCheckRequest(service=service), timeout=timeout)
+    last_call: grpclib.client.Stream[HealthCheckRequest, HealthCheckResponse] | None = None
+
+    async def call(self, service: str = "x", timeout: float = 5) -> HealthCheckResponse | None:
+        self.last_call = call = self.channel.request(
+            ECHO_PATH,
+            Cardinality.UNARY_UNARY,
+            HealthCheckRequest,
+            HealthCheckResponse,
+            timeout=timeout,
+        )
+        async with call:
+            await call.send_message(HealthCheckRequest(service=service), end=True)
+            return await call.recv_message()
 
 
 @contextlib.asynccontextmanager
@@ -375,7 +389,8 @@ def instance_expectations(served: Echoing) -> list[Expect]:
     handler = getattr(protocol, "handler", None)
     h2_connection = getattr(connection, "_connection", None)
     stream = next(iter(served.echo.streams), None)
-    client_protocol = getattr(served.channel, "_protocol", None)
+    call = served.last_call
+    call_stream = getattr(call, "_stream", None)
     return [
         Expect("Server._mapping", server, "_mapping", of_type(dict), "a dict"),
         Expect("Server._codec", server, "_codec", of_type(CodecBase), "a CodecBase"),
@@ -511,14 +526,46 @@ def instance_expectations(served: Echoing) -> list[Expect]:
         ),
         Expect("Stream._messages_received", stream, "_messages_received", of_type(int), "an int"),
         Expect(
-            "Channel._protocol", served.channel, "_protocol", of_type(H2Protocol), "an H2Protocol"
+            "grpclib.client.Stream._stream",
+            call,
+            "_stream",
+            of_type(grpclib.protocol.Stream),
+            "a grpclib.protocol.Stream",
         ),
         Expect(
-            "H2Protocol.connection",
-            client_protocol,
-            "connection",
-            of_type(grpclib.protocol.Connection),
-            "a grpclib.protocol.Connection",
+            "grpclib.protocol.Stream._h2_connection",
+            call_stream,
+            "_h2_connection",
+            of_type(H2Connection),
+            "an h2 H2Connection",
+        ),
+        Expect(
+            "grpclib.protocol.Stream._transport",
+            call_stream,
+            "_transport",
+            lambda v: callable(getattr(v, "is_closing", None)),
+            "a transport",
+        ),
+        Expect(
+            "grpclib.protocol.Stream.headers",
+            call_stream,
+            "headers",
+            of_type(list),
+            "a list of the header fields received",
+        ),
+        Expect(
+            "grpclib.protocol.Stream.trailers",
+            call_stream,
+            "trailers",
+            of_type(list),
+            "a list of the trailer fields received",
+        ),
+        Expect(
+            "grpclib.protocol.Stream.send_headers",
+            getattr(stream, "_stream", None),
+            "send_headers",
+            inspect.iscoroutinefunction,
+            "a coroutine method",
         ),
     ]
 
@@ -572,15 +619,27 @@ async def test_receive_message_dispatches_recv_message_and_keeps_the_statistics(
 
 async def test_a_client_sees_the_goaway_of_close_connections(served: Echoing) -> None:
     await served.call()
-    before = told_to_go_away(served.channel)
+    call = served.last_call
+    assert call is not None
+    before = turned_away(call)
 
     served.server.close_connections()
     for _ in range(100):
-        if told_to_go_away(served.channel):
+        if turned_away(call):
             break
         await asyncio.sleep(0.02)
 
-    assert (before, told_to_go_away(served.channel)) == (False, True)
+    assert (before, turned_away(call)) == (False, True)
+
+
+async def test_a_trailer_grpclib_refuses_reaches_the_client(served: Echoing) -> None:
+    served.echo.trailer = ("grpc-retry-pushback-ms", "250")
+
+    await served.call()
+
+    assert served.last_call is not None
+    assert served.last_call.trailing_metadata == {}  # grpclib's metadata drops it
+    assert received_trailer(served.last_call, "grpc-retry-pushback-ms") == "250"
 
 
 def snapshot() -> dict[str, int]:

@@ -14,7 +14,8 @@ import hypothesis.strategies as st
 import pytest
 from conftest import StartServer, encode
 from grpclib.client import Channel
-from grpclib.const import Status
+from grpclib.client import Stream as ClientStream
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -30,7 +31,9 @@ from support.sample_models import GatedModel
 from emotion import Client, PipelineStub, Request, Response, Server, ServerConfig
 from emotion.config import ConnectionAge, Limits
 from emotion.contract import RUN_PIPELINE_PATH
+from emotion.errors import PUSHBACK
 from emotion.models.mock import MockModel
+from emotion.transport.client import received_trailer
 from emotion.transport.connection import QuietDataFrame, short_hex
 
 MiB = 1024 * 1024
@@ -83,9 +86,19 @@ async def test_the_size_cap_is_configurable_and_counts_the_whole_message(
     short = await start_server(limits=Limits(max_message_size=message_size - 1))
 
     assert await PipelineStub(connect(exact)).run_pipeline(Request(image=jpeg), timeout=10)
+    refused = connect(short).request(
+        RUN_PIPELINE_PATH, Cardinality.UNARY_UNARY, Request, Response, timeout=10
+    )
     with pytest.raises(GRPCError) as caught:
-        await PipelineStub(connect(short)).run_pipeline(Request(image=jpeg), timeout=10)
+        await _call(refused, Request(image=jpeg))
     assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    assert received_trailer(refused, PUSHBACK) == "-1"  # gRFC A6: no retry will mend it
+
+
+async def _call(call: ClientStream[Request, Response], request: Request) -> Response | None:
+    async with call:
+        await call.send_message(request, end=True)
+        return await call.recv_message()
 
 
 def _one_call(port: int, body: bytes) -> Outcome:

@@ -1,0 +1,180 @@
+"""A StreamPipeline call that survives its connection: cut, it goes on in a new call.
+
+A server retiring a connection (GOAWAY, --max-connection-age), a worker that
+dies, a restart or a drain ends the call under a stream. The stream then
+opens a new call, sends again the images sent but not yet answered, and goes
+on with the caller's next image: each answer is yielded once, in order, and
+the caller's iterator is asked for each image once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from typing import Any
+
+from grpclib.client import Channel, Stream
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.metadata import Deadline
+
+from emotion.client.retries import Retries, Tries
+from emotion.contract import STREAM_PIPELINE_PATH, Request, Response
+
+_Call = Stream[Request, Response]
+_IMAGE = re.compile(r"image (\d+): ")
+
+
+class Feed:
+    """The caller's images, each asked for once, whichever call ends up sending it.
+
+    An image the iterator fails to give (or ``check`` refuses) ends the feed;
+    the stream raises it once the images before it are answered.
+    """
+
+    def __init__(
+        self, images: AsyncIterable[bytes] | Iterable[bytes], check: Callable[[bytes], None]
+    ) -> None:
+        self._check = check
+        self._sync = None if isinstance(images, AsyncIterable) else iter(images)
+        self._async = aiter(images) if isinstance(images, AsyncIterable) else None
+        # The async iterator's next image, being awaited: kept when a call is cut.
+        self._next: asyncio.Future[bytes] | None = None
+        self.ended = False
+        self.failure: Exception | None = None
+
+    async def pull(self) -> bytes | None:
+        """The next image, or None once there are no more."""
+        if self.ended:
+            return None
+        try:
+            if self._async is None:
+                assert self._sync is not None
+                image = next(self._sync)
+            else:
+                if self._next is None:
+                    self._next = asyncio.ensure_future(anext(self._async))
+                # Shielded: cancelling the sender of a cut call must not
+                # cancel (and so end) the caller's generator.
+                image = await asyncio.shield(self._next)
+                self._next = None
+            self._check(image)
+        except (StopIteration, StopAsyncIteration):
+            self.ended = True
+            return None
+        except Exception as exc:
+            self._next = None
+            self.failure = exc
+            self.ended = True
+            return None
+        return image
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+
+
+async def stream_pipeline(
+    channel: Channel,
+    retries: Retries | None,
+    feed: Feed,
+    deadline: Deadline | None,
+    metadata: dict[str, str] | None,
+) -> AsyncGenerator[Response, None]:
+    """Answers to the feed's images, in order, over as many calls as it takes.
+
+    Without ``retries``, over one call. A stream that cannot go on (the
+    deadline passed, the retries are spent) raises the last call's error, with
+    a note of how many images were answered.
+    """
+    pending: collections.deque[bytes] = collections.deque()  # sent, not yet answered
+    tries: Tries | None = None
+    answered = 0
+    try:
+        while True:
+            if tries is not None and feed.ended and not pending:
+                break  # cut after its last answer: nothing is left to send
+            call: _Call = channel.request(
+                STREAM_PIPELINE_PATH,
+                Cardinality.STREAM_STREAM,
+                Request,
+                Response,
+                deadline=deadline,
+                metadata=metadata,
+            )
+            first = answered
+            delivering = False
+            try:
+                async with call:
+                    await call.send_request()
+                    sender = asyncio.ensure_future(_send(call, pending, feed))
+                    try:
+                        while (response := await call.recv_message()) is not None:
+                            if not pending:
+                                raise GRPCError(Status.INTERNAL, "an answer to no image")
+                            pending.popleft()
+                            answered += 1
+                            delivering = True
+                            yield response
+                            delivering = False
+                        if pending:  # ended as if answered, but not
+                            raise StreamTerminatedError(f"{len(pending)} images unanswered")
+                    finally:
+                        sender.cancel()
+                        sender.add_done_callback(_retrieve)
+            except Exception as exc:
+                if delivering:
+                    raise  # thrown in by the caller at an answer: not the call's
+                delay = None
+                if retries is not None:
+                    tries = tries or retries.tries(deadline)
+                    if answered > first:
+                        tries.progressed()
+                    delay = tries.after(exc, call)
+                if delay is None:
+                    final = _renumbered(exc, first)
+                    final.add_note(
+                        f"the stream answered {answered} images; "
+                        f"{len(pending)} sent were not answered"
+                    )
+                    if final is exc:
+                        raise
+                    raise final from None
+                await asyncio.sleep(delay)
+            else:
+                if retries is not None:
+                    retries.succeeded()
+                break
+    finally:
+        feed.close()
+    if feed.failure is not None:
+        raise feed.failure
+
+
+async def _send(call: _Call, pending: collections.deque[bytes], feed: Feed) -> None:
+    """Send again what a cut call left unanswered, then the feed's next images."""
+    for unanswered in list(pending):
+        await call.send_message(Request(image=unanswered))
+    while (image := await feed.pull()) is not None:
+        pending.append(image)  # before sending: a cut mid-send leaves it to send again
+        await call.send_message(Request(image=image))
+    await call.end()
+
+
+def _renumbered(exc: Exception, first: int) -> Exception:
+    """The server numbers a bad image from its call's first; number it from the stream's."""
+    if not first or not isinstance(exc, GRPCError) or exc.message is None:
+        return exc
+    found = _IMAGE.match(exc.message)
+    if found is None:
+        return exc
+    message = f"image {int(found.group(1)) + first}: {exc.message[found.end() :]}"
+    return GRPCError(exc.status, message, exc.details)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Take a finished sender's error, if any: the answers' side reports the call's."""
+    if not task.cancelled():
+        task.exception()
