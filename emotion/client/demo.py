@@ -25,11 +25,15 @@ from PIL import Image
 from emotion.client.annotate import annotate, top_expression
 from emotion.client.client import Client
 from emotion.client.predict import response_to_dict
-from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DemoOptions
+from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DemoOptions, RetryPolicy
 from emotion.contract import EXPRESSION_FIELDS, Response
 from emotion.decode import InvalidImage, decode_image
 
 log = logging.getLogger(__name__)
+
+#: A person watches the page: a server that went away is said so within 2 s,
+#: not after the 10 s a program's call waits for a restart.
+_PAGE_RETRY = RetryPolicy(wait_for_server=2.0)
 
 #: Columns of the face table: where, what, and the seven probabilities.
 TABLE_HEADERS = ["face", "box (x1, y1, x2, y2)", "expression", *EXPRESSION_FIELDS]
@@ -148,7 +152,11 @@ class Demo:
         if self._client is None or self._loop is not loop:
             options = self.options
             self._client = Client(
-                options.target, timeout=options.timeout, tls=options.tls, token=options.token
+                options.target,
+                timeout=options.timeout,
+                tls=options.tls,
+                token=options.token,
+                retry=_PAGE_RETRY,
             )
             self._loop = loop
         return self._client
