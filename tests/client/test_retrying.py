@@ -1,7 +1,7 @@
 """emotion.Client across the ordinary events of a deployment: real servers, real calls.
 
-A scripted server fails calls as a test says; the others are emotion's own,
-in-process or as `emotion serve` with workers.
+A scripted server (support.scripted) fails calls as a test says; the others
+are emotion's own, in-process or as `emotion serve` with workers.
 """
 
 from __future__ import annotations
@@ -9,73 +9,26 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-import grpclib.const
-import grpclib.server
 import pytest
 from conftest import StartServer, encode, gradient
-from grpclib.const import Cardinality, Status
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Stream
 from support.sample_models import SizeModel
-from support.served import start_serving, worker_pids
+from support.scripted import QUICK, Scripted, serve_scripted
+from support.served import serving_workers, start_serving
 
-from emotion import Client, Request, Response, Result, RetryPolicy, Server, ServerConfig
-from emotion.codec import ProtobufCodec
+from emotion import Client, Response, Result, RetryPolicy, Server, ServerConfig
 from emotion.config import ConnectionAge
-from emotion.contract import RUN_PIPELINE_PATH
-from emotion.errors import PUSHBACK
 from emotion.serving.admission import State
-from emotion.transport.trailers import add_trailer
-
-#: Retries without waiting long: the tests measure what they wait for.
-QUICK = RetryPolicy(initial_backoff=0.01, max_backoff=0.01)
-
-
-class Scripted:
-    """Answers RunPipeline with the failures it is given, in turn, then with an answer.
-
-    Each failure is a status and the pushback to send with it (None: none).
-    """
-
-    def __init__(self) -> None:
-        self.failures: list[tuple[Status, str | None]] = []
-        self.always: tuple[Status, str | None] | None = None
-        self.delay = 0.0
-        self.tries: list[float] = []  # when each try arrived
-
-    async def _unary(self, stream: Stream[Request, Response]) -> None:
-        self.tries.append(time.monotonic())
-        await stream.recv_message()
-        await asyncio.sleep(self.delay)
-        failure = self.failures.pop(0) if self.failures else self.always
-        if failure is None:
-            await stream.send_message(Response(response=[Result()]))
-            return
-        status, pushback = failure
-        if pushback is not None:
-            add_trailer(stream, PUSHBACK, pushback)
-        await stream.send_trailing_metadata(status=status, status_message="scripted")
-
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        unary = Cardinality.UNARY_UNARY
-        return {RUN_PIPELINE_PATH: grpclib.const.Handler(self._unary, unary, Request, Response)}
 
 
 @pytest.fixture
 async def scripted() -> AsyncIterator[tuple[Scripted, str]]:
-    service = Scripted()
-    server = grpclib.server.Server([service], codec=ProtobufCodec())
-    listener = socket.create_server(("127.0.0.1", 0))
-    await server.start(sock=listener)
-    port = listener.getsockname()[1]
-    yield service, f"127.0.0.1:{port}"
-    server.close()
-    await server.wait_closed()
+    async with serve_scripted() as found:
+        yield found
 
 
 async def test_unavailable_is_retried_until_the_server_answers_unless_retries_are_off(
@@ -232,26 +185,6 @@ async def test_a_drain_ends_a_stream_after_the_images_it_took_and_a_restart_take
     assert answered_widths(answers) == widths(20)
     assert camera.pulled == 20
     assert took < 5  # the drain did not wait out the grace for the stream
-
-
-def serving_workers(supervisor: int, port: int) -> set[int]:
-    """The workers holding an open connection accepted on ``port``."""
-    sockets = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            fields = row.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "01":  # ESTABLISHED
-                sockets.add(f"socket:[{fields[9]}]")
-    found = set()
-    for pid in worker_pids(supervisor):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(fd) in sockets:
-                    found.add(pid)
-            except OSError:
-                continue
-    return found
 
 
 async def test_a_worker_killed_under_load_fails_no_call(jpeg: bytes) -> None:

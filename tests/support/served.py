@@ -197,3 +197,23 @@ def inference_processes_in(folder: str | Path) -> set[int]:
 def worker_pids(pid: int) -> set[int]:
     """Worker processes of the supervisor ``pid`` (not multiprocessing's resource tracker)."""
     return {child for child in children(pid) if b"spawn_main" in command_line(child)}
+
+
+def serving_workers(supervisor: int, port: int) -> set[int]:
+    """The workers holding an open connection accepted on ``port``."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # ESTABLISHED
+                sockets.add(f"socket:[{fields[9]}]")
+    found = set()
+    for pid in worker_pids(supervisor):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in sockets:
+                    found.add(pid)
+            except OSError:
+                continue
+    return found
