@@ -11,7 +11,7 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
-    from emotion.client import Client
+    from emotion.client import Client, SyncClient
     from emotion.codec import InvalidMessage
     from emotion.config import ClientTls, Limits, RetryPolicy, ServerConfig
     from emotion.contract import BBox, Expression, PipelineStub, Request, Response, Result
@@ -35,6 +35,7 @@ _HOMES = {
     "RetryPolicy": "emotion.config",
     "Server": "emotion.serving.server",
     "ServerConfig": "emotion.config",
+    "SyncClient": "emotion.client",
     "load_model": "emotion.model",
 }
 
@@ -54,6 +55,7 @@ __all__ = [
     "RetryPolicy",
     "Server",
     "ServerConfig",
+    "SyncClient",
     "load_model",
 ]
 

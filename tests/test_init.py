@@ -22,6 +22,7 @@ PUBLIC = [
     "RetryPolicy",
     "Server",
     "ServerConfig",
+    "SyncClient",
     "load_model",
 ]
 
