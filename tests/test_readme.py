@@ -27,6 +27,7 @@ CLIENT_SNIPPETS = (
     "PipelineStub(channel)",
     "grpc.service_config",
     "RetryPolicy(max_attempts=8",
+    "ThreadPoolExecutor(4)",
 )
 MODEL_SNIPPETS = ("# mypkg/mymodel.py", "# tests/test_mymodel.py")
 #: Snippets, by a line each contains, that no test runs, and why.
