@@ -26,7 +26,7 @@ from support.sample_models import SizeModel
 from support.scripted import Scripted, serve_scripted
 from support.served import serving_workers, start_serving
 
-from emotion import Client, Response, SyncClient
+from emotion import Client, Response, Server, ServerConfig, SyncClient
 from emotion.config import ConnectionAge
 
 T = TypeVar("T")
@@ -178,45 +178,81 @@ async def test_a_stream_goes_on_across_connection_ages_reading_images_in_the_cal
     assert server.connections_accepted >= 2  # it did cross an age
 
 
+class Load:
+    """Threads calling predict on one SyncClient until stopped, and what their calls met."""
+
+    def __init__(self, client: SyncClient, image: bytes, threads: int = 4) -> None:
+        self.failures: list[BaseException] = []
+        self.answered = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._call, args=(client, image)) for _ in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _call(self, client: SyncClient, image: bytes) -> None:
+        while not self._stop.is_set():
+            try:
+                client.predict(image)
+            except Exception as exc:
+                self.failures.append(exc)
+            else:
+                with self._lock:
+                    self.answered += 1
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+
+
 async def test_a_worker_killed_under_load_fails_no_call(jpeg: bytes) -> None:
     served = await start_serving(
         "--port", "0", "--workers", "2", "--inference-processes", "1",
         "--model", "emotion.models.mock:MockModel",
     )  # fmt: skip
-    failures: list[BaseException] = []
-    answered_after_the_kill = 0
-    killed, stop = threading.Event(), threading.Event()
-
-    def caller(client: SyncClient) -> None:
-        nonlocal answered_after_the_kill
-        while not stop.is_set():
-            try:
-                client.predict(jpeg)
-            except Exception as exc:
-                failures.append(exc)
-            else:
-                answered_after_the_kill += killed.is_set()
-
     try:
         with SyncClient(served.target, timeout=5) as client:
-            callers = [threading.Thread(target=caller, args=(client,)) for _ in range(4)]
-            for thread in callers:
-                thread.start()
+            load = Load(client, jpeg)
             try:
                 await asyncio.sleep(1.5)
                 [worker] = serving_workers(served.process.pid, served.port)  # the client's one
                 os.kill(worker, signal.SIGKILL)
-                killed.set()
+                answered_before = load.answered
                 await asyncio.sleep(2)
             finally:
-                stop.set()
-                for thread in callers:
-                    await asyncio.to_thread(thread.join)
+                await load.stop()
     finally:
         await served.stop()
 
-    assert failures == []
-    assert answered_after_the_kill > 0
+    assert load.failures == []
+    assert load.answered > answered_before
+
+
+async def test_a_server_stopped_and_started_again_on_its_port_fails_no_call(
+    start_server: StartServer, jpeg: bytes
+) -> None:
+    first = await start_server(SizeModel())
+    second = Server(SizeModel(), ServerConfig(port=first.port))
+    try:
+        with SyncClient(f"127.0.0.1:{first.port}", timeout=5) as client:
+            load = Load(client, jpeg)
+            try:
+                await asyncio.sleep(0.5)
+                await first.stop(grace=1)
+                answered_before = load.answered
+                await asyncio.sleep(0.5)  # refused meanwhile: the calls wait for it
+                await second.start()
+                await asyncio.sleep(1)
+            finally:
+                await load.stop()
+    finally:
+        await second.stop(grace=0)
+
+    assert load.failures == []
+    assert load.answered > answered_before
 
 
 async def test_close_ends_the_calls_and_the_thread_and_a_call_after_it_says_closed(
