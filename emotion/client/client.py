@@ -152,6 +152,9 @@ class Client:
             )
 
     def close(self) -> None:
+        """Close the connection; a call it cuts raises, however the retries are set."""
+        if self._retries is not None:
+            self._retries.closed = True
         self._channel.close()
 
     async def __aenter__(self) -> Client:

@@ -114,6 +114,9 @@ class Retries:
         self.clock = clock
         #: Whether a call ever reached the server: a refused connection is then a restart.
         self.reached = False
+        #: Set when the client closes: a call cut by the close is not tried again,
+        #: which would open the closed channel anew.
+        self.closed = False
 
     def succeeded(self) -> None:
         self.reached = True
@@ -152,6 +155,8 @@ class Tries:
 
     def after(self, exc: BaseException, call: Stream[Any, Any] | None) -> float | None:
         """Seconds to wait before the next try after ``exc``; None to give up and raise it."""
+        if self._retries.closed:
+            return None
         if isinstance(exc, (GRPCError, StreamTerminatedError)):
             self._retries.reached = True
         return self.next(classify(exc, call, self._retries.policy), pushback(call))

@@ -52,6 +52,24 @@ async def test_unavailable_is_retried_until_the_server_answers_unless_retries_ar
     assert len(service.tries) == 1
 
 
+async def test_a_call_cut_by_closing_the_client_raises_and_is_not_tried_again(
+    scripted: tuple[Scripted, str], jpeg: bytes
+) -> None:
+    service, target = scripted
+    service.delay = 30
+    client = Client(target, timeout=60, retry=QUICK)
+    call = asyncio.ensure_future(client.predict(jpeg))
+    while not service.tries:  # noqa: ASYNC110 - a count to watch, not an event
+        await asyncio.sleep(0.01)
+
+    client.close()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - however grpclib words the cut
+        await asyncio.wait_for(call, 5)
+    await asyncio.sleep(0.2)  # a retry would have arrived by now
+
+    assert len(service.tries) == 1
+
+
 async def test_the_server_s_pushback_is_waited_and_a_negative_one_is_not_retried(
     scripted: tuple[Scripted, str], jpeg: bytes
 ) -> None:
