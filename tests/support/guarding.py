@@ -78,9 +78,12 @@ def zero_window(port: int, message: bytes, calls: int) -> RawConnection:
 
 
 def reset_until_goaway(port: int, body: bytes, limit: int) -> tuple[int, ErrorCodes | int | None]:
-    """Rapid Reset on one connection until the server sends GOAWAY; how many streams it took.
+    """Rapid Reset on one connection until the server sends GOAWAY: streams it read, and its code.
 
-    Each stream gets HEADERS, ``body`` (as the windows allow) and RST_STREAM at once.
+    Each stream gets HEADERS, ``body`` (as the windows allow) and RST_STREAM
+    at once. The streams are counted by the GOAWAY's last stream id, not by
+    what was sent: the client, in the server's process, may send hundreds
+    more before the GOAWAY reaches it (tiny ones, once the windows are spent).
     """
     connection = RawConnection(port)
     try:
@@ -89,7 +92,8 @@ def reset_until_goaway(port: int, body: bytes, limit: int) -> tuple[int, ErrorCo
             connection.reset_early(body)
             sent += 1
         connection.wait_closed(5)
-        return sent, connection.goaway
+        last = connection.goaway_last_stream
+        return (sent if last is None else (last + 1) // 2), connection.goaway
     finally:
         connection.close()
 

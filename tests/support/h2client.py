@@ -49,6 +49,8 @@ class RawConnection:
     settings: dict[int, int] = field(default_factory=dict)
     #: The error code of the server's GOAWAY, once one came.
     goaway: ErrorCodes | int | None = None
+    #: The last stream the server says it read, in that GOAWAY.
+    goaway_last_stream: int | None = None
     #: Whether to give the server's DATA back to its windows (WINDOW_UPDATE) as it is read.
     acknowledge: bool = True
 
@@ -224,6 +226,7 @@ class RawConnection:
         for event in self._events(data):
             if isinstance(event, ConnectionTerminated):
                 self.goaway = event.error_code
+                self.goaway_last_stream = event.last_stream_id
                 continue
             stream_id = getattr(event, "stream_id", 0)
             if stream_id and stream_id not in self._outcomes:

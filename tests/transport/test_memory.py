@@ -94,8 +94,8 @@ def rapid_reset_attack(connections: int) -> Attack:
 
     def attack(port: int) -> None:
         def one() -> tuple[int | None, int]:
-            sent, goaway = reset_until_goaway(port, body, 1000)
-            return goaway, sent
+            read, goaway = reset_until_goaway(port, body, 5000)
+            return goaway, read
 
         at_once(connections, one)
 
