@@ -98,6 +98,19 @@ class BoundedFrameBuffer(FrameBuffer):
         return super()._update_header_buffer(f)
 
 
+def _bare(exc: ProtocolError) -> ProtocolError:
+    """``exc`` without its traceback and the errors it came from, kept only for its message.
+
+    Its traceback holds the frames it went through, and their locals: the
+    connection that keeps it, the data being read (up to 256 KiB) and the
+    frame refused (a 1 MiB CONTINUATION, say). That cycle only a full garbage
+    collection frees, rare in a worker: each header-block or Rapid Reset
+    attack left its connections there (benchmarks/README.md).
+    """
+    exc.__traceback__ = exc.__cause__ = exc.__context__ = None
+    return exc
+
+
 class H2ServerConnection(H2Connection):
     """h2's connection announcing a larger frame size in its very first SETTINGS.
 
@@ -152,7 +165,7 @@ class H2ServerConnection(H2Connection):
         try:
             return super().receive_data(data)
         except ProtocolError as exc:
-            self.failure = exc
+            self.failure = _bare(exc)
             return []
 
     def _receive_frame(self, frame: Frame) -> list[Event]:

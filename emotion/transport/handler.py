@@ -51,7 +51,7 @@ def _forget_error(stream: grpclib.protocol.Stream) -> None:
     wrapper among its locals, and ours with the request. Nothing else refers
     to them, but only a full garbage collection (rare in a worker with many
     long-lived objects) would free them: each zero-window attack added its
-    requests' images to the worker for good (tests/test_memory.py).
+    requests' images to the worker for good (tests/transport/test_memory.py).
     """
     wrapper = stream.wrapper
     if wrapper is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from grpclib.client import Channel
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import SettingsFrame
+from hyperframe.frame import ContinuationFrame, HeadersFrame, SettingsFrame
 
 from emotion import PipelineStub, Request, Server
 from support.h2client import RawConnection
@@ -75,6 +75,34 @@ def zero_window(port: int, message: bytes, calls: int) -> RawConnection:
     for _ in range(calls):
         connection.send_whole(connection.open(connection.headers()), message)
     return connection
+
+
+def reset_until_goaway(port: int, body: bytes, limit: int) -> tuple[int, ErrorCodes | int | None]:
+    """Rapid Reset on one connection until the server sends GOAWAY: streams it read, and its code.
+
+    Each stream gets HEADERS, ``body`` (as the windows allow) and RST_STREAM
+    at once. The streams are counted by the GOAWAY's last stream id, not by
+    what was sent: the client, in the server's process, may send hundreds
+    more before the GOAWAY reaches it (tiny ones, once the windows are spent).
+    """
+    connection = RawConnection(port)
+    try:
+        sent = 0
+        while connection.goaway is None and not connection.closed and sent < limit:
+            connection.reset_early(body)
+            sent += 1
+        connection.wait_closed(5)
+        last = connection.goaway_last_stream
+        return (sent if last is None else (last + 1) // 2), connection.goaway
+    finally:
+        connection.close()
+
+
+def unfinished_header_block(frames: int, size: int) -> list[bytes]:
+    """HEADERS without END_HEADERS, then ``frames`` CONTINUATIONs of ``size`` bytes: never ended."""
+    headers = HeadersFrame(1, b"\x82" + bytes(1023))  # :method GET, then padding the decoder
+    continuation = ContinuationFrame(1, bytes(size)).serialize()
+    return [headers.serialize(), *[continuation] * frames]
 
 
 def send_frames(port: int, frames: list[bytes]) -> tuple[ErrorCodes | int | None, bool]:

@@ -15,7 +15,7 @@ from conftest import StartServer
 from grpclib.client import Channel
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import ContinuationFrame, HeadersFrame
+from hyperframe.frame import HeadersFrame
 from support.guarding import (
     PREFACE,
     SETTINGS,
@@ -23,8 +23,10 @@ from support.guarding import (
     Peak,
     goaway_code,
     legitimate,
+    reset_until_goaway,
     send_frames,
     silent,
+    unfinished_header_block,
 )
 from support.h2client import RawConnection, framed
 
@@ -43,20 +45,6 @@ def _taken(connection: RawConnection) -> int:
     """
     assert connection.goaway_last_stream is not None
     return (connection.goaway_last_stream + 1) // 2  # client streams are odd: 1, 3, 5, ...
-
-
-def _reset_until_goaway(port: int, body: bytes, limit: int) -> tuple[int, ErrorCodes | int | None]:
-    """Reset streams on one connection until the server sends GOAWAY; how many it took."""
-    connection = RawConnection(port)
-    try:
-        sent = 0
-        while connection.goaway is None and not connection.closed and sent < limit:
-            connection.reset_early(body)
-            sent += 1
-        connection.wait_closed(5)
-        return _taken(connection), connection.goaway
-    finally:
-        connection.close()
 
 
 async def test_rapid_reset_gives_the_window_back_then_gets_goaway(
@@ -98,13 +86,11 @@ async def test_rapid_reset_on_many_connections_keeps_memory_bounded(
     body = framed(b"\x0a" + bytes(64 * 1024))
 
     async with Peak() as memory:
-        attacks = [
-            asyncio.to_thread(_reset_until_goaway, server.port, body, 5000) for _ in range(4)
-        ]
+        attacks = [asyncio.to_thread(reset_until_goaway, server.port, body, 5000) for _ in range(4)]
         for _ in range(3):  # each attacker reconnects after its GOAWAY
             results = await asyncio.gather(*attacks, legitimate(server, connect, jpeg))
             attacks = [
-                asyncio.to_thread(_reset_until_goaway, server.port, body, 5000) for _ in range(4)
+                asyncio.to_thread(reset_until_goaway, server.port, body, 5000) for _ in range(4)
             ]
             for taken, goaway in results[:4]:  # type: ignore[misc]
                 assert goaway == ErrorCodes.ENHANCE_YOUR_CALM
@@ -167,20 +153,12 @@ async def test_the_defaults_are_advertised(start_server: StartServer) -> None:
 # --- Header blocks bounded as they arrive ---------------------------------------------------
 
 
-def _unfinished_header_block(megabytes: int) -> list[bytes]:
-    """HEADERS without END_HEADERS, then CONTINUATION frames of 64 KiB that never end it."""
-    headers = HeadersFrame(1, b"\x82" + bytes(1023))  # :method GET, then padding the decoder
-    continuations = [
-        ContinuationFrame(1, bytes(64 * 1024)).serialize() for _ in range(16 * megabytes)
-    ]
-    return [headers.serialize(), *continuations]
-
-
 async def test_a_header_block_that_never_ends_is_cut_off_at_the_header_list_limit(
     start_server: StartServer, connect: Callable[[Server], Channel], jpeg: bytes
 ) -> None:
     server = await start_server()
-    block = _unfinished_header_block(4)  # 4 MiB, made once: the client runs in this process too
+    # 4 MiB in frames of 64 KiB, made once: the client runs in this process too.
+    block = unfinished_header_block(64, 64 * 1024)
 
     async with Peak() as memory:
         results = await asyncio.gather(

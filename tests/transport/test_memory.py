@@ -1,11 +1,14 @@
 """A worker's memory after attacks: what they held is freed with their connections, and returned.
 
-Calls cancelled with their connection free their requests at once, without
-waiting for the garbage collector; freed memory is handed back to the system
-(glibc's malloc_trim) at most once per TRIM_DELAY; and `emotion serve` with
-the mock model, in a subprocess, returns to its resident memory (read from
-/proc) after zero-window attacks: 50 calls of a 1.3 MB image each, whose
-answers are never read.
+Calls cancelled with their connection free their requests at once, and
+connections closed for abuse free themselves, without waiting for the
+garbage collector; freed memory is handed back to the system (glibc's
+malloc_trim) at most once per TRIM_DELAY; and `emotion serve` with the mock
+model, in a subprocess, returns to its resident memory (read from /proc)
+after attacks repeated 3 times: zero-window (50 calls of a 1.3 MB image
+whose answers are never read), header-block (header blocks of 1 MiB
+CONTINUATIONs that never end) and Rapid Reset (streams of 64 KiB reset at
+once, until GOAWAY).
 """
 
 from __future__ import annotations
@@ -15,22 +18,30 @@ import gc
 import io
 import random
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from conftest import StartServer
 from grpclib.client import Channel
+from h2.errors import ErrorCodes
 from PIL import Image
-from support.guarding import zero_window
+from support.guarding import reset_until_goaway, send_frames, unfinished_header_block, zero_window
 from support.h2client import Outcome, RawConnection, framed
 from support.sample_models import GatedModel
-from support.served import Served, resident, start_serving, worker_pids
+from support.served import resident, start_serving, worker_pids
 
 from emotion import PipelineStub, Request
 from emotion.transport import heap
+from emotion.transport.connection import H2ServerConnection
 from emotion.transport.heap import TRIM_DELAY
+from emotion.transport.protocol import ServerProtocol
 
 MiB = 1024 * 1024
 #: How far above its RSS before the attacks the worker may end up.
 MARGIN = 10 * MiB
+#: An attack on a server's port; it returns once its connections are closed.
+Attack = Callable[[int], None]
 
 
 def noise_jpeg(width: int = 1200, height: int = 960) -> bytes:
@@ -41,29 +52,64 @@ def noise_jpeg(width: int = 1200, height: int = 960) -> bytes:
     return buffer.getvalue()
 
 
-def attack(port: int, message: bytes) -> list[RawConnection]:
+def zero_window_attack(message: bytes) -> Attack:
     """2 connections, 25 calls each with ``message``, until every answer waits on a zero window."""
-    connections = [zero_window(port, message, 25) for _ in range(2)]
-    for connection in connections:
-        streams = [connection.outcome(s) for s in range(1, 50, 2)]
 
-        def answered(streams: list[Outcome] = streams) -> bool:
-            return all(s.answered for s in streams)
+    def attack(port: int) -> None:
+        connections = [zero_window(port, message, 25) for _ in range(2)]
+        for connection in connections:
+            streams = [connection.outcome(s) for s in range(1, 50, 2)]
 
-        connection.until(answered, timeout=30)
-        assert [(s.answered, s.data, s.status) for s in streams] == [(True, b"", None)] * 25
-    return connections
+            def answered(streams: list[Outcome] = streams) -> bool:
+                return all(s.answered for s in streams)
+
+            connection.until(answered, timeout=30)
+            assert [(s.answered, s.data, s.status) for s in streams] == [(True, b"", None)] * 25
+        for connection in connections:
+            connection.close()
+
+    return attack
 
 
-async def attacked(served: Served, worker: int, message: bytes) -> int:
-    """The worker's peak RSS while an attack runs; its connections are closed on return."""
+def at_once(connections: int, one: Callable[[], tuple[int | None, object]]) -> None:
+    """``one`` on ``connections`` connections at once; each ends with GOAWAY ENHANCE_YOUR_CALM."""
+    with ThreadPoolExecutor(connections) as pool:
+        ends = list(pool.map(lambda _: one(), range(connections)))
+    assert [code for code, _ in ends] == [ErrorCodes.ENHANCE_YOUR_CALM] * connections
+
+
+def header_block_attack(connections: int) -> Attack:
+    """Connections each sending HEADERS and 1 MiB CONTINUATIONs (the largest frame allowed)."""
+    block = unfinished_header_block(4, MiB)
+
+    def attack(port: int) -> None:
+        at_once(connections, lambda: send_frames(port, block))
+
+    return attack
+
+
+def rapid_reset_attack(connections: int) -> Attack:
+    """Connections each opening streams with 64 KiB of body and resetting them, until GOAWAY."""
+    body = framed(b"\x0a" + bytes(64 * 1024))
+
+    def attack(port: int) -> None:
+        def one() -> tuple[int | None, int]:
+            read, goaway = reset_until_goaway(port, body, 5000)
+            return goaway, read
+
+        at_once(connections, one)
+
+    return attack
+
+
+async def attacked(worker: int, port: int, attack: Attack) -> int:
+    """The worker's peak RSS while ``attack`` runs."""
     peak = resident(worker)
-    running = asyncio.ensure_future(asyncio.to_thread(attack, served.port, message))
+    running = asyncio.ensure_future(asyncio.to_thread(attack, port))
     while not running.done():
         peak = max(peak, resident(worker))
         await asyncio.sleep(0.05)
-    for connection in await running:
-        connection.close()
+    await running
     return peak
 
 
@@ -77,9 +123,19 @@ async def settled(worker: int, below: int, timeout: float = 10) -> int:
     return now
 
 
-async def test_zero_window_attacks_leave_the_worker_as_it_was() -> None:
+ATTACKS: dict[str, Callable[[], Attack]] = {
+    "zero-window": lambda: zero_window_attack(framed(bytes(Request(image=noise_jpeg())))),
+    # Each connection left 1-1.5 MiB (header-block) or 0.5-1 MiB (Rapid Reset) in
+    # the worker until a full collection, which a worker runs rarely.
+    "header-block": lambda: header_block_attack(16),
+    "rapid-reset": lambda: rapid_reset_attack(12),
+}
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+async def test_attacks_repeated_leave_the_worker_as_it_was(name: str) -> None:
+    attack = ATTACKS[name]()
     image = noise_jpeg()
-    message = framed(bytes(Request(image=image)))
     served = await start_serving(
         "--port",
         "0",
@@ -105,7 +161,7 @@ async def test_zero_window_attacks_leave_the_worker_as_it_was() -> None:
         before = resident(worker)
         rounds = []
         for _ in range(3):
-            peak = await attacked(served, worker, message)
+            peak = await attacked(worker, served.port, attack)
             rounds.append((peak, await settled(worker, before + MARGIN)))
     finally:
         served.process.terminate()
@@ -159,3 +215,33 @@ async def test_trims_asked_for_together_are_one_trim() -> None:
     assert heap.trims_done() == done
     await asyncio.sleep(TRIM_DELAY)
     assert heap.trims_done() == done + (1 if heap.trim() else 0)
+
+
+def alive(kind: type) -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is kind)
+
+
+@pytest.mark.parametrize("name", ["header-block", "rapid-reset"])
+async def test_connections_closed_for_abuse_are_freed_at_once_and_trimmed(
+    start_server: StartServer, name: str
+) -> None:
+    server = await start_server()
+    assert server._grpc is not None
+    attack = header_block_attack(2) if name == "header-block" else rapid_reset_attack(2)
+    trims = heap.trims_done()
+    gc.collect()  # what earlier tests left
+    gc.disable()  # freed here by reference counting alone, or not at all
+    try:
+        await asyncio.to_thread(attack, server.port)
+        for _ in range(100):  # the server closes a second after its GOAWAY
+            if not server._grpc.connections_open:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        left = (alive(ServerProtocol), alive(H2ServerConnection))
+    finally:
+        gc.enable()
+    await asyncio.sleep(TRIM_DELAY + 0.5)  # each received over a MiB: its end asks for a trim
+
+    assert (server._grpc.connections_open, left) == (0, (0, 0))
+    assert heap.trims_done() > trims or not heap.trim()
