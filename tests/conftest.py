@@ -6,7 +6,7 @@ import asyncio
 import io
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,39 @@ from emotion import Model, PipelineStub, Server, ServerConfig
 from emotion.models.mock import MockModel
 
 TESTS = Path(__file__).resolve().parent
+
+#: Processes started in this process so far: subprocess.Popen's audit event,
+#: which asyncio's subprocesses and the inference pool raise too.
+_started = 0
+_STARTED_BEFORE = pytest.StashKey[int]()
+
+
+def _count_started(event: str, args: tuple[object, ...]) -> None:
+    global _started
+    if event == "subprocess.Popen":
+        _started += 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.addaudithook(_count_started)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_STARTED_BEFORE] = _started
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """Keep the subprocess marker true: a test that starts a process and lacks it fails."""
+    yield
+    if _started > item.stash.get(_STARTED_BEFORE, _started) and not item.get_closest_marker(
+        "subprocess"
+    ):
+        pytest.fail(
+            f"{item.nodeid} starts processes: mark it @pytest.mark.subprocess", pytrace=False
+        )
+
 
 StartServer = Callable[..., Awaitable[Server]]
 

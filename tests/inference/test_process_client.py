@@ -44,6 +44,9 @@ from emotion.model import Model, spec_of
 from emotion.runtime import available_cpus
 from emotion.serving.sockets import free_port
 
+# Every test here starts processes.
+pytestmark = pytest.mark.subprocess
+
 Connect = Callable[[Server], Channel]
 
 

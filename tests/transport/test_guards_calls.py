@@ -201,6 +201,7 @@ async def test_connections_over_the_limit_get_goaway_and_the_others_stay(
         connection.close()
 
 
+@pytest.mark.subprocess
 async def test_the_listening_backlog_is_1024(server: Server) -> None:
     listing = await asyncio.create_subprocess_exec(
         "ss", "-ltnH", f"sport = :{server.port}", stdout=asyncio.subprocess.PIPE
