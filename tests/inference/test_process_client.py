@@ -437,6 +437,7 @@ async def pid_server(jpeg: bytes, *args: str, **env: str) -> PidServer:
     return PidServer(served.process.pid, inference, workers, answered, log)
 
 
+@pytest.mark.default_layout
 @pytest.mark.parametrize(
     ("args", "in_pool"),
     [([], True), (["--max-batch-size", "2"], False), (["--inference-processes", "0"], False)],

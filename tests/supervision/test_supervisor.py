@@ -111,6 +111,7 @@ async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
     assert await answering_pids(served, jpeg) == after
 
 
+@pytest.mark.default_layout
 @pytest.mark.subprocess
 async def test_sigterm_drains_every_worker_and_exits_0(cleanup: list[Served], jpeg: bytes) -> None:
     served = await start("--workers", "2", "--model", "support.sample_models:PidModel")
