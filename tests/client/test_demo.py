@@ -67,7 +67,8 @@ class Served:
         while time.monotonic() < deadline:
             text = log.read_text()
             found = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
-            if found and "serving" in text:
+            # "model ... loaded in ...; serving": the logger's name (emotion.serving) is no sign.
+            if found and "; serving" in text:
                 self.port = int(found.group(1))
                 return
             if self.process.poll() is not None:
