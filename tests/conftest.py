@@ -40,6 +40,8 @@ def _count_started(event: str, args: tuple[object, ...]) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global small_layout
+    small_layout = True
     sys.addaudithook(_count_started)
 
 
@@ -139,7 +141,8 @@ EMOTION = [sys.executable, "-m", "emotion"]
 #: What `emotion serve` started by a test's helpers runs unless the test names it
 #: (flag or variable): one worker and one inference process. The default, one of
 #: each per CPU, would start dozens of interpreters per test on a large CI machine.
-#: Off outside pytest (tests/soak.py uses the helpers too); see `_serve_layout`.
+#: On under pytest (pytest_configure), off outside it: tests/soak.py uses the
+#: helpers too. Tests marked default_layout turn it off (`_serve_layout`).
 SMALL_LAYOUT = {
     "--workers": "EMOTION_WORKERS",
     "--inference-processes": "EMOTION_INFERENCE_PROCESSES",
@@ -165,11 +168,14 @@ def serve_args(args: Sequence[str], env: Mapping[str, str]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _serve_layout(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The helpers size `emotion serve` down, unless the test is marked default_layout."""
+    """A test marked default_layout gets emotion's own layout from the helpers."""
     global small_layout
-    small_layout = request.node.get_closest_marker("default_layout") is None
-    yield
+    if request.node.get_closest_marker("default_layout") is None:
+        yield
+        return
     small_layout = False
+    yield
+    small_layout = True
 
 
 async def run_emotion(*args: str, **env: str) -> tuple[int, str, str]:
