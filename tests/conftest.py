@@ -6,7 +6,15 @@ import asyncio
 import io
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 
 import pytest
@@ -19,6 +27,41 @@ from emotion.models.mock import MockModel
 from emotion.serving.wiring import Wiring
 
 TESTS = Path(__file__).resolve().parent
+
+#: Processes started in this process so far: subprocess.Popen's audit event,
+#: which asyncio's subprocesses and the inference pool raise too.
+_started = 0
+_STARTED_BEFORE = pytest.StashKey[int]()
+
+
+def _count_started(event: str, args: tuple[object, ...]) -> None:
+    global _started
+    if event == "subprocess.Popen":
+        _started += 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global small_layout
+    small_layout = True
+    sys.addaudithook(_count_started)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_STARTED_BEFORE] = _started
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """Keep the subprocess marker true: a test that starts a process and lacks it fails."""
+    yield
+    if _started > item.stash.get(_STARTED_BEFORE, _started) and not item.get_closest_marker(
+        "subprocess"
+    ):
+        pytest.fail(
+            f"{item.nodeid} starts processes: mark it @pytest.mark.subprocess", pytrace=False
+        )
+
 
 StartServer = Callable[..., Awaitable[Server]]
 
@@ -103,15 +146,61 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 EMOTION = [sys.executable, "-m", "emotion"]
 
+#: What `emotion serve` started by a test's helpers runs unless the test names it
+#: (flag or variable): one worker and one inference process. The default, one of
+#: each per CPU, would start dozens of interpreters per test on a large CI machine.
+#: On under pytest (pytest_configure), off outside it: tests/soak.py uses the
+#: helpers too. Tests marked default_layout turn it off (`_serve_layout`).
+SMALL_LAYOUT = {
+    "--workers": "EMOTION_WORKERS",
+    "--inference-processes": "EMOTION_INFERENCE_PROCESSES",
+}
+small_layout = False
+
+
+def serve_args(args: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """``emotion serve`` arguments ``args``, with SMALL_LAYOUT's flags where a test named neither.
+
+    Batching (--max-batch-size) keeps inference in the workers' threads, so it
+    gets no --inference-processes.
+    """
+    added: list[str] = []
+    named = {arg.split("=", 1)[0] for arg in args}
+    batching = "--max-batch-size" in named or "EMOTION_MAX_BATCH_SIZE" in env
+    for flag, variable in SMALL_LAYOUT.items() if small_layout else ():
+        if flag in named or variable in env or (flag == "--inference-processes" and batching):
+            continue
+        added += [flag, "1"]
+    return [*args, *added]
+
+
+@pytest.fixture(autouse=True)
+def _serve_layout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked default_layout gets emotion's own layout from the helpers."""
+    global small_layout
+    if request.node.get_closest_marker("default_layout") is None:
+        yield
+        return
+    small_layout = False
+    yield
+    small_layout = True
+
 
 async def run_emotion(*args: str, **env: str) -> tuple[int, str, str]:
-    """Run ``emotion ARGS`` to its end: exit code, stdout, stderr."""
+    """Run ``emotion ARGS`` to its end: exit code, stdout, stderr.
+
+    ``emotion serve`` gets one worker and one inference process unless ``args``
+    or ``env`` say otherwise (:func:`serve_args`).
+    """
+    environ = subprocess_env(**env)
+    if args[:1] == ("serve",):
+        args = ("serve", *serve_args(args[1:], environ))
     process = await asyncio.create_subprocess_exec(
         *EMOTION,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=subprocess_env(**env),
+        env=environ,
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None

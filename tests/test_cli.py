@@ -26,6 +26,7 @@ def photo(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.subprocess
 async def test_predict_prints_one_json_object_per_image(
     start_server: StartServer, photo: Path, tmp_path: Path
 ) -> None:
@@ -55,6 +56,7 @@ async def test_predict_prints_one_json_object_per_image(
     assert lines[1]["faces"][0]["bbox"]["x2"] == 100
 
 
+@pytest.mark.subprocess
 async def test_predict_reports_bad_images_and_missing_files_and_goes_on(
     start_server: StartServer, photo: Path, tmp_path: Path
 ) -> None:
@@ -80,6 +82,7 @@ async def test_predict_reports_bad_images_and_missing_files_and_goes_on(
     ]
 
 
+@pytest.mark.subprocess
 async def test_predict_against_an_unreachable_server_fails_in_one_line(photo: Path) -> None:
     port = free_port()
 
@@ -91,6 +94,7 @@ async def test_predict_against_an_unreachable_server_fails_in_one_line(photo: Pa
     assert err.startswith(f"emotion predict: cannot reach 127.0.0.1:{port}")
 
 
+@pytest.mark.subprocess
 async def test_predict_times_out_in_one_line(start_server: StartServer, photo: Path) -> None:
     model = GatedModel()
     server = await start_server(model)
@@ -134,6 +138,7 @@ async def test_predict_times_out_in_one_line(start_server: StartServer, photo: P
         ),
     ],
 )
+@pytest.mark.subprocess
 async def test_serve_fails_at_startup_with_one_line_on_a_bad_model(
     args: list[str], env: dict[str, str], line: str
 ) -> None:
@@ -143,6 +148,7 @@ async def test_serve_fails_at_startup_with_one_line_on_a_bad_model(
     assert re.fullmatch(line, err.splitlines()[-1])
 
 
+@pytest.mark.subprocess
 async def test_a_model_that_cannot_load_in_its_process_is_logged_with_its_traceback() -> None:
     code, _, err = await run_emotion(
         "serve", "--port", "0", "--workers", "1", "--inference-processes", "1",
@@ -158,6 +164,7 @@ async def test_a_model_that_cannot_load_in_its_process_is_logged_with_its_traceb
     assert 'raise FileNotFoundError("weights.bin is missing")' in err
 
 
+@pytest.mark.subprocess
 async def test_serve_with_workers_fails_at_startup_when_a_worker_cannot_load() -> None:
     code, _, err = await run_emotion(
         "serve", "--port", "0", "--workers", "2", "--inference-processes", "0",
@@ -172,6 +179,7 @@ async def test_serve_with_workers_fails_at_startup_when_a_worker_cannot_load() -
     }
 
 
+@pytest.mark.subprocess
 async def test_serve_reports_a_port_in_use() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -186,6 +194,7 @@ async def test_serve_reports_a_port_in_use() -> None:
     )
 
 
+@pytest.mark.subprocess
 async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> None:
     port = free_port()
     served = await start_serving(
@@ -225,6 +234,7 @@ async def test_serve_reads_its_settings_from_the_environment(photo: Path) -> Non
         (["predict", "x.jpg"], {"EMOTION_TARGET": "x"}, "EMOTION_TARGET target 'x' is not of"),
     ],
 )
+@pytest.mark.subprocess
 def test_bad_flag_and_environment_values_are_usage_errors(
     args: list[str], env: dict[str, str], message: str
 ) -> None:
@@ -238,6 +248,7 @@ def test_bad_flag_and_environment_values_are_usage_errors(
 
 
 @pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["predict", "--help"]])
+@pytest.mark.subprocess
 def test_python_dash_m_emotion_is_the_same_cli(args: list[str]) -> None:
     def output(*command: str) -> str:
         return subprocess.run(
@@ -251,6 +262,7 @@ def test_python_dash_m_emotion_is_the_same_cli(args: list[str]) -> None:
     assert module.startswith(f"usage: emotion {args[0] if args[0] != '--help' else ''}")
 
 
+@pytest.mark.subprocess
 async def test_serve_without_the_fer_extra_says_what_to_install(tmp_path: Path) -> None:
     # A stand-in package that fails to import the way a missing one does.
     fake = tmp_path / "ai_edge_litert"
@@ -268,6 +280,7 @@ async def test_serve_without_the_fer_extra_says_what_to_install(tmp_path: Path) 
     )
 
 
+@pytest.mark.subprocess
 async def test_serve_with_no_model_flag_serves_the_fer_model(photo: Path) -> None:
     served = await start_serving("--port", "0")
     process, port = served.process, served.port
@@ -285,6 +298,7 @@ async def test_serve_with_no_model_flag_serves_the_fer_model(photo: Path) -> Non
     assert max(faces[0]["expression"], key=faces[0]["expression"].get) == "happiness"
 
 
+@pytest.mark.subprocess
 async def test_the_console_script_finds_models_in_the_working_directory(
     tmp_path: Path, photo: Path
 ) -> None:
@@ -322,6 +336,7 @@ async def test_the_console_script_finds_models_in_the_working_directory(
     assert json.loads(out)["faces"][0]["bbox"]["x2"] == 320
 
 
+@pytest.mark.subprocess
 async def test_serve_on_a_host_that_does_not_resolve_fails_in_one_line() -> None:
     code, _, err = await run_emotion(
         "serve",
@@ -338,6 +353,7 @@ async def test_serve_on_a_host_that_does_not_resolve_fails_in_one_line() -> None
     assert "Traceback" not in err
 
 
+@pytest.mark.subprocess
 async def test_host_and_log_level_come_from_the_environment(photo: Path) -> None:
     served = await start_serving(
         "--workers",
@@ -364,6 +380,7 @@ async def test_host_and_log_level_come_from_the_environment(photo: Path) -> None
     assert " INFO " not in err  # warning level: the INFO lines are gone
 
 
+@pytest.mark.subprocess
 async def test_predict_stops_at_the_first_unavailable(
     start_server: StartServer, photo: Path
 ) -> None:
@@ -408,6 +425,7 @@ def test_workers_default_to_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.mark.parametrize("reuse_port", [False, True])
+@pytest.mark.subprocess
 async def test_a_port_already_taken_is_refused_even_by_a_port_sharing_server(
     reuse_port: bool,
 ) -> None:
@@ -434,6 +452,7 @@ async def test_a_port_already_taken_is_refused_even_by_a_port_sharing_server(
 
 
 @pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "emotion")], EMOTION])
+@pytest.mark.subprocess
 async def test_version_is_the_installed_distributions(launcher: list[str]) -> None:
     process = await asyncio.create_subprocess_exec(
         *launcher, "--version", stdout=asyncio.subprocess.PIPE, env=subprocess_env()
@@ -445,6 +464,7 @@ async def test_version_is_the_installed_distributions(launcher: list[str]) -> No
 
 
 @pytest.mark.parametrize("command", ["predict", "demo"])
+@pytest.mark.subprocess
 async def test_a_target_with_a_scheme_is_refused_with_what_to_write_instead(command: str) -> None:
     args = ["x.jpg"] if command == "predict" else []
 
@@ -457,6 +477,7 @@ async def test_a_target_with_a_scheme_is_refused_with_what_to_write_instead(comm
     )
 
 
+@pytest.mark.subprocess
 async def test_predict_help_says_what_an_image_argument_may_be() -> None:
     code, out, _ = await run_emotion("predict", "--help")
 

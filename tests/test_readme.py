@@ -69,6 +69,7 @@ async def run_python(*args: str, **env: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("marker", CLIENT_SNIPPETS)
+@pytest.mark.subprocess
 async def test_a_client_snippet_runs_against_a_server(server: Server, marker: str) -> None:
     code = snippet(marker).code.replace("50051", str(server.port))
 
@@ -78,6 +79,7 @@ async def test_a_client_snippet_runs_against_a_server(server: Server, marker: st
     assert printed.strip()
 
 
+@pytest.mark.subprocess
 async def test_the_model_and_its_test_run_as_written(tmp_path: Path) -> None:
     (tmp_path / "mypkg").mkdir()
     (tmp_path / "mypkg" / "__init__.py").write_text("")

@@ -223,6 +223,7 @@ def test_a_certificate_without_its_key_is_a_one_line_error(
         ServerTls(pair(pki, "server").cert, pair(pki, "client").key).context()
 
 
+@pytest.mark.subprocess
 async def test_serve_and_predict_over_mutual_tls_with_a_token(
     pki: dict[str, Pair | Path], tmp_path: Path
 ) -> None:

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import TESTS
+
+# Every test here starts processes.
+pytestmark = pytest.mark.subprocess
 
 SCRIPT = TESTS.parent / "tools" / "pythons.py"
 

@@ -116,11 +116,13 @@ def emotion_predict(target: str, *images: Path, annotate: Path) -> list[dict[str
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
+@pytest.mark.subprocess
 def test_importing_emotion_does_not_import_gradio() -> None:
     code = "import emotion, emotion.cli, sys; assert 'gradio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)
 
 
+@pytest.mark.subprocess
 def test_without_the_extra_one_line_says_what_to_install() -> None:
     # None in sys.modules makes `import gradio` fail as if it were not installed.
     code = (
@@ -136,6 +138,7 @@ def test_without_the_extra_one_line_says_what_to_install() -> None:
     assert "pip install 'emotion[demo]'" in done.stderr
 
 
+@pytest.mark.subprocess
 def test_predict_api_gives_the_faces_and_drawing_of_emotion_predict(
     fer_server: Served, open_demo: Any, tmp_path: Path
 ) -> None:
@@ -153,6 +156,7 @@ def test_predict_api_gives_the_faces_and_drawing_of_emotion_predict(
     assert len(printed[1]["faces"]) == 4
 
 
+@pytest.mark.subprocess
 def test_predict_api_with_the_mock_model_matches_the_client(
     mock_server: Served, open_demo: Any
 ) -> None:
@@ -183,6 +187,7 @@ def test_the_table_has_a_row_per_face_with_its_box_and_top_expression() -> None:
     assert faces_table(None) == []
 
 
+@pytest.mark.subprocess
 def test_files_the_server_cannot_use_are_explained(
     mock_server: Served, open_demo: Any, tmp_path: Path
 ) -> None:
@@ -200,6 +205,7 @@ def test_files_the_server_cannot_use_are_explained(
     assert len(faces["faces"]) == 1
 
 
+@pytest.mark.subprocess
 async def test_a_refused_token_is_explained(open_demo: Any, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("right-token\n")
@@ -214,6 +220,7 @@ async def test_a_refused_token_is_explained(open_demo: Any, tmp_path: Path) -> N
         assert len(faces["faces"]) == 1
 
 
+@pytest.mark.subprocess
 async def test_a_stopped_server_is_explained_and_the_page_recovers(
     open_demo: Any, tmp_path: Path
 ) -> None:
@@ -229,6 +236,7 @@ async def test_a_stopped_server_is_explained_and_the_page_recovers(
         await predict(page, ASTRONAUT)
 
 
+@pytest.mark.subprocess
 async def test_webcam_frames_are_drawn_with_the_rate_and_failures_go_to_the_status(
     mock_server: Served,
 ) -> None:
@@ -306,6 +314,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     driver.quit()
 
 
+@pytest.mark.subprocess
 def test_the_page_in_a_browser_shows_the_drawing_and_the_table(
     fer_server: Served, browser: Any, tmp_path: Path
 ) -> None:

@@ -54,6 +54,7 @@ def test_a_folder_gives_its_images_in_name_order(tmp_path: Path) -> None:
     assert [f.source.name for f in frames(tmp_path)] == ["a.png", "b.jpg", "c.webp"]
 
 
+@pytest.mark.subprocess
 async def test_predict_stream_prints_one_line_per_frame_in_order(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -74,6 +75,7 @@ async def test_predict_stream_prints_one_line_per_frame_in_order(
     assert [line["faces"][0]["bbox"]["x2"] for line in lines] == widths
 
 
+@pytest.mark.subprocess
 async def test_predict_annotate_writes_the_picture(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -91,6 +93,7 @@ async def test_predict_annotate_writes_the_picture(
     assert ImageChops.difference(drawn.convert("RGB"), Image.open(photo).convert("RGB")).getbbox()
 
 
+@pytest.mark.subprocess
 async def test_predict_edge_cases_are_one_line_each_and_the_run_goes_on(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -134,6 +137,7 @@ async def test_predict_edge_cases_are_one_line_each_and_the_run_goes_on(
     assert "with --stream, --annotate names a folder" in usage_err
 
 
+@pytest.mark.subprocess
 async def test_a_folder_without_stream_is_one_call_per_image_in_name_order(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -160,6 +164,7 @@ async def test_a_folder_without_stream_is_one_call_per_image_in_name_order(
     assert code == 1
 
 
+@pytest.mark.subprocess
 async def test_a_bad_file_in_a_streamed_folder_is_named_by_its_file(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -180,6 +185,7 @@ async def test_a_bad_file_in_a_streamed_folder_is_named_by_its_file(
     assert code == 1
 
 
+@pytest.mark.subprocess
 async def test_max_image_size_raises_what_predict_sends(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -197,6 +203,7 @@ async def test_max_image_size_raises_what_predict_sends(
     assert (code, json.loads(out)["file"]) == (0, str(photo))
 
 
+@pytest.mark.subprocess
 async def test_tls_to_a_plaintext_server_says_the_server_is_not_serving_tls(
     server: Server,
 ) -> None:
@@ -212,6 +219,7 @@ async def test_tls_to_a_plaintext_server_says_the_server_is_not_serving_tls(
     assert "Traceback" not in err
 
 
+@pytest.mark.subprocess
 async def test_stream_stops_at_a_connection_failure_with_one_line(
     server: Server, tmp_path: Path
 ) -> None:

@@ -190,6 +190,7 @@ def test_serve_keeps_the_variables_the_dockerfile_and_manifests_use() -> None:
     } <= variables
 
 
+@pytest.mark.subprocess
 def test_every_flag_is_in_the_help_with_its_variable() -> None:
     for command, cls in (("serve", ServeOptions), ("predict", PredictOptions)):
         help_text = subprocess.run(
@@ -414,6 +415,7 @@ def test_the_port_file_is_replaced_whole(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.subprocess
 async def test_the_port_file_names_the_port_once_every_worker_serves(
     tmp_path: Path, jpeg: bytes, workers: str
 ) -> None:
@@ -451,6 +453,7 @@ async def test_the_port_file_names_the_port_once_every_worker_serves(
     assert process.pid not in pids or workers == "1"
 
 
+@pytest.mark.subprocess
 async def test_a_port_file_left_by_an_earlier_run_is_removed_before_serving(
     tmp_path: Path,
 ) -> None:
@@ -482,6 +485,7 @@ async def test_a_port_file_left_by_an_earlier_run_is_removed_before_serving(
         await asyncio.wait_for(served.process.wait(), 30)
 
 
+@pytest.mark.subprocess
 async def test_an_unwritable_port_file_fails_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "port"
     code, _, err = await run_emotion(
@@ -498,6 +502,7 @@ async def test_an_unwritable_port_file_fails_in_one_line(tmp_path: Path) -> None
     assert err == f"emotion serve: cannot write {path}: no such folder\n"
 
 
+@pytest.mark.subprocess
 async def test_the_helper_learns_the_port_from_the_file() -> None:
     served = await start_serving(
         "--port", "0", "--workers", "1", "--model", "support.sample_models:PidModel"

@@ -50,6 +50,9 @@ from emotion.model import Model, spec_of
 from emotion.runtime import available_cpus
 from emotion.serving.wiring import Wiring
 
+# Every test here starts processes.
+pytestmark = pytest.mark.subprocess
+
 Connect = Callable[[Server], Channel]
 
 
@@ -485,6 +488,7 @@ async def pid_server(jpeg: bytes, *args: str, **env: str) -> PidServer:
     return PidServer(served.process.pid, inference, workers, answered, log)
 
 
+@pytest.mark.default_layout
 @pytest.mark.parametrize(
     ("args", "in_pool"),
     [([], True), (["--max-batch-size", "2"], False), (["--inference-processes", "0"], False)],

@@ -21,6 +21,9 @@ from emotion.config.limits import DEFAULT_MAX_PIXELS
 from emotion.inference.process_main import ANSWER, REQUEST, STEPS, Status, Steps
 from emotion.inference.process_pool import InferencePool, StartFailed
 
+# Every test here starts processes.
+pytestmark = pytest.mark.subprocess
+
 Pool = Callable[..., InferencePool]
 
 

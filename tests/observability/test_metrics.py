@@ -70,6 +70,8 @@ async def test_batch_sizes_are_observed(
     assert samples[("emotion_batch_size_sum", ())] == 4
 
 
+@pytest.mark.default_layout  # PidModel answers from the inference processes, one per CPU
+@pytest.mark.subprocess
 async def test_workers_metrics_are_summed_by_the_supervisor(jpeg: bytes) -> None:
     metrics_port = free_port()
     served = await start_serving(

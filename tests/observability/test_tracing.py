@@ -101,7 +101,9 @@ async def traced_in(layout: str, model: Model | None = None) -> AsyncIterator[Tr
         yield served
 
 
-LAYOUTS = pytest.mark.parametrize("layout", ["threads", "processes"])
+LAYOUTS = pytest.mark.parametrize(
+    "layout", ["threads", pytest.param("processes", marks=pytest.mark.subprocess)]
+)
 
 
 def only(spans: list[ReadableSpan]) -> ReadableSpan:
@@ -235,6 +237,7 @@ async def test_a_failing_model_makes_an_error_span_with_the_status_message(
     assert only(served.named("emotion.model")).status.status_code is StatusCode.ERROR
 
 
+@pytest.mark.subprocess
 async def test_calls_left_in_an_inference_process_are_traced_when_it_answers(
     jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,6 +433,7 @@ def test_without_the_extra_tracing_warns_once_and_is_off(
     assert "pip install 'emotion[otel]'" in record.getMessage()
 
 
+@pytest.mark.subprocess
 def test_importing_emotion_loads_no_opentelemetry() -> None:
     check = (
         "import sys, emotion, emotion.serving.server, emotion.client, emotion.client.predict\n"
@@ -463,6 +467,7 @@ async def test_predict_sends_a_client_span_per_image_that_the_server_continues(
     )
 
 
+@pytest.mark.subprocess
 async def test_each_worker_exports_its_spans_with_its_own_pid() -> None:
     env = subprocess_env(OTEL_TRACES_EXPORTER="console", OTEL_BSP_SCHEDULE_DELAY="60000")
     served = await start_serving(
@@ -517,6 +522,7 @@ async def test_a_tracer_given_to_servers_keeps_recording_after_each_stops(jpeg: 
     assert len(calls) == 2
 
 
+@pytest.mark.subprocess
 async def test_console_spans_of_predict_go_to_stderr_leaving_stdout_json(server: Server) -> None:
     photo = str(FIXTURES / "astronaut.jpg")
 

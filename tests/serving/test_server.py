@@ -71,6 +71,7 @@ async def test_health_watch_streams_loading_serving_draining(
     assert seen == [NOT_SERVING, SERVING, NOT_SERVING]
 
 
+@pytest.mark.subprocess
 async def test_reflection_lists_and_describes_the_services(server: Server) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -237,6 +238,7 @@ async def _start_subprocess(
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.subprocess
 async def test_in_flight_call_completes_across_a_signal_and_the_process_exits_0(
     tmp_path: Path, jpeg: bytes, signum: signal.Signals, workers: str
 ) -> None:
@@ -271,6 +273,7 @@ async def test_in_flight_call_completes_across_a_signal_and_the_process_exits_0(
     assert "stopped" in rest
 
 
+@pytest.mark.subprocess
 async def test_a_second_signal_cancels_the_drain(tmp_path: Path, jpeg: bytes) -> None:
     marker = tmp_path / "started"
     process, port, log = await _start_subprocess(
@@ -337,6 +340,7 @@ async def _serve_and_wait_for(text: str, *args: str, **env: str) -> asyncio.subp
     ],
     ids=["during the model import", "during load()"],
 )
+@pytest.mark.subprocess
 async def test_a_signal_before_serving_stops_at_once_with_exit_0(
     args: list[str], waiting_for: str
 ) -> None:
@@ -353,6 +357,7 @@ async def test_a_signal_before_serving_stops_at_once_with_exit_0(
     assert code == 0
 
 
+@pytest.mark.subprocess
 async def test_the_grace_period_bounds_the_exit_even_if_the_model_hangs(
     tmp_path: Path, jpeg: bytes
 ) -> None:
@@ -406,6 +411,7 @@ async def test_new_connections_are_refused_while_in_flight_calls_drain(
     await stopping
 
 
+@pytest.mark.subprocess
 async def test_dual_stack_host_accepts_ipv4_clients(jpeg: bytes) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")

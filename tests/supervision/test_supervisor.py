@@ -63,6 +63,7 @@ async def cleanup() -> AsyncIterator[list[Served]]:
             await served.process.wait()
 
 
+@pytest.mark.subprocess
 async def test_workers_share_the_port_and_connections_spread_across_them(
     cleanup: list[Served], jpeg: bytes
 ) -> None:
@@ -79,6 +80,7 @@ async def test_workers_share_the_port_and_connections_spread_across_them(
     assert served.process.pid not in pids
 
 
+@pytest.mark.subprocess
 async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
     cleanup: list[Served], jpeg: bytes
 ) -> None:
@@ -109,6 +111,8 @@ async def test_a_worker_that_dies_is_restarted_and_the_others_keep_serving(
     assert await answering_pids(served, jpeg) == after
 
 
+@pytest.mark.default_layout
+@pytest.mark.subprocess
 async def test_sigterm_drains_every_worker_and_exits_0(cleanup: list[Served], jpeg: bytes) -> None:
     served = await start("--workers", "2", "--model", "support.sample_models:PidModel")
     cleanup.append(served)
@@ -124,6 +128,7 @@ async def test_sigterm_drains_every_worker_and_exits_0(cleanup: list[Served], jp
     await served.read_until("all workers stopped")
 
 
+@pytest.mark.subprocess
 async def test_workers_with_a_call_at_a_time_each_send_it_to_their_own_process(
     cleanup: list[Served], jpeg: bytes
 ) -> None:
@@ -137,6 +142,7 @@ async def test_workers_with_a_call_at_a_time_each_send_it_to_their_own_process(
     assert await answering_pids(served, jpeg) == inference_processes(served.process.pid)
 
 
+@pytest.mark.subprocess
 async def test_workers_that_keep_dying_before_serving_make_the_parent_give_up(
     tmp_path: Path, jpeg: bytes
 ) -> None:
@@ -199,6 +205,7 @@ def test_a_model_that_cannot_be_imported_fails_before_any_process_starts() -> No
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.subprocess
 async def test_workers_can_run_on_uvloop(cleanup: list[Served], jpeg: bytes, workers: str) -> None:
     served = await start(
         "--workers", workers, "--inference-processes", "0",

@@ -7,9 +7,11 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from support.served import alive, command_line, inference_processes, start_serving, worker_pids
 
 
+@pytest.mark.subprocess
 async def test_workers_and_processes_end_when_the_supervisor_is_killed() -> None:
     served = await start_serving(
         "--port", "0", "--workers", "2", "--model", "support.sample_models:PidModel"

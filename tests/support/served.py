@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from conftest import EMOTION, subprocess_env
+from conftest import EMOTION, serve_args, subprocess_env
 
 PIPE = asyncio.subprocess.PIPE
 
@@ -74,20 +74,22 @@ async def start_serving(
     """Run ``command serve ARGS --port-file ...``; return once it serves (every worker).
 
     ``env`` replaces the test environment (:func:`conftest.subprocess_env` with
-    ``extra_env``).
+    ``extra_env``). In a test, one worker and one inference process unless
+    ``args`` or the environment say otherwise (:func:`conftest.serve_args`).
     """
     folder = Path(tempfile.mkdtemp(prefix="emotion-port-"))
     port_file = folder / "port"
+    environ = subprocess_env(**extra_env) if env is None else env
     process = await asyncio.create_subprocess_exec(
         *command,
         "serve",
-        *args,
+        *serve_args(args, environ),
         "--port-file",
         str(port_file),
         stdout=stdout,
         stderr=stderr,
         cwd=cwd,
-        env=subprocess_env(**extra_env) if env is None else env,
+        env=environ,
     )
     try:
         port = await wait_for_port(port_file, process, timeout)

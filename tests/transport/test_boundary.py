@@ -683,6 +683,7 @@ print(json.dumps({{
 """
 
 
+@pytest.mark.subprocess
 def test_importing_emotion_changes_nothing_in_grpclib_h2_or_hyperframe() -> None:
     script = IMPORT_CHECK.format(snapshot=inspect.getsource(snapshot))
     result = subprocess.run(

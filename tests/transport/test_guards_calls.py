@@ -207,6 +207,7 @@ async def test_a_few_pings_a_second_are_fine(start_server: StartServer) -> None:
     assert await asyncio.to_thread(pings) == (None, False)
 
 
+@pytest.mark.subprocess
 async def test_the_listening_backlog_is_1024(server: Server) -> None:
     listing = await asyncio.create_subprocess_exec(
         "ss", "-ltnH", f"sport = :{server.port}", stdout=asyncio.subprocess.PIPE

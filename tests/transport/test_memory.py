@@ -231,7 +231,6 @@ async def test_connections_closed_for_abuse_are_freed_at_once_and_trimmed(
     attack = header_block_attack(2) if name == "header-block" else rapid_reset_attack(2)
     trims = heap.trims_done()
     gc.collect()  # what earlier tests left
-    before = requests_alive()  # held elsewhere in the suite (test parameters, say)
     gc.disable()  # freed here by reference counting alone, or not at all
     try:
         await asyncio.to_thread(attack, server.port)
