@@ -19,7 +19,9 @@ RUN apt-get update \
     && apt-get install --no-install-recommends -y tini \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir "$(ls /wheels/emotion-*.whl)[fer]" \
+# The exact versions CI tested (pyproject.toml declares ranges, for a library).
+COPY constraints.txt /wheels/
+RUN pip install --no-cache-dir -c /wheels/constraints.txt "$(ls /wheels/emotion-*.whl)[fer]" \
     && rm -rf /wheels
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin emotion
 USER 10001
