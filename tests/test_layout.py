@@ -178,16 +178,19 @@ SERVER_SIDE = ("emotion.serving", "emotion.supervision", "emotion.inference", "o
 
 
 @pytest.mark.parametrize("statement", ["import emotion", "from emotion import Client"])
+@pytest.mark.subprocess
 def test_a_client_program_loads_nothing_of_the_server(statement: str) -> None:
     loaded = loaded_after(statement)
     assert not {m for m in loaded if m.startswith(SERVER_SIDE)}
     assert not {"emotion.transport.server", "emotion.transport.connection"} & loaded
 
 
+@pytest.mark.subprocess
 def test_importing_the_package_loads_only_the_package() -> None:
     assert loaded_after("import emotion") == {"emotion"}
 
 
+@pytest.mark.subprocess
 def test_an_inference_process_loads_what_it_runs_and_no_server() -> None:
     loaded = loaded_after("import emotion.inference.process_main")
     assert "emotion.decode" in loaded

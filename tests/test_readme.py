@@ -99,6 +99,7 @@ async def test_the_model_and_its_test_run_as_written(tmp_path: Path) -> None:
 PREDICT = ".venv/bin/emotion predict tests/fixtures/astronaut.jpg"
 
 
+@pytest.mark.subprocess
 async def test_predict_prints_what_the_readme_shows(start_server: StartServer) -> None:
     from emotion.models.fer import FerModel  # the fer extra; the test extra installs it
 
@@ -120,6 +121,7 @@ async def test_predict_prints_what_the_readme_shows(start_server: StartServer) -
 GRPCURL_LIST = "grpcurl -plaintext 127.0.0.1:50051 list"
 
 
+@pytest.mark.subprocess
 async def test_grpcurl_lists_what_reflection_lists(server: Server) -> None:
     shown = shown_output(snippet(GRPCURL_LIST, "console"), GRPCURL_LIST)
 

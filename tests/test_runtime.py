@@ -61,6 +61,7 @@ def test_process_settings_raise_pillows_pixel_guard_to_the_limit_and_never_lower
     assert Image.MAX_IMAGE_PIXELS == 200_000_000
 
 
+@pytest.mark.subprocess
 async def test_a_call_that_ends_early_is_logged_once_by_emotion_not_again_by_grpclib(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -14,6 +14,9 @@ from emotion import BBox, ModelLoadError, Response
 from emotion.serving.server import ModelStartError
 from emotion.testing import serve_model
 
+#: Every test here starts processes (emotion serve, its workers, inference processes).
+pytestmark = pytest.mark.subprocess
+
 
 async def test_a_served_model_answers_through_the_whole_stack() -> None:
     image = encode(gradient(320, 240).rotate(90, expand=True), "PNG")

@@ -205,6 +205,7 @@ async def test_a_drain_ends_a_stream_after_the_images_it_took_and_a_restart_take
     assert took < 5  # the drain did not wait out the grace for the stream
 
 
+@pytest.mark.subprocess
 async def test_a_worker_killed_under_load_fails_no_call(jpeg: bytes) -> None:
     served = await start_serving(
         "--port", "0", "--workers", "2", "--inference-processes", "1",

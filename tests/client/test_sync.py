@@ -208,6 +208,7 @@ class Load:
             await asyncio.to_thread(thread.join)
 
 
+@pytest.mark.subprocess
 async def test_a_worker_killed_under_load_fails_no_call(jpeg: bytes) -> None:
     served = await start_serving(
         "--port", "0", "--workers", "2", "--inference-processes", "1",

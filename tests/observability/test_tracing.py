@@ -511,6 +511,7 @@ def _json_objects(text: str) -> Iterator[str]:
         index = end
 
 
+@pytest.mark.subprocess
 async def test_a_tracer_given_to_servers_keeps_recording_after_each_stops(jpeg: bytes) -> None:
     tracing, exporter = recording()
 

@@ -23,6 +23,9 @@ from support.served import free_port, start_serving
 from emotion import Client, Server
 from emotion.observability.environment import missing_packages
 
+#: Every test here starts processes (emotion serve, its workers, inference processes).
+pytestmark = pytest.mark.subprocess
+
 ASTRONAUT = TESTS / "fixtures" / "astronaut.jpg"
 OTLP_HTTP = "opentelemetry.exporter.otlp.proto.http"
 

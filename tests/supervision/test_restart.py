@@ -19,6 +19,9 @@ import pytest
 from support.grpcio_client import call
 from support.served import Served, free_port, start_serving, worker_pids
 
+#: Every test here starts processes (emotion serve, its workers, inference processes).
+pytestmark = pytest.mark.subprocess
+
 LAYOUTS = {
     "supervised": ("--workers", "2", "--inference-processes", "1"),
     "alone": ("--workers", "1", "--inference-processes", "0"),
@@ -48,6 +51,7 @@ async def serve(port: int, layout: str) -> Served:
 async def test_serve_starts_again_at_once_after_sigint_with_a_client_connected(
     servers: list[Served], jpeg: bytes, layout: str
 ) -> None:
+
     port = free_port()
     first = await serve(port, layout)
     servers.append(first)

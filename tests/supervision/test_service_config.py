@@ -21,6 +21,9 @@ import pytest
 from support.grpcio_client import call
 from support.served import Served, start_serving, worker_pids
 
+#: Every test here starts processes (emotion serve, its workers, inference processes).
+pytestmark = pytest.mark.subprocess
+
 SERVICE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "grpc-service-config.json"
 CALLERS = 4
 

@@ -24,6 +24,9 @@ from support.served import Served, start_serving, worker_pids
 from emotion import Client
 from emotion.config import ClientTls
 
+#: Every test here starts processes (emotion serve, its workers, inference processes).
+pytestmark = pytest.mark.subprocess
+
 LAYOUTS = {
     "alone": ("--workers", "1", "--inference-processes", "0"),
     "supervised": ("--workers", "2", "--inference-processes", "1"),

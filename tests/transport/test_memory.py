@@ -133,6 +133,7 @@ ATTACKS: dict[str, Callable[[], Attack]] = {
 
 
 @pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.subprocess
 async def test_attacks_repeated_leave_the_worker_as_it_was(name: str) -> None:
     attack = ATTACKS[name]()
     image = noise_jpeg()
