@@ -227,6 +227,10 @@ def _shut(loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: Cli
         await asyncio.gather(*running, return_exceptions=True)
         if client is not None:
             client.close()
+            # The socket closes on the loop's next pass: stopped before it,
+            # the connection would stay open (a server draining waits on it).
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
         await loop.shutdown_asyncgens()
         await loop.shutdown_default_executor()  # the threads that resolved host names
         loop.stop()

@@ -155,6 +155,31 @@ async def test_retries_are_on_by_default_and_retry_none_shows_the_error(
     assert len(service.tries) == 1
 
 
+def connections_to(port: int) -> int:
+    """TCP connections of this machine established to ``port`` (IPv4), from /proc."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if int(row[2].split(":")[1], 16) == port and row[3] == "01")
+
+
+async def test_leaving_the_block_closes_the_connection_after_a_failed_call_too(
+    scripted: tuple[Scripted, str], jpeg: bytes
+) -> None:
+    service, target = scripted
+    service.always = (Status.UNAVAILABLE, None)
+
+    def fail_and_leave() -> None:
+        with SyncClient(target, timeout=10, retry=None) as client:
+            client.predict(jpeg)
+
+    with pytest.raises(GRPCError):
+        await asyncio.to_thread(fail_and_leave)
+
+    # Left open, the socket would wait for a garbage collection: a server
+    # draining (asyncio's wait_closed, from Python 3.12) would wait with it.
+    assert connections_to(int(target.rsplit(":", 1)[1])) == 0
+
+
 async def test_a_stream_goes_on_across_connection_ages_reading_images_in_the_caller_s_thread(
     start_server: StartServer,
 ) -> None:
