@@ -90,7 +90,12 @@ def call_through_a_kill(
         time.sleep(0.3)
         before = answered
         os.kill(serving, signal.SIGKILL)
+        # Until calls are answered again (a reconnect takes grpcio about a
+        # second, longer on a busy machine), at least 1.5 s, at most 15.
         time.sleep(1.5)
+        give_up = time.monotonic() + 15
+        while answered - before < 2 * CALLERS and time.monotonic() < give_up:
+            time.sleep(0.05)
         stop.set()
         for thread in threads:
             thread.join()
