@@ -8,8 +8,6 @@ port must not count them as a server holding it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -17,15 +15,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from support.grpcio_client import call
-from support.served import Served, free_port, start_serving, worker_pids
+from support.served import LAYOUTS, Served, free_port, kill_tree, start_serving
 
 #: Every test here starts processes (emotion serve, its workers, inference processes).
 pytestmark = pytest.mark.subprocess
-
-LAYOUTS = {
-    "supervised": ("--workers", "2", "--inference-processes", "1"),
-    "alone": ("--workers", "1", "--inference-processes", "0"),
-}
 
 
 @pytest.fixture
@@ -33,12 +26,7 @@ async def servers() -> AsyncIterator[list[Served]]:
     started: list[Served] = []
     yield started
     for served in started:
-        if served.process.returncode is None:
-            for pid in worker_pids(served.process.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            served.process.kill()
-            await served.process.wait()
+        await kill_tree(served)
 
 
 async def serve(port: int, layout: str) -> Served:

@@ -8,7 +8,6 @@ without the supervisor.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
@@ -19,7 +18,7 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from support.certs import Authority, install, presented_name
-from support.served import Served, start_serving, worker_pids
+from support.served import LAYOUTS, Served, kill_tree, start_serving, worker_pids
 
 from emotion import Client
 from emotion.config import ClientTls
@@ -27,23 +26,13 @@ from emotion.config import ClientTls
 #: Every test here starts processes (emotion serve, its workers, inference processes).
 pytestmark = pytest.mark.subprocess
 
-LAYOUTS = {
-    "alone": ("--workers", "1", "--inference-processes", "0"),
-    "supervised": ("--workers", "2", "--inference-processes", "1"),
-}
-
 
 @pytest.fixture
 async def servers() -> AsyncIterator[list[Served]]:
     started: list[Served] = []
     yield started
     for served in started:
-        if served.process.returncode is None:
-            for pid in worker_pids(served.process.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            served.process.kill()
-            await served.process.wait()
+        await kill_tree(served)
 
 
 async def status_with(port: int, ca: Path, token: str, jpeg: bytes) -> Status:

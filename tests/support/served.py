@@ -219,3 +219,22 @@ def serving_workers(supervisor: int, port: int) -> set[int]:
             except OSError:
                 continue
     return found
+
+
+#: The two ways `emotion serve` runs: a supervisor with workers and an
+#: inference process, or one process alone, the model in its threads.
+LAYOUTS = {
+    "supervised": ("--workers", "2", "--inference-processes", "1"),
+    "alone": ("--workers", "1", "--inference-processes", "0"),
+}
+
+
+async def kill_tree(served: Served) -> None:
+    """Kill a server still running, its workers first, so none outlives the test."""
+    if served.process.returncode is not None:
+        return
+    for pid in worker_pids(served.process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    served.process.kill()
+    await served.process.wait()
