@@ -58,7 +58,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "inference",
     },
     "client": {"codec", "config", "contract", "decode", "errors", "observability", "transport"},
-    "testing": {"client", "config", "inference", "model", "observability", "serving"},
+    "testing": {"client", "config", "contract", "inference", "model", "observability", "serving"},
     "cli": {
         "client",
         "config",
