@@ -116,7 +116,7 @@ class Sample:
         """The image upright, in its mode: what a model is handed for this file."""
         photo = _photo(self.photo)
         if self.size is not None:
-            photo = photo.resize(self.shown_size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+            photo = photo.resize(self.shown_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
         return _in_mode(photo, self.mode)
 
     def encode(self) -> bytes:
@@ -124,7 +124,10 @@ class Sample:
         if self == Sample(self.photo):
             return _photo_file(self.photo)
         stored = self.image()
+        # Fast settings: check_model makes dozens of these, and their size does not matter.
         params: dict[str, object] = {"quality": 90} if self.format in {"JPEG", "WEBP"} else {}
+        if self.format == "PNG":
+            params["compress_level"] = 1
         if self.orientation != 1:
             stored = stored.transpose(_STORED_TURNED[self.orientation])
             exif = Image.Exif()
@@ -133,6 +136,19 @@ class Sample:
         buffer = io.BytesIO()
         stored.save(buffer, self.format, **params)
         return buffer.getvalue()
+
+    def __repr__(self) -> str:
+        """The call that makes this Sample, its default fields left out."""
+        fields = [repr(self.photo)]
+        if self.mode != "RGB":
+            fields.append(f"mode={self.mode!r}")
+        if self.format != FORMATS[self.mode][0]:
+            fields.append(f"format={self.format!r}")
+        if self.size is not None:
+            fields.append(f"size={self.size}")
+        if self.orientation != 1:
+            fields.append(f"orientation={self.orientation}")
+        return f"Sample({', '.join(fields)})"
 
     def __str__(self) -> str:
         width, height = self.shown_size
@@ -198,7 +214,7 @@ def _in_mode(image: Image.Image, mode: str) -> Image.Image:
         converted.putalpha(alpha)
         return converted
     if mode == "P":
-        return image.convert("P", palette=Image.Palette.ADAPTIVE)
+        return image.quantize(256, method=Image.Quantize.FASTOCTREE)
     if mode == "I;16":
         # The full 16-bit range, not 8-bit values in a 16-bit image.
         return image.convert("L").convert("I").point(lambda v: v * 257).convert("I;16")

@@ -81,7 +81,17 @@ def test_a_sample_describes_itself_in_words() -> None:
     assert str(Sample("group", mode="I;16", size=100, orientation=6)) == (
         "the group, 16-bit grayscale (I;16) PNG, 100x45, stored turned with EXIF orientation 6"
     )
-    assert eval(repr(SAMPLES[3]), {"Sample": Sample}) == SAMPLES[3]
+    assert (
+        repr(Sample("portrait", mode="L", format="JPEG"))
+        == "Sample('portrait', mode='L', format='JPEG')"
+    )
+    assert repr(Sample("group", format="JPEG", orientation=3)) == "Sample('group', orientation=3)"
+
+
+@hypothesis.settings(max_examples=examples(20))
+@hypothesis.given(sample=samples())
+def test_a_samples_repr_is_the_call_that_makes_it(sample: Sample) -> None:
+    assert eval(repr(sample), {"Sample": Sample}) == sample
 
 
 @pytest.mark.parametrize(
