@@ -78,18 +78,67 @@ def test_an_async_test_that_does_not_use_the_kit_is_left_to_pytest(tmp_path: Pat
     assert "async def functions are not natively supported" in out
 
 
-def test_a_test_another_plugin_runs_is_left_to_it(tmp_path: Path) -> None:
+#: Counts the coroutines the plugin runs itself, in the pytest run it is the conftest of.
+SPY = """
+import asyncio
+
+import emotion.pytest_plugin
+
+RAN = []
+
+
+class Spy:
+    @staticmethod
+    def run(coroutine):
+        RAN.append(coroutine)
+        return asyncio.run(coroutine)
+
+
+emotion.pytest_plugin.asyncio = Spy
+
+
+def pytest_sessionfinish(session):
+    print(f"the plugin ran {len(RAN)}")
+"""
+
+
+@pytest.mark.parametrize(
+    ("settings", "ran"),
+    [
+        ([], 1),
+        (["-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function"], 0),
+    ],
+    ids=["strict", "auto"],
+)
+def test_a_test_pytest_asyncio_runs_is_left_to_it(
+    tmp_path: Path, settings: list[str], ran: int
+) -> None:
+    (tmp_path / "conftest.py").write_text(SPY)
+    (tmp_path / "test_kit.py").write_text(USES_THE_KIT)
+    marked = USES_THE_KIT.replace("import asyncio", "import asyncio\nimport pytest", 1)
     (tmp_path / "test_marked.py").write_text(
-        USES_THE_KIT.replace("async def", "@pytest.mark.asyncio\nasync def", 1)
-        .replace("import asyncio", "import asyncio\nimport pytest\n\nRUNS = []", 1)
-        .replace("await asyncio.sleep(0)", "RUNS.append(asyncio.get_running_loop())", 1)
-        + "\n\ndef test_it_ran_once():\n    assert len(RUNS) == 1\n"
+        marked.replace("async def", "@pytest.mark.asyncio\nasync def")
     )
 
-    code, out = run_pytest(tmp_path, "-p", "emotion.pytest_plugin")
+    code, out = run_pytest(tmp_path, "-p", "emotion.pytest_plugin", "-s", *settings)
 
     assert code == 0, out
     assert "2 passed" in out
+    assert f"the plugin ran {ran}" in out  # strict: the unmarked one; auto: neither
+
+
+def test_a_test_marked_for_another_plugin_is_left_to_it_even_when_it_is_missing(
+    tmp_path: Path,
+) -> None:
+    marked = USES_THE_KIT.replace("import asyncio", "import asyncio\nimport pytest", 1)
+    (tmp_path / "test_trio.py").write_text(
+        marked.replace("async def", "@pytest.mark.trio\nasync def")
+    )
+
+    code, out = run_pytest(tmp_path, "-p", "emotion.pytest_plugin", "-p", "no:asyncio")
+
+    assert code == 1, out
+    assert "async def functions are not natively supported" in out
 
 
 def test_the_entry_point_is_named_as_the_module_so_that_p_loads_it_once() -> None:
