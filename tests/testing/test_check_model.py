@@ -7,6 +7,9 @@ it again.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from support.sample_models import (
     CoinFlipModel,
@@ -172,3 +175,24 @@ def test_more_examples_draw_more_images_and_the_same_seed_the_same_ones(
     assert first[: len(SAMPLES)] == list(SAMPLES)
     assert len(first) == len(SAMPLES) + 3
     assert asked == first
+
+
+def test_without_the_testing_extra_the_kit_imports_and_check_model_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['hypothesis'] = None  # not installed\n"
+        "from emotion.testing import Sample, check_model, serve_model\n"
+        "assert Sample('group', mode='P').encode()\n"
+        "try:\n"
+        "    check_model('emotion.models.mock:MockModel', skip={'loads in a fresh process'})\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+
+    assert done.stdout.strip() == (
+        "check_model draws images with hypothesis: pip install 'emotion[testing]'"
+    )
