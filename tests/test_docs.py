@@ -109,8 +109,10 @@ def test_every_command_line_the_pages_show_is_real(command: str) -> None:
         assert args[:2] == ["-m", "venv"] or (ROOT / args[0]).is_file(), command
     elif program == "pip":
         assert args[0] == "install", command
-        for extras in (re.fullmatch(r"\.\[([\w,]+)\]", arg) for arg in args):
+        for extras in (re.fullmatch(r"(?:\.|\$\{EMOTION\})\[([\w,]+)\]", arg) for arg in args):
             assert extras is None or set(extras.group(1).split(",")) <= EXTRAS, command
+    elif program == "pytest":
+        assert args == [], command  # the model example's: test_readme runs it as tox -e kit does
     elif program == "tox":
         if "-e" in args:
             assert set(args[args.index("-e") + 1].split(",")) <= TOX_ENVS, command
@@ -148,3 +150,11 @@ def test_the_links_test_sees_links_and_anchors() -> None:
     assert "docs/server.md" in links(readme)
     assert "docs/demo.png" in links(readme)
     assert "the-demo-page" in anchors(DOCS / "client.md")
+
+
+def test_the_check_model_table_lists_every_property_in_the_order_checked() -> None:
+    from emotion.testing import PROPERTIES
+
+    rows = table_under(DOCS / "models.md", "Checking a model")
+
+    assert tuple(row[0] for row in rows) == PROPERTIES

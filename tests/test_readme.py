@@ -9,10 +9,10 @@ test_every_snippet_is_run_by_a_test_or_named_here.
 from __future__ import annotations
 
 import asyncio
+import configparser
 import json
 import re
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import StartServer, subprocess_env
@@ -29,7 +29,7 @@ CLIENT_SNIPPETS = (
     "RetryPolicy(max_attempts=8",
     "ThreadPoolExecutor(4)",
 )
-MODEL_SNIPPETS = ("# mypkg/mymodel.py", "# tests/test_mymodel.py")
+MODEL_SNIPPETS = ("# mypkg/mymodel.py", "# tests/test_mymodel.py", "# conftest.py")
 #: Snippets, by a line each contains, that no test runs, and why.
 NOT_RUN = {
     "gradio_client": "needs a running demo page: tests/client/test_demo.py calls /predict",
@@ -80,20 +80,30 @@ async def test_a_client_snippet_runs_against_a_server(server: Server, marker: st
 
 
 @pytest.mark.subprocess
-async def test_the_model_and_its_test_run_as_written(tmp_path: Path) -> None:
-    (tmp_path / "mypkg").mkdir()
-    (tmp_path / "mypkg" / "__init__.py").write_text("")
-    (tmp_path / "mypkg" / "mymodel.py").write_text(snippet(MODEL_SNIPPETS[0]).code)
-    (tmp_path / "test_mymodel.py").write_text(snippet(MODEL_SNIPPETS[1]).code)
-
+async def test_the_model_and_its_tests_pass_as_pasted_in_a_folder_outside_the_repository() -> None:
+    # What `tox -e kit` runs after installing the checkout with the testing extra;
+    # here pytest-asyncio is blocked (the extra does not bring it) and the plugin
+    # named, as this environment may have emotion installed without its entry point.
     code, printed = await run_python(
-        "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
-        "--rootdir", str(tmp_path), str(tmp_path / "test_mymodel.py"),
-        PYTHONPATH=str(tmp_path),
+        str(ROOT / "tools" / "readme_kit.py"),
+        "-p", "emotion.pytest_plugin", "-p", "no:asyncio", "-p", "no:cacheprovider",
     )  # fmt: skip
 
     assert code == 0, printed
-    assert "2 passed" in printed
+    assert "3 passed" in printed
+    assert {f"wrote {path}" for path in ("mypkg/mymodel.py", "tests/test_mymodel.py")} <= set(
+        printed.splitlines()
+    )
+
+
+def test_the_readme_installs_the_extra_the_kit_environment_installs() -> None:
+    tox = configparser.ConfigParser()
+    tox.read(ROOT / "tox.ini")
+    install = next(line for line in snippet("[testing]", "sh").code.splitlines() if "pip" in line)
+
+    assert "[testing]" in install
+    assert tox["testenv:kit"]["extras"].split() == ["testing"]
+    assert "kit" in tox["tox"]["envlist"].replace(" ", "").split(",")
 
 
 PREDICT = ".venv/bin/emotion predict tests/fixtures/astronaut.jpg"

@@ -244,3 +244,85 @@ class UnencodableModel(Model):
 
     def process_sample(self, image: Image.Image) -> Response:
         return Response(response=[Result(bbox=BBox(x1="wide"))])  # type: ignore[arg-type]
+
+
+# Models that break one of check_model's properties each (tests/testing/test_check_model.py).
+
+
+class WholeImageModel(Model):
+    """One face the size of the image, happiness 0.75: keeps every property."""
+
+    happiness = 0.75
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return self.answer(image, Expression(happiness=self.happiness, neutral=1 - self.happiness))
+
+    def answer(self, image: Image.Image, expression: Expression) -> Response:
+        box = BBox(x1=0, y1=0, x2=image.width, y2=image.height)
+        return Response(response=[Result(bbox=box, expression=expression)])
+
+
+class OverconfidentModel(WholeImageModel):
+    """Happiness 1.5 and neutral -0.5: they sum to 1, but are not probabilities."""
+
+    happiness = 1.5
+
+
+class UnnormalizedModel(WholeImageModel):
+    """Happiness 0.5 and nothing else: a distribution that does not sum to 1."""
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return self.answer(image, Expression(happiness=0.5))
+
+
+class OverflowingBoxModel(WholeImageModel):
+    """Its box's width and height swapped: outside any image that is not square."""
+
+    def process_sample(self, image: Image.Image) -> Response:
+        box = BBox(x1=0, y1=0, x2=image.height, y2=image.width)
+        return Response(response=[Result(bbox=box, expression=Expression(neutral=1))])
+
+
+class FussyModel(WholeImageModel):
+    """Fails on one kind of image, named by EMOTION_TEST_REFUSE: a mode, "tiny" or "large"."""
+
+    def process_sample(self, image: Image.Image) -> Response:
+        refused = os.environ["EMOTION_TEST_REFUSE"]
+        if refused == "tiny" and min(image.size) < 32:
+            raise ValueError("the face detector needs 32 pixels")
+        if refused == "large" and max(image.size) > 2048:
+            raise MemoryError("the model's input buffer holds 2048 pixels a side")
+        if image.mode == refused:
+            raise ValueError(f"cannot read mode {image.mode}")
+        return super().process_sample(image)
+
+
+class CoinFlipModel(WholeImageModel):
+    """Happy on every other call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def process_sample(self, image: Image.Image) -> Response:
+        self.calls += 1
+        happiness = float(self.calls % 2)
+        return self.answer(image, Expression(happiness=happiness, neutral=1 - happiness))
+
+
+class RememberingModel(WholeImageModel):
+    """Less happy with each new image size it sees: the same answer twice, not after others."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[int, int]] = set()
+
+    def process_sample(self, image: Image.Image) -> Response:
+        self.seen.add(image.size)
+        happiness = 1 / len(self.seen)
+        return self.answer(image, Expression(happiness=happiness, neutral=1 - happiness))
+
+
+class ConfiguredModel(WholeImageModel):
+    """Takes its happiness as an argument, which the server's own instances never get."""
+
+    def __init__(self, happiness: float = 0.75) -> None:
+        self.happiness = happiness
