@@ -13,7 +13,7 @@ import typing as _typing
 if _typing.TYPE_CHECKING:
     from emotion.client import Client, SyncClient
     from emotion.codec import InvalidMessage
-    from emotion.config import ClientTls, Limits, RetryPolicy, ServerConfig
+    from emotion.config import ClientTls, ConnectionPolicy, Limits, RetryPolicy, ServerConfig
     from emotion.contract import BBox, Expression, PipelineStub, Request, Response, Result
     from emotion.model import Model, ModelLoadError, load_model
     from emotion.serving.server import Server
@@ -23,6 +23,7 @@ _HOMES = {
     "BBox": "emotion.contract",
     "Client": "emotion.client",
     "ClientTls": "emotion.config",
+    "ConnectionPolicy": "emotion.config",
     "Expression": "emotion.contract",
     "InvalidMessage": "emotion.codec",
     "Limits": "emotion.config",
@@ -43,6 +44,7 @@ __all__ = [
     "BBox",
     "Client",
     "ClientTls",
+    "ConnectionPolicy",
     "Expression",
     "InvalidMessage",
     "Limits",

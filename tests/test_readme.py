@@ -28,6 +28,7 @@ CLIENT_SNIPPETS = (
     "grpc.service_config",
     "RetryPolicy(max_attempts=8",
     "ThreadPoolExecutor(4)",
+    "ConnectionPolicy(per_address=1",
 )
 MODEL_SNIPPETS = ("# mypkg/mymodel.py", "# tests/test_mymodel.py", "# conftest.py")
 #: Snippets, by a line each contains, that no test runs, and why.

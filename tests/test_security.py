@@ -32,6 +32,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair | Path]:
     return {
         "ca": ca.cert,
         "server": ca.issue("server", server=True),
+        "named": ca.issue("named", server=True, names_only=True),
         "client": ca.issue("client", server=False),
         "stranger": stranger.issue("stranger", server=False),
         "stranger_ca": stranger.cert,
@@ -62,6 +63,23 @@ async def test_tls_round_trip(
 
     async with Client(f"127.0.0.1:{server.port}", tls=ClientTls(ca=path(pki, "ca"))) as client:
         response = await client.predict(jpeg, timeout=10)
+
+    assert len(response.response) == 1
+
+
+async def test_the_client_checks_the_certificate_against_the_name_it_was_given(
+    start_server: StartServer, pki: dict[str, Pair | Path], jpeg: bytes
+) -> None:
+    named = pair(pki, "named")  # for localhost, not for 127.0.0.1
+    server = await start_server(tls=ServerTls(named.cert, named.key))
+    tls = ClientTls(ca=path(pki, "ca"))
+
+    # The client dials the address localhost resolves to, and names localhost.
+    async with Client(f"localhost:{server.port}", tls=tls, timeout=10) as client:
+        response = await client.predict(jpeg)
+    async with Client(f"127.0.0.1:{server.port}", tls=tls, timeout=10, retry=None) as client:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await client.predict(jpeg)
 
     assert len(response.response) == 1
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.metadata import Deadline
 
+from emotion.client.balancing import Balancer
 from emotion.client.retries import Retries
 from emotion.client.streams import Feed, stream_pipeline
 from emotion.codec import ProtobufCodec
 from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET, ClientTls
-from emotion.config.client import RetryPolicy
+from emotion.config.client import ConnectionPolicy, RetryPolicy
 from emotion.config.settings import parse_target as parse_target
+from emotion.config.settings import parse_targets
 from emotion.contract import (
     RUN_PIPELINE_PATH,
     STREAM_PIPELINE_PATH,
@@ -25,13 +27,22 @@ from emotion.contract import (
     Response,
 )
 from emotion.observability.tracing import NoTracing, Tracer
+from emotion.transport.client import channel_to
 
 #: What a Client retries unless told otherwise: see RetryPolicy.
 DEFAULT_RETRY = RetryPolicy()
+#: How a Client spreads its calls unless told otherwise: see ConnectionPolicy.
+DEFAULT_CONNECTIONS = ConnectionPolicy()
 
 
 class Client:
-    """Connects lazily on the first call; use ``async with`` to close the channel.
+    """Connects lazily on the first call; use ``async with`` to close its connections.
+
+    ``target`` is ``host:port``, or several, as a list or separated by
+    commas; a name stands for every address it resolves to (a headless
+    Service's pods), resolved again as the client goes. Calls are spread
+    over all of them and over several connections to each, as
+    ``connections`` says, the least busy connection first.
 
     ``tls`` turns on TLS (and mutual TLS when it names a certificate);
     ``token`` is sent as ``authorization: Bearer <token>`` on every call;
@@ -43,14 +54,16 @@ class Client:
     it has one; with ``tracing``, each call also gets a CLIENT span of its own.
 
     A call that fails for a reason a new try can mend (the server restarting,
-    draining, busy, a worker that died) is tried again, as ``retry`` says,
-    within the call's one deadline; a stream goes on over a new call. With
-    ``retry=None`` every failure reaches the caller. See docs/client.md.
+    draining, busy, a worker that died, an address that refuses) is tried
+    again, as ``retry`` says, within the call's one deadline; a stream goes
+    on over a new call. With ``retry=None`` every failure reaches the
+    caller. ``stub`` is one plain channel to the first target: no retries,
+    no spreading. See docs/client.md.
     """
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout: float | None = None,
         tls: ClientTls | None = None,
@@ -58,19 +71,28 @@ class Client:
         max_image_size: int = DEFAULT_MAX_IMAGE_SIZE,
         tracing: Tracer | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        connections: ConnectionPolicy = DEFAULT_CONNECTIONS,
     ) -> None:
-        host, port = parse_target(target)
-        self.target = target
+        targets = parse_targets(target)
+        self.target = target if isinstance(target, str) else ",".join(target)
         self.timeout = timeout
         self.max_image_size = max_image_size
-        self._channel = Channel(
-            host, port, ssl=None if tls is None else tls.context(), codec=ProtobufCodec()
-        )
+        self._ssl = None if tls is None else tls.context()
+        self._codec = ProtobufCodec()
         self._metadata = {} if token is None else {"authorization": f"Bearer {token}"}
         self._tracing = tracing or NoTracing()
-        self.stub = PipelineStub(self._channel, timeout=timeout, metadata=self._metadata or None)
+        host, port = targets[0]
+        self._stub_channel = Channel(host, port, ssl=self._ssl, codec=self._codec)
+        self.stub = PipelineStub(
+            self._stub_channel, timeout=timeout, metadata=self._metadata or None
+        )
         self.retry = retry
         self._retries = None if retry is None else Retries(retry)
+        self.connections = connections
+        self._balancer = Balancer(targets, connections, self._open_channel)
+
+    def _open_channel(self, address: str, port: int, name: str) -> Channel:
+        return channel_to(address, port, name=name, ssl=self._ssl, codec=self._codec)
 
     async def predict(self, image: bytes, *, timeout: float | None = None) -> Response:
         """Run the pipeline on the bytes of one image file."""
@@ -79,12 +101,12 @@ class Client:
         with self._tracing.client_call(RUN_PIPELINE_PATH) as trace:
             metadata = self._with(trace)
             retries = self._retries
-            if retries is None:
-                return await self.stub.run_pipeline(request, timeout=timeout, metadata=metadata)
+            balancer = self._balancer
             deadline = self._deadline(timeout)
             tries = None
             while True:
-                call = self._channel.request(
+                connection = await balancer.pick()
+                call = connection.channel.request(
                     RUN_PIPELINE_PATH,
                     Cardinality.UNARY_UNARY,
                     Request,
@@ -96,14 +118,19 @@ class Client:
                     async with call:
                         await call.send_message(request, end=True)
                         response = await call.recv_message()
-                except Exception as exc:
+                except BaseException as exc:
+                    balancer.release(connection, exc)
+                    if retries is None or not isinstance(exc, Exception):
+                        raise
                     tries = tries or retries.tries(deadline)
-                    delay = tries.after(exc, call)
+                    delay = tries.after(exc, call, elsewhere=balancer.elsewhere(connection))
                     if delay is None:
                         raise
                     await asyncio.sleep(delay)
                 else:
-                    retries.succeeded()
+                    balancer.release(connection, None)
+                    if retries is not None:
+                        retries.succeeded()
                     assert response is not None
                     return response
 
@@ -125,7 +152,7 @@ class Client:
         feed = Feed(images, self._check_size)
         with self._tracing.client_call(STREAM_PIPELINE_PATH) as trace:
             answers = stream_pipeline(
-                self._channel, self._retries, feed, self._deadline(timeout), self._with(trace)
+                self._balancer, self._retries, feed, self._deadline(timeout), self._with(trace)
             )
             async with contextlib.aclosing(answers):
                 async for response in answers:
@@ -155,7 +182,8 @@ class Client:
         """Close the connection; a call it cuts raises, however the retries are set."""
         if self._retries is not None:
             self._retries.closed = True
-        self._channel.close()
+        self._balancer.close()
+        self._stub_channel.close()
 
     async def __aenter__(self) -> Client:
         return self

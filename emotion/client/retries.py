@@ -5,6 +5,8 @@ failure a new try can mend is retried, within the call's one deadline:
 
 - a call the server sent away unseen (a GOAWAY, a refused stream) at once,
   once per try, without counting it as a try or a failure;
+- a refused connection while another address of the target serves, at
+  once, on that address, uncounted;
 - a refused connection to a server this client reached before (a restart)
   at once and then with backoff, for up to ``wait_for_server`` seconds,
   likewise uncounted; to a server never reached, as a failed try, so that a
@@ -153,15 +155,22 @@ class Tries:
         self._reconnects = 0
         self._retries.succeeded()
 
-    def after(self, exc: BaseException, call: Stream[Any, Any] | None) -> float | None:
-        """Seconds to wait before the next try after ``exc``; None to give up and raise it."""
+    def after(
+        self, exc: BaseException, call: Stream[Any, Any] | None, *, elsewhere: bool = False
+    ) -> float | None:
+        """Seconds to wait before the next try after ``exc``; None to give up and raise it.
+
+        ``elsewhere``: another address of the target may take the call now.
+        """
         if self._retries.closed:
             return None
         if isinstance(exc, (GRPCError, StreamTerminatedError)):
             self._retries.reached = True
-        return self.next(classify(exc, call, self._retries.policy), pushback(call))
+        return self.next(classify(exc, call, self._retries.policy), pushback(call), elsewhere)
 
-    def next(self, failure: Failure, asked: float | None = None) -> float | None:
+    def next(
+        self, failure: Failure, asked: float | None = None, elsewhere: bool = False
+    ) -> float | None:
         """Seconds to wait after a try that failed as ``failure``; None to give up.
 
         ``asked`` is the server's pushback in seconds (negative: do not retry).
@@ -172,6 +181,8 @@ class Tries:
             self._turned_away = True
             return self._within_deadline(0.0)
         retries = self._retries
+        if failure is Failure.UNREACHABLE and elsewhere:
+            return self._within_deadline(0.0)  # the balancer left that address out
         if failure is Failure.UNREACHABLE and retries.reached and retries.policy.wait_for_server:
             return self._reconnect()
         return self._retry(asked)

@@ -15,11 +15,12 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from typing import Any
 
-from grpclib.client import Channel, Stream
+from grpclib.client import Stream
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import Deadline
 
+from emotion.client.balancing import Balancer
 from emotion.client.retries import Retries, Tries
 from emotion.contract import STREAM_PIPELINE_PATH, Request, Response
 
@@ -77,7 +78,7 @@ class Feed:
 
 
 async def stream_pipeline(
-    channel: Channel,
+    balancer: Balancer,
     retries: Retries | None,
     feed: Feed,
     deadline: Deadline | None,
@@ -96,7 +97,8 @@ async def stream_pipeline(
         while True:
             if tries is not None and feed.ended and not pending:
                 break  # cut after its last answer: nothing is left to send
-            call: _Call = channel.request(
+            connection = await balancer.pick()
+            call: _Call = connection.channel.request(
                 STREAM_PIPELINE_PATH,
                 Cardinality.STREAM_STREAM,
                 Request,
@@ -106,6 +108,7 @@ async def stream_pipeline(
             )
             first = answered
             delivering = False
+            released = False
             try:
                 async with call:
                     await call.send_request()
@@ -127,12 +130,14 @@ async def stream_pipeline(
             except Exception as exc:
                 if delivering:
                     raise  # thrown in by the caller at an answer: not the call's
+                balancer.release(connection, exc)
+                released = True
                 delay = None
                 if retries is not None:
                     tries = tries or retries.tries(deadline)
                     if answered > first:
                         tries.progressed()
-                    delay = tries.after(exc, call)
+                    delay = tries.after(exc, call, elsewhere=balancer.elsewhere(connection))
                 if delay is None:
                     final = _renumbered(exc, first)
                     final.add_note(
@@ -144,9 +149,14 @@ async def stream_pipeline(
                     raise final from None
                 await asyncio.sleep(delay)
             else:
+                balancer.release(connection, None)
+                released = True
                 if retries is not None:
                     retries.succeeded()
                 break
+            finally:
+                if not released:  # the caller stopped: no failure of the connection's
+                    balancer.release(connection, None if delivering else asyncio.CancelledError())
     finally:
         feed.close()
     if feed.failure is not None:

@@ -15,13 +15,13 @@ import concurrent.futures
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from emotion.client.client import DEFAULT_RETRY, Client
+from emotion.client.client import DEFAULT_CONNECTIONS, DEFAULT_RETRY, Client
 from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET, ClientTls
-from emotion.config.client import RetryPolicy
+from emotion.config.client import ConnectionPolicy, RetryPolicy
 from emotion.contract import Response
 from emotion.observability.tracing import Tracer
 
@@ -39,7 +39,7 @@ class SyncClient:
     promises: calls that fail for a reason a new try can mend are tried again
     within their one deadline, a stream goes on over a new call, and
     ``retry=None`` shows every error. Safe to share between threads: their
-    calls run at once, over one connection. The caller's OpenTelemetry trace
+    calls run at once, over the client's connections. The caller's OpenTelemetry trace
     goes with each call from the thread that makes it.
 
     A KeyboardInterrupt (or any exception from a signal handler) while a call
@@ -51,7 +51,7 @@ class SyncClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout: float | None = None,
         tls: ClientTls | None = None,
@@ -59,6 +59,7 @@ class SyncClient:
         max_image_size: int = DEFAULT_MAX_IMAGE_SIZE,
         tracing: Tracer | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        connections: ConnectionPolicy = DEFAULT_CONNECTIONS,
     ) -> None:
         self._closed = False
         self._lock = threading.Lock()
@@ -78,6 +79,7 @@ class SyncClient:
                 max_image_size=max_image_size,
                 tracing=tracing,
                 retry=retry,
+                connections=connections,
             )
 
         try:

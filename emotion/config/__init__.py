@@ -7,7 +7,13 @@ which `emotion.cli` builds each command's flags. Every flag has an
 environment variable named by :func:`emotion.config.settings.env_name`.
 """
 
-from emotion.config.client import ClientTls, DemoOptions, PredictOptions, RetryPolicy
+from emotion.config.client import (
+    ClientTls,
+    ConnectionPolicy,
+    DemoOptions,
+    PredictOptions,
+    RetryPolicy,
+)
 from emotion.config.limits import (
     DEFAULT_MAX_IMAGE_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -37,6 +43,7 @@ __all__ = [
     "ClientTls",
     "ConnectionAge",
     "ConnectionLimits",
+    "ConnectionPolicy",
     "DemoOptions",
     "Limits",
     "PredictOptions",

@@ -103,6 +103,14 @@ def _is_tokens(value: Any) -> None:
         raise ValueError(f"must be a number from 1 to 1000, not {value!r}")
 
 
+def _check_backoff(policy: RetryPolicy | ConnectionPolicy) -> None:
+    if policy.max_backoff < policy.initial_backoff:
+        raise ValueError(
+            f"{type(policy).__name__}.max_backoff ({policy.max_backoff:g}s) is less than "
+            f"initial_backoff ({policy.initial_backoff:g}s)"
+        )
+
+
 @dataclass(frozen=True)
 class RetryPolicy(Settings):
     """How emotion.Client retries a call that failed for a reason a retry can fix.
@@ -145,11 +153,33 @@ class RetryPolicy(Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_backoff < self.initial_backoff:
-            raise ValueError(
-                f"RetryPolicy.max_backoff ({self.max_backoff:g}s) is less than "
-                f"initial_backoff ({self.initial_backoff:g}s)"
-            )
+        _check_backoff(self)
+
+
+@dataclass(frozen=True)
+class ConnectionPolicy(Settings):
+    """How emotion.Client spreads its calls over a deployment.
+
+    Every address of every target (a name is resolved to all its addresses,
+    again every ``resolve_every`` seconds: a headless Service's pods) gets
+    up to ``per_address`` connections, opened only while all of its open ones
+    have calls in flight: connections land on different workers of a server
+    (``SO_REUSEPORT``), so one client reaches every core where one connection
+    would reach one worker. Each call takes the connection with the fewest
+    calls in flight. An address that refuses is left out, and dialled again
+    in the background after a backoff from ``initial_backoff`` doubling up to
+    ``max_backoff``; a dial gives up after ``connect_timeout``.
+    """
+
+    per_address: int = field(default=16, metadata=meta(check=at_least(1)))
+    resolve_every: float = field(default=30.0, metadata=meta(check=is_positive_seconds))
+    initial_backoff: float = field(default=0.1, metadata=meta(check=is_positive_seconds))
+    max_backoff: float = field(default=5.0, metadata=meta(check=is_positive_seconds))
+    connect_timeout: float = field(default=10.0, metadata=meta(check=is_positive_seconds))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_backoff(self)
 
 
 def _target(command: str) -> Any:
@@ -160,7 +190,7 @@ def _target(command: str) -> Any:
             "--target",
             str,
             is_target,
-            "server address as host:port",
+            "server address as host:port, or several separated by commas",
             aliases=("EMOTION_TARGET",),
         ),
     )

@@ -10,7 +10,7 @@ and build settings from them. grpclib's ``Configuration`` is the model.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -256,6 +256,14 @@ def parse_target(target: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_targets(target: str | Sequence[str]) -> list[tuple[str, int]]:
+    """Several targets, as a list or one string separated by commas; at least one."""
+    parts = target.split(",") if isinstance(target, str) else list(target)
+    if not parts or not all(isinstance(part, str) for part in parts):
+        raise ValueError(f"target {target!r} is not host:port, nor a list of them")
+    return [parse_target(part.strip()) for part in parts]
+
+
 # Checks: raise ValueError("must be ..., not X") for a bad value.
 
 
@@ -335,4 +343,4 @@ def is_tokens(value: Any) -> None:
 
 
 def is_target(value: Any) -> None:
-    parse_target(value if isinstance(value, str) else "")
+    parse_targets(value if isinstance(value, str) else "")

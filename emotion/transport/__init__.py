@@ -24,8 +24,9 @@ Modules, one concern each:
   in the time its size allows, within the worker's receive budget; and
   send_message, an answer counted as unread while it waits for window.
 - ``client``: turned_away, whether the server sent a failed call away
-  (a GOAWAY, a refused stream) rather than failing under it; and
-  received_trailer, a trailer grpclib's metadata drops (``grpc-``).
+  (a GOAWAY, a refused stream) rather than failing under it;
+  received_trailer, a trailer grpclib's metadata drops (``grpc-``); and
+  channel_to and connect, a channel to one address of a name, dialled ahead.
 - ``trailers``: add_trailer, a ``grpc-`` trailer grpclib's metadata refuses
   to send (gRFC A6's retry pushback).
 
@@ -58,6 +59,10 @@ grpclib
       connection), ``grpclib.protocol.Stream._transport``, and the raw fields
       received, ``grpclib.protocol.Stream.headers`` and
       ``grpclib.protocol.Stream.trailers``.
+    - ``Channel._authority``: set, with grpclib's own ``Channel._get_authority``,
+      to the name a caller gave for a channel dialling one of its addresses;
+      ``Channel.__connect__`` (what a call awaits first) opens a connection
+      before a call needs it.
     - ``grpclib.protocol.Stream.send_headers``: replaced on one server call's
       stream, to add a trailer to those grpclib sends.
     - ``Handler.accept``: extended; it reads ``Handler._tasks`` (the task of

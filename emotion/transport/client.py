@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
-from grpclib.client import Stream
+from grpclib.client import Channel, Stream
+from grpclib.config import Configuration
+from grpclib.encoding.base import CodecBase
 from h2.connection import ConnectionState
+
+
+def channel_to(
+    address: str, port: int, *, name: str, ssl: ssl.SSLContext | None, codec: CodecBase
+) -> Channel:
+    """A channel that connects to ``address`` but speaks to the server as ``name``.
+
+    One of the addresses a name resolves to: the call's ``:authority`` and the
+    TLS server name stay the name the caller gave, as a proxy routing by
+    authority and a certificate issued for the name expect.
+    """
+    named = ssl is not None and name != address
+    config = Configuration(ssl_target_name_override=name) if named else None
+    channel = Channel(address, port, ssl=ssl, codec=codec, config=config)
+    channel._authority = channel._get_authority(name, port)
+    return channel
+
+
+async def connect(channel: Channel) -> None:
+    """Open the channel's connection now, if it has none, rather than at its next call."""
+    await channel.__connect__()
 
 
 def turned_away(call: Stream[Any, Any]) -> bool:

@@ -85,7 +85,11 @@ class Authority:
     def cert(self) -> Path:
         return self.pair.cert
 
-    def issue(self, stem: str, *, server: bool) -> Pair:
+    def issue(self, stem: str, *, server: bool, names_only: bool = False) -> Pair:
+        """A certificate signed by this authority; a server's for 127.0.0.1 and localhost.
+
+        ``names_only``: for the name localhost alone, not its address.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -109,7 +113,12 @@ class Authority:
         if server:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                    [x509.DNSName("localhost")]
+                    if names_only
+                    else [
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        x509.DNSName("localhost"),
+                    ]
                 ),
                 critical=False,
             )

@@ -63,14 +63,16 @@ class Scripted:
 
 
 @contextlib.asynccontextmanager
-async def serve_scripted() -> AsyncIterator[tuple[Scripted, str]]:
-    """A Scripted server on an ephemeral port, and its target."""
+async def serve_scripted(
+    host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[tuple[Scripted, str]]:
+    """A Scripted server on ``host`` (an ephemeral port unless given), and its target."""
     service = Scripted()
     server = grpclib.server.Server([service], codec=ProtobufCodec())
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = socket.create_server((host, port))
     await server.start(sock=listener)
     try:
-        yield service, f"127.0.0.1:{listener.getsockname()[1]}"
+        yield service, f"{host}:{listener.getsockname()[1]}"
     finally:
         server.close()
         await server.wait_closed()

@@ -221,6 +221,10 @@ STATIC = [
         "the error a cancelled wrapper raises",
     ),
     Expect("Frame._body_repr", Frame, "_body_repr", FUNCTION, "a method"),
+    Expect("Channel._get_authority", Channel, "_get_authority", FUNCTION, "a method"),
+    Expect(
+        "Channel.__connect__", Channel, "__connect__", inspect.iscoroutinefunction, "a coroutine"
+    ),
     Expect(
         "hyperframe.frame._raw_data_repr",
         hyperframe.frame,
@@ -392,6 +396,7 @@ def instance_expectations(served: Echoing) -> list[Expect]:
     call = served.last_call
     call_stream = getattr(call, "_stream", None)
     return [
+        Expect("Channel._authority", served.channel, "_authority", of_type(str), "a str"),
         Expect("Server._mapping", server, "_mapping", of_type(dict), "a dict"),
         Expect("Server._codec", server, "_codec", of_type(CodecBase), "a CodecBase"),
         Expect("Server._status_details_codec", server, "_status_details_codec", lambda v: True, ""),
