@@ -14,7 +14,17 @@ if _typing.TYPE_CHECKING:
     from emotion.client import Client, SyncClient
     from emotion.codec import InvalidMessage
     from emotion.config import ClientTls, Limits, RetryPolicy, ServerConfig
-    from emotion.contract import BBox, Expression, PipelineStub, Request, Response, Result
+    from emotion.contract import (
+        BBox,
+        Expression,
+        Landmarks,
+        Options,
+        PipelineStub,
+        Point,
+        Request,
+        Response,
+        Result,
+    )
     from emotion.model import Model, ModelLoadError, load_model
     from emotion.serving.server import Server
 
@@ -25,10 +35,13 @@ _HOMES = {
     "ClientTls": "emotion.config",
     "Expression": "emotion.contract",
     "InvalidMessage": "emotion.codec",
+    "Landmarks": "emotion.contract",
     "Limits": "emotion.config",
     "Model": "emotion.model",
     "ModelLoadError": "emotion.model",
+    "Options": "emotion.contract",
     "PipelineStub": "emotion.contract",
+    "Point": "emotion.contract",
     "Request": "emotion.contract",
     "Response": "emotion.contract",
     "Result": "emotion.contract",
@@ -45,10 +58,13 @@ __all__ = [
     "ClientTls",
     "Expression",
     "InvalidMessage",
+    "Landmarks",
     "Limits",
     "Model",
     "ModelLoadError",
+    "Options",
     "PipelineStub",
+    "Point",
     "Request",
     "Response",
     "Result",
