@@ -11,6 +11,8 @@ import grpclib.const
 import grpclib.server
 import pytest
 from conftest import StartServer, encode, gradient
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from support.sample_models import ConfidentModel
 from support.served import start_serving
@@ -18,7 +20,14 @@ from support.served import start_serving
 from emotion import Client, Limits, Request, Response, SyncClient
 from emotion.codec import ProtobufCodec
 from emotion.config import DEFAULT_MAX_IMAGE_SIZE
-from emotion.contract import RUN_PIPELINE_PATH, ModelVersion, Options
+from emotion.contract import (
+    DESCRIBE_PATH,
+    RUN_PIPELINE_PATH,
+    DescribeRequest,
+    DescribeResponse,
+    ModelVersion,
+    Options,
+)
 
 MIB = 1024 * 1024
 
@@ -151,21 +160,33 @@ async def test_a_limit_given_to_the_client_is_kept_and_the_server_never_asked(
 
 
 class _OldPipeline:
-    """A server of the contract before Describe: RunPipeline only, one empty answer."""
+    """A server of the contract before Describe: RunPipeline, one empty answer.
+
+    It answers Describe as grpclib answers a method it does not have (the
+    status and message of its "Method not found"), and counts how often it
+    was asked, which an unknown method would not let the test see.
+    """
 
     def __init__(self) -> None:
         self.calls = 0
+        self.asked = 0
 
     async def _answer(self, stream: Stream[Request, Response]) -> None:
         self.calls += 1
         await stream.recv_message()
         await stream.send_message(Response())
 
+    async def _describe(self, stream: Stream[DescribeRequest, DescribeResponse]) -> None:
+        self.asked += 1
+        raise GRPCError(Status.UNIMPLEMENTED, "Method not found")
+
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        unary = grpclib.const.Cardinality.UNARY_UNARY
         return {
-            RUN_PIPELINE_PATH: grpclib.const.Handler(
-                self._answer, grpclib.const.Cardinality.UNARY_UNARY, Request, Response
-            )
+            RUN_PIPELINE_PATH: grpclib.const.Handler(self._answer, unary, Request, Response),
+            DESCRIBE_PATH: grpclib.const.Handler(
+                self._describe, unary, DescribeRequest, DescribeResponse
+            ),
         }
 
 
@@ -192,7 +213,7 @@ async def test_a_server_older_than_describe_keeps_the_default_and_is_asked_once(
         answer = await client.predict(bytes(10))
 
     assert answer == Response()
-    assert service.calls == 1
+    assert (service.asked, service.calls) == (1, 1)
     assert client.max_image_size == DEFAULT_MAX_IMAGE_SIZE
 
 
