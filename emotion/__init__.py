@@ -14,7 +14,17 @@ if _typing.TYPE_CHECKING:
     from emotion.client import Client, SyncClient
     from emotion.codec import InvalidMessage
     from emotion.config import ClientTls, ConnectionPolicy, Limits, RetryPolicy, ServerConfig
-    from emotion.contract import BBox, Expression, PipelineStub, Request, Response, Result
+    from emotion.contract import (
+        BBox,
+        Expression,
+        Landmarks,
+        Options,
+        PipelineStub,
+        Point,
+        Request,
+        Response,
+        Result,
+    )
     from emotion.model import Model, ModelLoadError, load_model
     from emotion.serving.server import Server
 
@@ -26,10 +36,13 @@ _HOMES = {
     "ConnectionPolicy": "emotion.config",
     "Expression": "emotion.contract",
     "InvalidMessage": "emotion.codec",
+    "Landmarks": "emotion.contract",
     "Limits": "emotion.config",
     "Model": "emotion.model",
     "ModelLoadError": "emotion.model",
+    "Options": "emotion.contract",
     "PipelineStub": "emotion.contract",
+    "Point": "emotion.contract",
     "Request": "emotion.contract",
     "Response": "emotion.contract",
     "Result": "emotion.contract",
@@ -47,10 +60,13 @@ __all__ = [
     "ConnectionPolicy",
     "Expression",
     "InvalidMessage",
+    "Landmarks",
     "Limits",
     "Model",
     "ModelLoadError",
+    "Options",
     "PipelineStub",
+    "Point",
     "Request",
     "Response",
     "Result",

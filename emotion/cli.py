@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import logging
 import os
 import signal
@@ -39,6 +38,7 @@ from emotion.runtime import (
     configure_logging,
     exit_code,
     run,
+    version,
     write_port_file,
 )
 from emotion.security import TOKENS_VARIABLE, SecurityConfigError, load_tokens, read_token
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emotion", description="Facial emotion recognition over gRPC."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser(
         "serve",
@@ -84,14 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(demo_cmd, DemoOptions)
     return parser
-
-
-def _version() -> str:
-    """The installed distribution's version: one number, kept in pyproject.toml."""
-    try:
-        return importlib.metadata.version("emotion")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        return "unknown (not installed)"
 
 
 def serve_options(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeOptions:

@@ -9,12 +9,20 @@ import dataclasses
 from emotion._generated.emotion.v1 import (
     EMOTION_V1_EMOTION_PROTO_DESCRIPTOR,
     BBox,
+    DescribeRequest,
+    DescribeResponse,
     Expression,
+    Landmarks,
+    ModelDescription,
+    ModelVersion,
+    Options,
     PipelineBase,
     PipelineStub,
+    Point,
     Request,
     Response,
     Result,
+    ServerLimits,
 )
 
 #: The `emotion.v1.Pipeline` method path the generated stub calls.
@@ -22,6 +30,9 @@ RUN_PIPELINE_PATH = "/emotion.v1.Pipeline/RunPipeline"
 
 #: The streaming method: many images in, one Response per image out, in order.
 STREAM_PIPELINE_PATH = "/emotion.v1.Pipeline/StreamPipeline"
+
+#: What the server serves and accepts: model, version, limits.
+DESCRIBE_PATH = "/emotion.v1.Pipeline/Describe"
 
 #: The method path a client generated from the original contract calls: that
 #: contract spelled the RPC `run_pipeline`. Served as an alias so those clients
@@ -35,17 +46,30 @@ FILE_DESCRIPTOR = EMOTION_V1_EMOTION_PROTO_DESCRIPTOR
 #: the generated dataclass, so a field added to the contract appears here).
 EXPRESSION_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Expression))
 
+#: The Landmarks points in the order emotion.proto declares them.
+LANDMARK_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Landmarks))
+
 __all__ = [
+    "DESCRIBE_PATH",
     "EXPRESSION_FIELDS",
     "FILE_DESCRIPTOR",
+    "LANDMARK_FIELDS",
     "LEGACY_RUN_PIPELINE_PATH",
     "RUN_PIPELINE_PATH",
     "STREAM_PIPELINE_PATH",
     "BBox",
+    "DescribeRequest",
+    "DescribeResponse",
     "Expression",
+    "Landmarks",
+    "ModelDescription",
+    "ModelVersion",
+    "Options",
     "PipelineBase",
     "PipelineStub",
+    "Point",
     "Request",
     "Response",
     "Result",
+    "ServerLimits",
 ]

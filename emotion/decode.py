@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from emotion.config.limits import DEFAULT_MAX_PIXELS
-from emotion.contract import Response
+from emotion.contract import LANDMARK_FIELDS, Response
 
+#: The formats a client may send, as Pillow names them (Describe lists them).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 #: Pillow format names the server decodes. MPO is how Pillow names the JPEGs
 #: many phone cameras write (a JPEG with extra preview frames).
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+ALLOWED_FORMATS = frozenset({*IMAGE_FORMATS, "MPO"})
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 
 # Signatures of the allowed formats, to tell "damaged JPEG" from "not an image".
@@ -68,18 +70,24 @@ class Decoded:
 
 
 def to_full_size(response: Response, decoded: Decoded) -> None:
-    """Scale the boxes a model found in a reduced decode to the full image, in place."""
+    """Scale the boxes and landmarks found in a reduced decode to the full image, in place."""
     if decoded.scale_x == 1.0 and decoded.scale_y == 1.0:
         return
     width, height = decoded.size
     for result in response.response:
         box = result.bbox
-        if box is None:
+        if box is not None:
+            box.x1 = min(box.x1 * decoded.scale_x, width)
+            box.x2 = min(box.x2 * decoded.scale_x, width)
+            box.y1 = min(box.y1 * decoded.scale_y, height)
+            box.y2 = min(box.y2 * decoded.scale_y, height)
+        if result.landmarks is None:
             continue
-        box.x1 = min(box.x1 * decoded.scale_x, width)
-        box.x2 = min(box.x2 * decoded.scale_x, width)
-        box.y1 = min(box.y1 * decoded.scale_y, height)
-        box.y2 = min(box.y2 * decoded.scale_y, height)
+        for name in LANDMARK_FIELDS:
+            point = getattr(result.landmarks, name)
+            if point is not None:
+                point.x = min(point.x * decoded.scale_x, width)
+                point.y = min(point.y * decoded.scale_y, height)
 
 
 def decode(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import math
 import os
@@ -32,6 +33,14 @@ _SAID_BY_CALLS = frozenset({"Deadline exceeded", "Request was cancelled: %s"})
 class _OncePerCall(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg not in _SAID_BY_CALLS
+
+
+def version() -> str:
+    """The installed distribution's version: one number, kept in pyproject.toml."""
+    try:
+        return importlib.metadata.version("emotion")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown (not installed)"
 
 
 def configure_logging(level: str, log_format: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -17,10 +18,11 @@ from conftest import TESTS, StartServer
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 from grpc_tools import protoc
 from grpclib.client import Channel
-from support.sample_models import SizeModel
+from support.sample_models import ConfidentModel, SizeModel
 
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
-from emotion.contract import EXPRESSION_FIELDS, FILE_DESCRIPTOR
+from emotion.contract import EXPRESSION_FIELDS, FILE_DESCRIPTOR, ModelVersion
+from emotion.decode import decode_image
 
 ORIGINAL = TESTS / "original_contract"
 PROTOS = TESTS.parent / "protos"
@@ -99,6 +101,8 @@ def test_messages_encode_to_identical_bytes(original: tuple[ModuleType, Any]) ->
 
 
 def test_field_numbers_match_the_original_contract(original: tuple[ModuleType, Any]) -> None:
+    # Every original field keeps its name, number and type; fields added since
+    # take numbers of their own.
     pb2, _ = original
     for name in ("BBox", "Expression", "Result", "Request", "Response"):
         theirs = {
@@ -106,7 +110,9 @@ def test_field_numbers_match_the_original_contract(original: tuple[ModuleType, A
         }
         ours_descriptor = getattr(sys.modules["emotion.contract"], name).DESCRIPTOR
         ours = {f.name: (f.number, f.type, f.is_repeated) for f in ours_descriptor.fields}
-        assert ours == theirs, name
+        assert {field: ours.get(field) for field in theirs} == theirs, name
+        added = {number for field, (number, _, _) in ours.items() if field not in theirs}
+        assert not added & {number for number, _, _ in theirs.values()}, name
 
 
 async def test_a_grpcio_client_of_the_original_contract_gets_the_same_answer(
@@ -129,6 +135,64 @@ async def test_a_grpcio_client_of_the_original_contract_gets_the_same_answer(
     assert len(ours.response) == 2
     assert Response.parse(theirs) == ours
     assert theirs == bytes(ours)
+
+
+#: The original contract as the blog post published it: a test that keeps old
+#: clients working must keep testing them against that contract, not an edited copy.
+ORIGINAL_SHA256 = "6bd8764fc048ab819e243ed200623fe453161451cef033f988ea9bc55f28ff4f"
+
+
+def test_the_original_contract_kept_here_is_the_original() -> None:
+    data = (ORIGINAL / "emotion.proto").read_bytes()
+
+    assert hashlib.sha256(data).hexdigest() == ORIGINAL_SHA256
+    assert b"rpc run_pipeline (Request) returns (Response) {}" in data
+
+
+def _original_call(pb2: ModuleType, pb2_grpc: Any, port: int, image: bytes) -> Any:
+    """RunPipeline as the original contract's grpcio client makes it: its parsed reply."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return pb2_grpc.PipelineStub(channel).run_pipeline(pb2.Request(image=image), timeout=30)
+
+
+async def test_an_original_client_reads_today_what_it_read_before_the_contract_grew(
+    original: tuple[ModuleType, Any], start_server: StartServer, jpeg: bytes
+) -> None:
+    # A model that fills no new field: what the server sent before the contract
+    # grew is the model's own answer, written; the original client gets exactly
+    # that, followed by the model's name, a field it skips (protobuf keeps it
+    # aside as an unknown field).
+    pb2, pb2_grpc = original
+    model = SizeModel()
+    before = bytes(model.process_sample(decode_image(jpeg)))
+    server = await start_server(model)
+
+    reply = await asyncio.to_thread(_original_call, pb2, pb2_grpc, server.port, jpeg)
+
+    assert reply.SerializeToString() == before + bytes(
+        Response(model=ModelVersion(name="SizeModel"))
+    )
+    assert len(reply.response) == 2
+    reply.DiscardUnknownFields()
+    assert reply.SerializeToString() == before
+
+
+async def test_an_original_client_reads_the_fields_it_knows_of_a_model_that_fills_new_ones(
+    original: tuple[ModuleType, Any], start_server: StartServer, jpeg: bytes
+) -> None:
+    pb2, pb2_grpc = original
+    model = ConfidentModel()
+    answer = model.process_sample(decode_image(jpeg))
+    known = Response(
+        response=[Result(bbox=face.bbox, expression=face.expression) for face in answer.response]
+    )
+    server = await start_server(model)
+
+    reply = await asyncio.to_thread(_original_call, pb2, pb2_grpc, server.port, jpeg)
+
+    assert [face.bbox.x1 for face in reply.response] == [1, 2, 3, 4]  # as the model gave them
+    reply.DiscardUnknownFields()
+    assert reply.SerializeToString() == bytes(known)
 
 
 def test_generated_package_is_marked_and_not_hand_edited() -> None:

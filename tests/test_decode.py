@@ -14,7 +14,8 @@ from conftest import encode, gradient
 from PIL import Image, ImageChops, ImageStat
 from support.fuzzing import examples
 
-from emotion.decode import InvalidImage, decode, decode_image, sniff
+from emotion.contract import BBox, Landmarks, Point, Response, Result
+from emotion.decode import Decoded, InvalidImage, decode, decode_image, sniff, to_full_size
 
 LOSSY = {"JPEG", "WEBP"}
 
@@ -327,3 +328,21 @@ def test_the_fuzzed_headers_declare_the_drawn_size(name: str) -> None:
 
     with Image.open(io.BytesIO(declared)) as image:
         assert image.size == (300, 200)
+
+
+def test_landmarks_found_in_a_reduced_decode_are_scaled_to_the_full_image_like_boxes() -> None:
+    reduced = Decoded(Image.new("L", (500, 375)), size=(2000, 1500), scale_x=4.0, scale_y=4.0)
+    face = Result(
+        bbox=BBox(x1=10, y1=20, x2=30, y2=40),
+        landmarks=Landmarks(nose_tip=Point(x=20, y=30), left_ear=Point(x=501, y=376)),
+    )
+    response = Response(response=[face])
+
+    to_full_size(response, reduced)
+
+    assert face.bbox == BBox(x1=40, y1=80, x2=120, y2=160)
+    assert face.landmarks == Landmarks(
+        nose_tip=Point(x=80, y=120),
+        left_ear=Point(x=2000, y=1500),  # kept within the image, as box edges are
+    )
+    assert face.landmarks.right_eye is None  # a point the model left unset stays unset

@@ -34,7 +34,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "models": {"contract", "model"},
     "transport": {"codec", "config"},
     "observability": set(),
-    "inference": {"config", "contract", "decode", "model", "observability", "runtime"},
+    "inference": {"codec", "config", "contract", "decode", "model", "observability", "runtime"},
     "serving": {
         "codec",
         "config",

@@ -9,7 +9,8 @@ from PIL import Image
 from support.sample_models import SizeModel
 
 from emotion import Model, ModelLoadError, Response, load_model
-from emotion.model import spec_of
+from emotion.contract import Options
+from emotion.model import run_batch, run_sample, spec_of
 from emotion.models.mock import MockModel
 
 
@@ -105,3 +106,34 @@ def test_spec_of_refuses_a_model_no_other_process_can_import() -> None:
 
     with pytest.raises(ModelLoadError, match="define it in an importable module"):
         spec_of(Local())
+
+
+def test_options_reach_a_model_that_declares_them_and_no_other() -> None:
+    image = Image.new("RGB", (8, 8))
+    seen: list[Options | None] = []
+
+    class Plain(Model):
+        def process_sample(self, image: Image.Image) -> Response:
+            return Response()
+
+    class Asks(Model):
+        def process_sample(self, image: Image.Image, options: Options | None = None) -> Response:
+            seen.append(options)
+            return Response()
+
+    run_sample(Plain(), image, Options(max_faces=1))
+    run_sample(Asks(), image, Options(max_faces=1))
+    run_sample(Asks(), image, None)
+    run_batch(Asks(), [image, image], [Options(max_faces=2), None])
+
+    assert seen == [Options(max_faces=1), Options(), Options(max_faces=2), Options()]
+
+
+def test_a_model_cannot_claim_labels_the_contract_has_not() -> None:
+    with pytest.raises(TypeError, match=r"Sly.labels names joy, which are not Expression fields"):
+
+        class Sly(Model):
+            labels = ("happiness", "joy")
+
+            def process_sample(self, image: Image.Image) -> Response:
+                return Response()

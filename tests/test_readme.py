@@ -13,6 +13,7 @@ import configparser
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import StartServer, subprocess_env
@@ -30,7 +31,12 @@ CLIENT_SNIPPETS = (
     "ThreadPoolExecutor(4)",
     "ConnectionPolicy(per_address=1",
 )
-MODEL_SNIPPETS = ("# mypkg/mymodel.py", "# tests/test_mymodel.py", "# conftest.py")
+MODEL_SNIPPETS = (
+    "# mypkg/mymodel.py",
+    "# tests/test_mymodel.py",
+    "# conftest.py",
+    "# mypkg/described.py",
+)
 #: Snippets, by a line each contains, that no test runs, and why.
 NOT_RUN = {
     "gradio_client": "needs a running demo page: tests/client/test_demo.py calls /predict",
@@ -122,11 +128,16 @@ async def test_predict_prints_what_the_readme_shows(start_server: StartServer) -
 
     assert code == 0, printed
     got, expected = json.loads(printed), json.loads(shown)
-    assert got["file"] == expected["file"]
+    assert list(got) == list(expected)
+    assert (got["file"], got["model"]) == (expected["file"], expected["model"])
     assert len(got["faces"]) == len(expected["faces"])
     for face, face_shown in zip(got["faces"], expected["faces"], strict=True):
+        assert list(face) == list(face_shown)
         assert face["bbox"] == pytest.approx(face_shown["bbox"], abs=1.0)  # pixels
+        assert face["confidence"] == pytest.approx(face_shown["confidence"], abs=0.01)
         assert face["expression"] == pytest.approx(face_shown["expression"], abs=0.01)
+        for name, point in face["landmarks"].items():
+            assert point == pytest.approx(face_shown["landmarks"][name], abs=1.0), name
 
 
 GRPCURL_LIST = "grpcurl -plaintext 127.0.0.1:50051 list"
@@ -174,7 +185,8 @@ def test_the_contract_page_shows_the_proto() -> None:
     shown = _contract(snippet("service Pipeline", "proto").code)
 
     assert shown == _contract(proto)
-    assert len(shown) == 2 + 1 + 1 + 2 + 4 + 7  # rpcs and fields: the regexes found them
+    # rpcs and fields: the regexes found them
+    assert len(shown) == 3 + 2 + 2 + 2 + 4 + 4 + 7 + 6 + 2 + 2 + 3 + 6 + 5
 
 
 def test_every_snippet_is_run_by_a_test_or_named_here() -> None:
@@ -187,3 +199,52 @@ def test_every_snippet_is_run_by_a_test_or_named_here() -> None:
             assert "service Pipeline" in block.code, f"{block}: not the contract's"
             continue
         assert any(marker in block.code for marker in run | set(NOT_RUN)), f"{block}"
+
+
+#: Serves docs/models.md's model as `emotion serve` would, and prints what a caller sees.
+_DESCRIBED = """
+import asyncio
+from pathlib import Path
+
+from emotion import Options
+from emotion.testing import serve_model
+from mypkg.described import MyModel
+
+
+async def main() -> None:
+    async with serve_model(MyModel()) as client:
+        described = await client.describe()
+        image = Path("tests/fixtures/astronaut.jpg").read_bytes()
+        answer = await client.predict(image, options=Options(min_confidence=0.95))
+        kept = await client.predict(image, options=Options(max_faces=1))
+    print(described.model.to_json(), answer.to_json(), kept.to_json(), sep="\\n")
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.subprocess
+async def test_the_model_that_tells_the_server_about_itself_is_served_as_written(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "described.py").write_text(snippet("# mypkg/described.py").code)
+
+    code, printed = await run_python("-c", _DESCRIBED, PYTHONPATH=str(tmp_path))
+
+    assert code == 0, printed
+    described, dropped, kept = (json.loads(line) for line in printed.splitlines()[-3:])
+    assert described == {
+        "name": "MyModel",
+        "version": "2.1.0",
+        "weightsDigest": "sha256:" + "0" * 64,
+        "labels": ["neutral", "happiness"],
+        "fillsConfidence": True,
+        "fillsLandmarks": True,
+    }
+    assert dropped == {"model": {"name": "MyModel", "version": "2.1.0"}}  # 0.9 < 0.95
+    (face,) = kept["response"]
+    assert face["confidence"] == pytest.approx(0.9)
+    assert face["landmarks"] == {"noseTip": {"x": 256.0, "y": 256.0}}

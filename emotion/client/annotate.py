@@ -1,10 +1,13 @@
-"""Draw a Response onto its image: a box per face and its top expression, readable at any size."""
+"""Draw a Response onto its image: a box per face, its landmarks, its top expression and confidence.
+
+Readable at any size.
+"""
 
 from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont
 
-from emotion.contract import EXPRESSION_FIELDS, Response
+from emotion.contract import EXPRESSION_FIELDS, LANDMARK_FIELDS, Response, Result
 
 #: One colour per expression, distinct for the common colour blindnesses
 #: (Okabe-Ito), so the label is not the only cue.
@@ -24,8 +27,18 @@ def top_expression(scores: dict[str, float]) -> tuple[str, float]:
     return name, scores.get(name, 0.0)
 
 
+def label(result: Result, name: str, score: float) -> str:
+    """A face's label: its top expression, and how sure the detector is that it is a face."""
+    if result.confidence is None:
+        return f"{name} {score:.0%}"
+    return f"{name} {score:.0%}, face {result.confidence:.0%}"
+
+
 def annotate(image: Image.Image, response: Response) -> Image.Image:
     """A copy of ``image`` (upright, as the boxes assume) with each face boxed and labelled.
+
+    Each landmark the model found is a dot in the face's colour, ringed in
+    black or white so it shows on skin of any tone.
 
     Line width and text size follow the image's size, with a floor, so labels
     stay legible on thumbnails and are not lost on 12-megapixel photos.
@@ -52,15 +65,28 @@ def annotate(image: Image.Image, response: Response) -> Image.Image:
         name, score = top_expression(scores)
         colour = COLOURS[name]
         draw.rectangle((box.x1, box.y1, box.x2, box.y2), outline=colour, width=line)
-        label = f"{name} {score:.0%}"
-        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        _dots(draw, result, colour, radius=line + 1)
+        text = label(result, name, score)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         width, height = right - left + 2 * pad, bottom - top + 2 * pad
         # Above the box if there is room, else just inside its top edge.
         y = box.y1 - height if box.y1 - height >= 0 else box.y1
         x = min(max(0.0, box.x1), max(0.0, canvas.width - width))
         draw.rectangle((x, y, x + width, y + height), fill=colour)
-        draw.text((x + pad - left, y + pad - top), label, fill=_ink(colour), font=font)
+        draw.text((x + pad - left, y + pad - top), text, fill=_ink(colour), font=font)
     return canvas
+
+
+def _dots(
+    draw: ImageDraw.ImageDraw, result: Result, colour: tuple[int, int, int], radius: int
+) -> None:
+    if result.landmarks is None:
+        return
+    for name in LANDMARK_FIELDS:
+        point = getattr(result.landmarks, name)
+        if point is not None:
+            corners = (point.x - radius, point.y - radius, point.x + radius, point.y + radius)
+            draw.ellipse(corners, fill=colour, outline=_ink(colour))
 
 
 def _ink(background: tuple[int, int, int]) -> tuple[int, int, int]:

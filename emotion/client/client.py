@@ -12,16 +12,20 @@ from grpclib.const import Cardinality
 from grpclib.metadata import Deadline
 
 from emotion.client.balancing import Balancer
+from emotion.client.describe import ImageLimit
 from emotion.client.retries import Retries
 from emotion.client.streams import Feed, stream_pipeline
 from emotion.codec import ProtobufCodec
-from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET, ClientTls
+from emotion.config import DEFAULT_TARGET, ClientTls
 from emotion.config.client import ConnectionPolicy, RetryPolicy
 from emotion.config.settings import parse_target as parse_target
 from emotion.config.settings import parse_targets
 from emotion.contract import (
     RUN_PIPELINE_PATH,
     STREAM_PIPELINE_PATH,
+    DescribeRequest,
+    DescribeResponse,
+    Options,
     PipelineStub,
     Request,
     Response,
@@ -46,7 +50,8 @@ class Client:
 
     ``tls`` turns on TLS (and mutual TLS when it names a certificate);
     ``token`` is sent as ``authorization: Bearer <token>`` on every call;
-    images over ``max_image_size`` are refused before they are sent.
+    images over ``max_image_size`` are refused before they are sent (by
+    default, over what the server says it takes: see :meth:`describe`).
     ``stub`` is the generated PipelineStub for anything the helpers do not cover.
     Answers are read strictly: one that is not a valid Response (a broken or
     hostile server) raises :class:`emotion.codec.InvalidMessage`.
@@ -68,7 +73,7 @@ class Client:
         timeout: float | None = None,
         tls: ClientTls | None = None,
         token: str | None = None,
-        max_image_size: int = DEFAULT_MAX_IMAGE_SIZE,
+        max_image_size: int | None = None,
         tracing: Tracer | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY,
         connections: ConnectionPolicy = DEFAULT_CONNECTIONS,
@@ -76,7 +81,7 @@ class Client:
         targets = parse_targets(target)
         self.target = target if isinstance(target, str) else ",".join(target)
         self.timeout = timeout
-        self.max_image_size = max_image_size
+        self._image_limit = ImageLimit(max_image_size)
         self._ssl = None if tls is None else tls.context()
         self._codec = ProtobufCodec()
         self._metadata = {} if token is None else {"authorization": f"Bearer {token}"}
@@ -94,10 +99,12 @@ class Client:
     def _open_channel(self, address: str, port: int, name: str) -> Channel:
         return channel_to(address, port, name=name, ssl=self._ssl, codec=self._codec)
 
-    async def predict(self, image: bytes, *, timeout: float | None = None) -> Response:
-        """Run the pipeline on the bytes of one image file."""
-        self._check_size(image)
-        request = Request(image=image)
+    async def predict(
+        self, image: bytes, *, timeout: float | None = None, options: Options | None = None
+    ) -> Response:
+        """Run the pipeline on the bytes of one image file, as ``options`` ask."""
+        await self._check_size(image)
+        request = Request(image=image, options=options)
         with self._tracing.client_call(RUN_PIPELINE_PATH) as trace:
             metadata = self._with(trace)
             retries = self._retries
@@ -139,8 +146,11 @@ class Client:
         images: AsyncIterable[bytes] | Iterable[bytes],
         *,
         timeout: float | None = None,
+        options: Options | None = None,
     ) -> AsyncIterator[Response]:
         """Run the pipeline on many images over one call: one Response per image, in order.
+
+        Every image is sent with ``options``.
 
         The server takes a few images at a time; HTTP/2 flow control makes
         this wait while it catches up, so ``images`` may be an endless camera feed.
@@ -152,7 +162,12 @@ class Client:
         feed = Feed(images, self._check_size)
         with self._tracing.client_call(STREAM_PIPELINE_PATH) as trace:
             answers = stream_pipeline(
-                self._balancer, self._retries, feed, self._deadline(timeout), self._with(trace)
+                self._balancer,
+                self._retries,
+                feed,
+                self._deadline(timeout),
+                self._with(trace),
+                options,
             )
             async with contextlib.aclosing(answers):
                 async for response in answers:
@@ -169,14 +184,28 @@ class Client:
             return self._metadata or None
         return {**self._metadata, **trace}
 
-    def _check_size(self, image: bytes) -> None:
+    async def describe(self, *, timeout: float | None = None) -> DescribeResponse:
+        """What the server serves and accepts: its model, version, labels and limits.
+
+        Not retried. From then on, the server's largest message bounds the
+        images this client sends (unless ``max_image_size`` was given).
+        """
+        answer = await self.stub.describe(
+            DescribeRequest(),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata or None,
+        )
+        self._image_limit.learn(answer)
+        return answer
+
+    @property
+    def max_image_size(self) -> int:
+        """The largest image this client sends now: the one given, or the server's once known."""
+        return self._image_limit.size
+
+    async def _check_size(self, image: bytes) -> None:
         # Refuse locally what the server would refuse after the upload.
-        if len(image) > self.max_image_size:
-            raise ValueError(
-                f"image is {len(image)} bytes; this client sends at most {self.max_image_size} "
-                f"(a server takes {DEFAULT_MAX_IMAGE_SIZE} by default: to send more, raise "
-                "the server's --max-message-size and this limit together)"
-            )
+        await self._image_limit.check(image, self.describe)
 
     def close(self) -> None:
         """Close the connection; a call it cuts raises, however the retries are set."""

@@ -35,8 +35,14 @@ log = logging.getLogger(__name__)
 #: not after the 10 s a program's call waits for a restart.
 _PAGE_RETRY = RetryPolicy(wait_for_server=2.0)
 
-#: Columns of the face table: where, what, and the seven probabilities.
-TABLE_HEADERS = ["face", "box (x1, y1, x2, y2)", "expression", *EXPRESSION_FIELDS]
+#: Columns of the face table: where, how sure, what, and the seven probabilities.
+TABLE_HEADERS = [
+    "face",
+    "box (x1, y1, x2, y2)",
+    "confidence",
+    "expression",
+    *EXPRESSION_FIELDS,
+]
 
 
 class FrameRate:
@@ -127,13 +133,13 @@ class Demo:
     async def _answer(self, data: bytes) -> tuple[Image.Image, Response]:
         """Ask the server about ``data``; draw its answer. Raises Refused with the reason."""
         client = self._connect()
-        if len(data) > client.max_image_size:
+        try:
+            response = await client.predict(data)
+        except ValueError:  # over the server's limit: refused before sending
             raise Refused(
                 f"This file is {data_size(len(data))}; the server takes images up to "
                 f"{data_size(client.max_image_size)}."
-            )
-        try:
-            response = await client.predict(data)
+            ) from None
         except Exception as exc:
             reason = explain(exc, self.options.target, self.options.timeout)
             if reason is None:
@@ -294,16 +300,21 @@ def explain(exc: BaseException, target: str, timeout: float) -> str | None:
 
 
 def faces_table(faces: dict[str, Any] | None) -> list[list[str]]:
-    """Rows for the face table from the `/predict` JSON: box, top expression, probabilities."""
+    """Rows for the face table from the `/predict` JSON: box, confidence, top expression, scores.
+
+    A model that gives no confidence leaves its cell empty.
+    """
     rows = []
     for number, face in enumerate((faces or {}).get("faces", []), start=1):
         box = face["bbox"]
         scores = face["expression"]
         name, score = top_expression(scores)
+        confidence = face.get("confidence")
         rows.append(
             [
                 str(number),
                 ", ".join(f"{box[k]:.0f}" for k in ("x1", "y1", "x2", "y2")),
+                "" if confidence is None else f"{confidence:.0%}",
                 f"{name} {score:.0%}",
                 *(f"{scores[field]:.1%}" for field in EXPRESSION_FIELDS),
             ]

@@ -21,7 +21,14 @@ from emotion.client.annotate import annotate
 from emotion.client.client import Client
 from emotion.codec import InvalidMessage
 from emotion.config import PredictOptions
-from emotion.contract import EXPRESSION_FIELDS, BBox, Expression, Response
+from emotion.contract import (
+    EXPRESSION_FIELDS,
+    LANDMARK_FIELDS,
+    BBox,
+    Expression,
+    Options,
+    Response,
+)
 from emotion.decode import InvalidImage, decode_image
 from emotion.errors import ABOUT_THE_REQUEST
 from emotion.observability.environment import tracing_from_environment
@@ -130,7 +137,7 @@ async def _predict_one(client: Client, path: Path, options: PredictOptions) -> b
         _say(f"{path}: {exc.strerror or exc}")
         return False
     try:
-        response = await client.predict(data)
+        response = await client.predict(data, options=request_options(options))
     except GRPCError as exc:
         _report(path, exc, options)
         return False
@@ -164,7 +171,7 @@ async def _stream_one(client: Client, path: Path, options: PredictOptions) -> bo
     answered = 0
     drawn = True
     try:
-        async for response in client.stream(images()):
+        async for response in client.stream(images(), options=request_options(options)):
             drawn &= _emit(unanswered.popleft(), response, options)
             answered += 1
     except GRPCError as exc:
@@ -255,22 +262,41 @@ def _draw(frame: Frame, response: Response, options: PredictOptions) -> bool:
 
 
 def response_to_dict(path: Path, response: Response, frame: int | None = None) -> dict[str, Any]:
-    """The JSON shape `predict` prints: the contract's fields, rounded for reading."""
+    """The JSON shape `predict` prints: the contract's fields, rounded for reading.
+
+    A face's confidence and landmarks, and the model, are shown where the
+    answer has them: a model that fills neither prints what it always did.
+    """
     faces = []
     for result in response.response:
         bbox = result.bbox or BBox()
         expression = result.expression or Expression()
-        faces.append(
-            {
-                "bbox": {k: round(getattr(bbox, k), 2) for k in ("x1", "y1", "x2", "y2")},
-                "expression": {k: round(getattr(expression, k), 4) for k in EXPRESSION_FIELDS},
+        face: dict[str, Any] = {
+            "bbox": {k: round(getattr(bbox, k), 2) for k in ("x1", "y1", "x2", "y2")}
+        }
+        if result.confidence is not None:
+            face["confidence"] = round(result.confidence, 4)
+        face["expression"] = {k: round(getattr(expression, k), 4) for k in EXPRESSION_FIELDS}
+        if result.landmarks is not None:
+            points = ((k, getattr(result.landmarks, k)) for k in LANDMARK_FIELDS)
+            face["landmarks"] = {
+                k: [round(p.x, 2), round(p.y, 2)] for k, p in points if p is not None
             }
-        )
+        faces.append(face)
     shown: dict[str, Any] = {"file": str(path)}
     if frame is not None:
         shown["frame"] = frame
+    if response.model is not None:
+        shown["model"] = f"{response.model.name} {response.model.version}".strip()
     shown["faces"] = faces
     return shown
+
+
+def request_options(options: PredictOptions) -> Options | None:
+    """The Options that --max-faces and --min-confidence ask for; None for neither."""
+    if not options.max_faces and options.min_confidence is None:
+        return None
+    return Options(max_faces=options.max_faces, min_confidence=options.min_confidence)
 
 
 def _say(line: str) -> None:

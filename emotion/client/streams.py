@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any
 
 from grpclib.client import Stream
@@ -22,7 +22,7 @@ from grpclib.metadata import Deadline
 
 from emotion.client.balancing import Balancer
 from emotion.client.retries import Retries, Tries
-from emotion.contract import STREAM_PIPELINE_PATH, Request, Response
+from emotion.contract import STREAM_PIPELINE_PATH, Options, Request, Response
 
 _Call = Stream[Request, Response]
 _IMAGE = re.compile(r"image (\d+): ")
@@ -36,7 +36,9 @@ class Feed:
     """
 
     def __init__(
-        self, images: AsyncIterable[bytes] | Iterable[bytes], check: Callable[[bytes], None]
+        self,
+        images: AsyncIterable[bytes] | Iterable[bytes],
+        check: Callable[[bytes], Awaitable[None]],
     ) -> None:
         self._check = check
         self._sync = None if isinstance(images, AsyncIterable) else iter(images)
@@ -61,7 +63,7 @@ class Feed:
                 # cancel (and so end) the caller's generator.
                 image = await asyncio.shield(self._next)
                 self._next = None
-            self._check(image)
+            await self._check(image)
         except (StopIteration, StopAsyncIteration):
             self.ended = True
             return None
@@ -83,12 +85,13 @@ async def stream_pipeline(
     feed: Feed,
     deadline: Deadline | None,
     metadata: dict[str, str] | None,
+    options: Options | None = None,
 ) -> AsyncGenerator[Response, None]:
     """Answers to the feed's images, in order, over as many calls as it takes.
 
-    Without ``retries``, over one call. A stream that cannot go on (the
-    deadline passed, the retries are spent) raises the last call's error, with
-    a note of how many images were answered.
+    Without ``retries``, over one call. Every image is sent with ``options``.
+    A stream that cannot go on (the deadline passed, the retries are spent)
+    raises the last call's error, with a note of how many images were answered.
     """
     pending: collections.deque[bytes] = collections.deque()  # sent, not yet answered
     tries: Tries | None = None
@@ -112,7 +115,7 @@ async def stream_pipeline(
             try:
                 async with call:
                     await call.send_request()
-                    sender = asyncio.ensure_future(_send(call, pending, feed))
+                    sender = asyncio.ensure_future(_send(call, pending, feed, options))
                     try:
                         while (response := await call.recv_message()) is not None:
                             if not pending:
@@ -163,13 +166,15 @@ async def stream_pipeline(
         raise feed.failure
 
 
-async def _send(call: _Call, pending: collections.deque[bytes], feed: Feed) -> None:
+async def _send(
+    call: _Call, pending: collections.deque[bytes], feed: Feed, options: Options | None
+) -> None:
     """Send again what a cut call left unanswered, then the feed's next images."""
     for unanswered in list(pending):
-        await call.send_message(Request(image=unanswered))
+        await call.send_message(Request(image=unanswered, options=options))
     while (image := await feed.pull()) is not None:
         pending.append(image)  # before sending: a cut mid-send leaves it to send again
-        await call.send_message(Request(image=image))
+        await call.send_message(Request(image=image, options=options))
     await call.end()
 
 

@@ -20,9 +20,9 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from emotion.client.client import DEFAULT_CONNECTIONS, DEFAULT_RETRY, Client
-from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_TARGET, ClientTls
+from emotion.config import DEFAULT_TARGET, ClientTls
 from emotion.config.client import ConnectionPolicy, RetryPolicy
-from emotion.contract import Response
+from emotion.contract import DescribeResponse, Options, Response
 from emotion.observability.tracing import Tracer
 
 T = TypeVar("T")
@@ -56,7 +56,7 @@ class SyncClient:
         timeout: float | None = None,
         tls: ClientTls | None = None,
         token: str | None = None,
-        max_image_size: int = DEFAULT_MAX_IMAGE_SIZE,
+        max_image_size: int | None = None,
         tracing: Tracer | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY,
         connections: ConnectionPolicy = DEFAULT_CONNECTIONS,
@@ -106,12 +106,22 @@ class SyncClient:
     def retry(self) -> RetryPolicy | None:
         return self._client.retry
 
-    def predict(self, image: bytes, *, timeout: float | None = None) -> Response:
+    def predict(
+        self, image: bytes, *, timeout: float | None = None, options: Options | None = None
+    ) -> Response:
         """Run the pipeline on the bytes of one image file; the answer, once it comes."""
-        return self._call(lambda: self._client.predict(image, timeout=timeout))
+        return self._call(lambda: self._client.predict(image, timeout=timeout, options=options))
+
+    def describe(self, *, timeout: float | None = None) -> DescribeResponse:
+        """What the server serves and accepts: see :meth:`emotion.Client.describe`."""
+        return self._call(lambda: self._client.describe(timeout=timeout))
 
     def stream(
-        self, images: Iterable[bytes], *, timeout: float | None = None
+        self,
+        images: Iterable[bytes],
+        *,
+        timeout: float | None = None,
+        options: Options | None = None,
     ) -> Iterator[Response]:
         """Run the pipeline on many images over one call: one Response per image, in order.
 
@@ -120,10 +130,10 @@ class SyncClient:
         in the thread that iterates the answers, while it waits for one, never
         in the client's thread: an iterator tied to its thread (a camera, a
         database cursor) works, and a slow read holds up no other call.
-        Leaving the loop early cancels the call.
+        Leaving the loop early cancels the call. Every image is sent with ``options``.
         """
         self._check_open()
-        return self._answers(iter(images), timeout)
+        return self._answers(iter(images), timeout, options)
 
     def close(self) -> None:
         """End the calls still running, close the connection, stop and join the thread."""
@@ -142,9 +152,11 @@ class SyncClient:
     ) -> None:
         self.close()
 
-    def _answers(self, images: Iterator[bytes], timeout: float | None) -> Iterator[Response]:
+    def _answers(
+        self, images: Iterator[bytes], timeout: float | None, options: Options | None
+    ) -> Iterator[Response]:
         events: _Events = queue.SimpleQueue()
-        future = self._submit(lambda: _relay(self._client, events, timeout))
+        future = self._submit(lambda: _relay(self._client, events, timeout, options))
         try:
             while True:
                 kind, value = events.get()
@@ -246,10 +258,12 @@ def _shut(loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: Cli
     thread.join()
 
 
-async def _relay(client: Client, events: _Events, timeout: float | None) -> None:
+async def _relay(
+    client: Client, events: _Events, timeout: float | None, options: Options | None
+) -> None:
     """The async stream, on the loop: its pulls and answers go to the caller's thread."""
     try:
-        async for answer in client.stream(_Pulls(events), timeout=timeout):
+        async for answer in client.stream(_Pulls(events), timeout=timeout, options=options):
             events.put(("answer", answer))
     except asyncio.CancelledError:
         events.put(("cancelled", None))

@@ -98,6 +98,11 @@ def _is_ratio(value: Any) -> None:
         raise ValueError(f"must be a number more than 0 and at most 1, not {value!r}")
 
 
+def _is_confidence(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"must be a confidence from 0 to 1, not {value!r}")
+
+
 def _is_tokens(value: Any) -> None:
     if not isinstance(value, (int, float)) or not 1 <= value <= 1000:
         raise ValueError(f"must be a number from 1 to 1000, not {value!r}")
@@ -253,14 +258,34 @@ class PredictOptions(Settings):
     timeout: float = _timeout("predict")
     tls: ClientTls | None = _tls("predict")  # noqa: RUF009 - a field(), made per command
     token: str | None = _token("predict")
-    max_image_size: int = field(
-        default=DEFAULT_MAX_IMAGE_SIZE,
+    max_image_size: int | None = field(
+        default=None,
         metadata=_predict(
             "--max-image-size",
             parse_size,
-            at_least(1, "a size in bytes"),
-            "largest image to send, e.g. 32MiB; raise it with the server's --max-message-size",
-            default_text="16 MiB",
+            optional(at_least(1, "a size in bytes")),
+            "largest image to send, e.g. 32MiB; unset, the server's own limit, asked of it "
+            f"once an image is over {DEFAULT_MAX_IMAGE_SIZE // 2**20} MiB",
+            default_text="the server's",
+        ),
+    )
+    max_faces: int = field(
+        default=0,
+        metadata=_predict(
+            "--max-faces",
+            parse_int,
+            at_least(0),
+            "answer at most this many faces per image, the most confident first; 0 for all",
+        ),
+    )
+    min_confidence: float | None = field(
+        default=None,
+        metadata=_predict(
+            "--min-confidence",
+            parse_float,
+            optional(_is_confidence),
+            "leave out the faces detected with less confidence than this, from 0 to 1",
+            default_text="the model's threshold",
         ),
     )
     retry: RetryPolicy = field(

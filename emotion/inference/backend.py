@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from emotion.contract import ModelDescription, Options
+
 
 class Backend(Protocol):
     """Runs images through the model, at most ``capacity`` at once, waiting or running.
@@ -33,8 +35,18 @@ class Backend(Protocol):
         """Get ready to run images: load the model, or reach the processes that hold it."""
         ...
 
-    async def run(self, image: bytes, deadline: float | None) -> bytes:
-        """The written Response for the encoded ``image``, by ``deadline`` (a monotonic instant)."""
+    @property
+    def description(self) -> ModelDescription:
+        """What Describe says of the model that answers; known once :meth:`start` returned."""
+        ...
+
+    async def run(
+        self, image: bytes, deadline: float | None, options: Options | None = None
+    ) -> bytes:
+        """The written Response for the encoded ``image``, by ``deadline`` (a monotonic instant).
+
+        ``options`` are the request's, or None when it set none (most calls).
+        """
         ...
 
     def abort(self) -> None:

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from emotion.contract import Response
+from emotion.contract import Options, Response
 from emotion.inference.threads import DeadlinePassed, InferenceQueue
 from emotion.observability.tracing import MODEL, NoTracing, Tracer
 
-RunBatch = Callable[[Sequence[Image.Image]], list[Response]]
+#: The model on images and each one's options (None where a request set none).
+RunBatch = Callable[[Sequence[Image.Image], Sequence[Options | None]], list[Response]]
 
 
 @dataclass
@@ -30,6 +31,7 @@ class _Waiting:
     deadline: float | None
     answer: asyncio.Future[Response]
     caller: object  # its call's span, linked from the batch run's
+    options: Options | None = None
     #: The batch it was dispatched in, and the task running it.
     batch: list[_Waiting] = field(default_factory=list)
     run: asyncio.Task[None] | None = None
@@ -60,14 +62,22 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
 
-    async def submit(self, image: Image.Image, *, deadline: float | None = None) -> Response:
+    async def submit(
+        self,
+        image: Image.Image,
+        *,
+        deadline: float | None = None,
+        options: Options | None = None,
+    ) -> Response:
         """The model's answer for ``image``, run in a batch with whatever else is waiting.
 
         ``deadline`` is a :func:`time.monotonic` instant: an image whose
-        deadline passes before its batch starts is left out of it.
+        deadline passes before its batch starts is left out of it. ``options``
+        go to the model with the image.
         """
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(image, deadline, loop.create_future(), self._tracing.current())
+        caller = self._tracing.current()
+        waiting = _Waiting(image, deadline, loop.create_future(), caller, options)
         self._waiting.append(waiting)
         if len(self._waiting) >= self.max_size:
             self._dispatch()
@@ -124,7 +134,7 @@ class Batcher:
             return [], []
         self._on_batch_size(len(live))
         with self._tracing.span(MODEL):
-            return live, self._run_batch([w.image for w in live])
+            return live, self._run_batch([w.image for w in live], [w.options for w in live])
 
     def _on_batch_size(self, size: int) -> None:
         if self._on_batch is not None:

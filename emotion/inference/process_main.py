@@ -9,12 +9,13 @@ Python (JPEG markers, the decoder's loop), the model and the answer's writing
 run here. The protocol is a length prefix and raw bytes, nothing pickled:
 
 - to the owner, once: READY, or START_FAILED with the reason;
-- on each worker's connection, READY once accepted; then for each request,
-  in order: the deadline (a
-  CLOCK_MONOTONIC instant, which every process shares; 0 for none), the
-  image's length and bytes; the answer is a status, a length, when decoding
-  and the model ran (for the worker's trace), and the written Response or
-  the message.
+- on each worker's connection, READY once accepted, with the model's
+  description (a written ModelDescription, what Describe answers); then for
+  each request, in order: the deadline (a CLOCK_MONOTONIC instant, which
+  every process shares; 0 for none), the lengths of the options and of the
+  image, the written Options (none for most calls) and the image's bytes;
+  the answer is a status, a length, when decoding and the model ran (for
+  the worker's trace), and the written Response or the message.
 
 Connections take turns, one image each, so a busy worker cannot starve
 another. The process ends when its owner closes the socket pair, or dies.
@@ -36,15 +37,18 @@ import time
 import traceback
 from typing import NamedTuple
 
+from emotion.codec import InvalidMessage, encode, parse
+from emotion.contract import Options
 from emotion.decode import InvalidImage
 from emotion.inference.pipeline import decode_for, infer, written
-from emotion.model import Model, ModelFailure, load_model
+from emotion.model import Model, ModelFailure, describe, load_model
 from emotion.runtime import LOG_FORMAT, apply_process_settings, configure_logging
 
 # Named, not __name__: run with -m, this module is __main__.
 log = logging.getLogger("emotion.inference.process_main")
 
-REQUEST = struct.Struct("!dI")
+#: A request's head: its deadline, the length of its written options, of its image.
+REQUEST = struct.Struct("!dII")
 ANSWER = struct.Struct("!BI")
 #: After each answer's head: when decoding and the model started and ended
 #: (time.time_ns(), the clock tracing uses; 0 for a step that did not run).
@@ -76,7 +80,7 @@ class Steps(NamedTuple):
 
 
 def answer(
-    model: Model, image: bytes, deadline: float, max_pixels: int
+    model: Model, image: bytes, deadline: float, max_pixels: int, options: Options | None = None
 ) -> tuple[Status, bytes, Steps]:
     """Decode ``image`` and run ``model``: a status, what goes with it, and when each step ran."""
     if deadline and time.monotonic() >= deadline:
@@ -88,9 +92,9 @@ def answer(
         return Status.INVALID_IMAGE, str(exc).encode(), Steps(decode_start, time.time_ns())
     model_start = time.time_ns()
     try:
-        response = infer(model, decoded)
+        response = infer(model, decoded, options)
         model_end = time.time_ns()
-        data = written(model, response, decoded)
+        data = written(model, response, decoded, options)
     except ModelFailure as exc:
         # An answer that cannot be written is the model's failure too.
         steps = Steps(decode_start, model_start, model_start, time.time_ns())
@@ -101,18 +105,41 @@ def answer(
     return Status.OK, data, Steps(decode_start, model_start, model_start, model_end)
 
 
-def _read_request(conn: socket.socket) -> tuple[float, bytes] | None:
+class _Request(NamedTuple):
+    deadline: float
+    image: bytes
+    options: Options | None
+
+
+def _read_request(conn: socket.socket) -> _Request | None:
     """The next request on ``conn``, or None once the worker closed it (or stalled)."""
     head = conn.recv(REQUEST.size, socket.MSG_WAITALL)
     if len(head) < REQUEST.size:
         return None
-    deadline, size = REQUEST.unpack(head)
-    # The worker writes the image right after its head; one that stalls
-    # half-way would hold up every other worker's images.
-    image = bytearray(size)
-    view = memoryview(image)
-    received = 0
+    deadline, options_size, image_size = REQUEST.unpack(head)
+    # The worker writes the options and the image right after their head; one
+    # that stalls half-way would hold up every other worker's images.
     give_up = time.monotonic() + _BODY_WAIT
+    options = None
+    if options_size:
+        written_options = _read_exactly(conn, options_size, give_up)
+        if written_options is None:
+            return None
+        try:
+            options = parse(Options, written_options)
+        except InvalidMessage:  # not from a worker of ours
+            return None
+    image = _read_exactly(conn, image_size, give_up)
+    if image is None:
+        return None
+    return _Request(deadline, image, options)
+
+
+def _read_exactly(conn: socket.socket, size: int, give_up: float) -> bytes | None:
+    """``size`` bytes from ``conn`` by the monotonic instant ``give_up``, or None."""
+    data = bytearray(size)
+    view = memoryview(data)
+    received = 0
     try:
         while received < size:
             left = give_up - time.monotonic()
@@ -127,7 +154,7 @@ def _read_request(conn: socket.socket) -> tuple[float, bytes] | None:
         return None
     finally:
         conn.settimeout(None)
-    return deadline, bytes(image)
+    return bytes(data)
 
 
 def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
@@ -149,7 +176,11 @@ def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen()
-    owner.sendall(ANSWER.pack(READY, 0))
+    # Each worker hears what the model is: what its Describe answers.
+    ready = ANSWER.pack(READY, 0)
+    described = encode(describe(model))
+    accepted = ANSWER.pack(READY, len(described)) + described
+    owner.sendall(ready)
     with selectors.DefaultSelector() as selector, listener:
         selector.register(owner, selectors.EVENT_READ)
         selector.register(listener, selectors.EVENT_READ)
@@ -166,7 +197,7 @@ def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
                     # A process that is exiting may still accept; a worker
                     # takes a connection only once it has heard this.
                     with contextlib.suppress(ConnectionError):
-                        conn.sendall(ANSWER.pack(READY, 0))
+                        conn.sendall(accepted)
                         selector.register(conn, selectors.EVENT_READ)
                         continue
                     conn.close()
@@ -175,7 +206,9 @@ def serve(owner: socket.socket, path: str, spec: str, max_pixels: int) -> int:
                 with contextlib.suppress(ConnectionError):
                     request = _read_request(sock)
                 if request is not None:
-                    status, payload, steps = answer(model, request[1], request[0], max_pixels)
+                    status, payload, steps = answer(
+                        model, request.image, request.deadline, max_pixels, request.options
+                    )
                     head = ANSWER.pack(status, len(payload)) + STEPS.pack(*steps)
                     with contextlib.suppress(ConnectionError):
                         sock.sendall(head + payload)

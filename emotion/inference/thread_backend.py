@@ -13,11 +13,12 @@ import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from emotion.contract import ModelDescription, Options
 from emotion.decode import Decoded
 from emotion.inference.batching import Batcher
 from emotion.inference.pipeline import decode_for, infer, written
 from emotion.inference.threads import InferenceQueue
-from emotion.model import Model, run_batch
+from emotion.model import Model, describe, run_batch
 from emotion.observability.metrics import NoMetrics, Recorder
 from emotion.observability.tracing import BATCH, DECODE, MODEL, NoTracing, Tracer
 
@@ -60,6 +61,7 @@ class ThreadBackend:
         # Set by the loading thread itself: its task may be cancelled, it cannot.
         self._loading = False
         self._loaded = False
+        self._description: ModelDescription | None = None
 
     @property
     def capacity(self) -> int:
@@ -72,32 +74,44 @@ class ThreadBackend:
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
 
+    @property
+    def description(self) -> ModelDescription:
+        if self._description is None:
+            raise RuntimeError("the model has not loaded")
+        return self._description
+
     def _load(self) -> None:
         self._loading = True
         try:
             self._model.load()
+            self._description = describe(self._model)
             self._loaded = True
         finally:
             self._loading = False
 
-    async def run(self, image: bytes, deadline: float | None) -> bytes:
+    async def run(
+        self, image: bytes, deadline: float | None, options: Options | None = None
+    ) -> bytes:
         if self._batcher is None:
-            return await self._queue.run(self._decode_and_infer, image, deadline=deadline)
+            step = self._decode_and_infer
+            if options is not None:
+                step = functools.partial(self._decode_and_infer, options=options)
+            return await self._queue.run(step, image, deadline=deadline)
         decoded = await self._queue.run(self._decode, image, deadline=deadline)
         with self._tracing.span(BATCH):
-            response = await self._batcher.submit(decoded.image, deadline=deadline)
-        return written(self._model, response, decoded)
+            response = await self._batcher.submit(decoded.image, deadline=deadline, options=options)
+        return written(self._model, response, decoded, options)
 
     def _decode(self, data: bytes) -> Decoded:
         # A bad image is the caller's fault, not the server's: not an ERROR span.
         with self._tracing.span(DECODE, errors=False):
             return decode_for(self._model, data, self._max_pixels)
 
-    def _decode_and_infer(self, data: bytes) -> bytes:
+    def _decode_and_infer(self, data: bytes, options: Options | None = None) -> bytes:
         decoded = self._decode(data)
         with self._tracing.span(MODEL):
-            response = infer(self._model, decoded)
-        return written(self._model, response, decoded)
+            response = infer(self._model, decoded, options)
+        return written(self._model, response, decoded, options)
 
     def abort(self) -> None:
         self._queue.abort()

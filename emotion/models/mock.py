@@ -15,6 +15,7 @@ class MockModel(Model):
     the reference load for benchmarks, and answers instantly in tests.
     """
 
+    version = "1.0.0"
     # It shrinks every image to 128x128, so a larger decode is wasted work.
     min_size = 128
 

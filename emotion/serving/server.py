@@ -32,6 +32,7 @@ from emotion.runtime import apply_process_settings, available_cpus
 from emotion.serving.admission import Admission, State
 from emotion.serving.calls import Calls
 from emotion.serving.credentials import Credentials
+from emotion.serving.description import server_limits
 from emotion.serving.service import PipelineService
 from emotion.serving.sockets import bound_socket, format_address
 from emotion.serving.wiring import Wiring
@@ -120,6 +121,7 @@ class Server:
             calls=self.calls,
             limits=self.config.limits,
             window=max(2, threads),
+            server_limits=server_limits(self.config),
         )
         self._grpc: GrpcServer | None = None
         self._port: int | None = None

@@ -17,17 +17,23 @@ from grpclib.server import Stream
 from emotion.codec import Encoded, parse
 from emotion.config import Limits
 from emotion.contract import (
+    DESCRIBE_PATH,
     LEGACY_RUN_PIPELINE_PATH,
     RUN_PIPELINE_PATH,
     STREAM_PIPELINE_PATH,
+    DescribeRequest,
+    DescribeResponse,
     PipelineBase,
     Request,
     Response,
+    ServerLimits,
 )
 from emotion.decode import InvalidImage
 from emotion.inference.backend import Backend
+from emotion.model import InvalidOptions, check_options
 from emotion.serving.admission import Admission, NotServing
 from emotion.serving.calls import Calls, metadata
+from emotion.serving.description import described
 from emotion.transport.messages import Patience, ReceiveBudget, receive_message, send_message
 
 if TYPE_CHECKING:
@@ -54,11 +60,15 @@ class PipelineService(PipelineBase):
         calls: Calls,
         limits: Limits,
         window: int = 2,
+        server_limits: ServerLimits | None = None,
     ) -> None:
         self._backend = backend
         self._admission = admission
         self._calls = calls
         self.limits = limits
+        #: What Describe states of the limits (the server's whole config knows more).
+        self.server_limits = server_limits or ServerLimits()
+        self._described: Encoded | None = None
         self._patience = Patience(limits.body_timeout)
         self._receiving = ReceiveBudget(limits.max_receiving)
         # Images of one stream in progress at once: enough to keep the threads busy.
@@ -73,9 +83,35 @@ class PipelineService(PipelineBase):
         """
         return parse(Response, (await self._answer_image(message, deadline)).data)
 
+    async def describe(self, message: DescribeRequest) -> DescribeResponse:
+        """What the server serves and accepts; see :meth:`_describe` for the route."""
+        return parse(DescribeResponse, self._description().data)
+
     async def _answer_image(self, message: Request, deadline: Deadline | None) -> Encoded:
+        check_options(message.options)
         instant = None if deadline is None else time.monotonic() + deadline.time_remaining()
-        return Encoded(await self._backend.run(message.image, instant))
+        return Encoded(await self._backend.run(message.image, instant, message.options))
+
+    async def _describe(self, stream: Stream[DescribeRequest, DescribeResponse | Encoded]) -> None:
+        """Describe: checked like any call, answered without the queue or the model."""
+        self._admission.check(metadata(stream, "authorization"))
+        request = await receive_message(
+            stream,
+            DescribeRequest,
+            limit=self.limits.max_message_size,
+            patience=self._patience,
+            first=True,
+        )
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the call ended without a request message")
+        answer = self._description()
+        await send_message(stream, answer, len(answer.data))
+
+    def _description(self) -> Encoded:
+        # Known once the model serves, which admission checked; the same from then on.
+        if self._described is None:
+            self._described = described(self._backend.description, self.server_limits)
+        return self._described
 
     async def _answer_one(self, stream: _Stream) -> None:
         self._admission.check(metadata(stream, "authorization"))
@@ -141,25 +177,27 @@ class PipelineService(PipelineBase):
         with self._admission.hold():
             try:
                 return await self._answer_image(request, stream.deadline)
-            except InvalidImage as exc:
-                raise InvalidImage(f"image {index}: {exc}") from None
+            except (InvalidImage, InvalidOptions) as exc:
+                raise type(exc)(f"image {index}: {exc}") from None
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         unary = grpclib.const.Cardinality.UNARY_UNARY
         streaming = grpclib.const.Cardinality.STREAM_STREAM
-        routes = [
-            (RUN_PIPELINE_PATH, unary, "unary", self._answer_one),
-            (LEGACY_RUN_PIPELINE_PATH, unary, "unary", self._answer_one),
-            (STREAM_PIPELINE_PATH, streaming, "bidi_stream", self._answer_stream),
+        pipeline = (Request, Response)
+        describe = (DescribeRequest, DescribeResponse)
+        routes: list[tuple[str, grpclib.const.Cardinality, str, Any, tuple[type, type]]] = [
+            (RUN_PIPELINE_PATH, unary, "unary", self._answer_one, pipeline),
+            (LEGACY_RUN_PIPELINE_PATH, unary, "unary", self._answer_one, pipeline),
+            (STREAM_PIPELINE_PATH, streaming, "bidi_stream", self._answer_stream, pipeline),
+            (DESCRIBE_PATH, unary, "unary", self._describe, describe),
         ]
         return {
             path: grpclib.const.Handler(
                 functools.partial(self._calls.handle, path=path, kind=kind, answer=answer),
                 cardinality,
-                Request,
-                Response,
+                *messages,
             )
-            for path, cardinality, kind, answer in routes
+            for path, cardinality, kind, answer, messages in routes
         }
 
 

@@ -13,7 +13,7 @@ from emotion.codec import InvalidMessage
 from emotion.decode import InvalidImage
 from emotion.inference.process_client import ProcessExited
 from emotion.inference.threads import Aborted, DeadlinePassed, QueueFull
-from emotion.model import ModelFailure
+from emotion.model import InvalidOptions, ModelFailure
 from emotion.security import Unauthenticated
 from emotion.serving.admission import Busy, NotServing
 from emotion.transport.messages import (
@@ -38,6 +38,7 @@ STATUSES: tuple[tuple[type[Exception], Status, str], ...] = (
     (MalformedMessage, Status.INVALID_ARGUMENT, _REQUEST),
     (InvalidMessage, Status.INVALID_ARGUMENT, "request is {}"),
     (InvalidImage, Status.INVALID_ARGUMENT, "{}"),
+    (InvalidOptions, Status.INVALID_ARGUMENT, "{}"),
     (QueueFull, Status.RESOURCE_EXHAUSTED, "{}"),
     (DeadlinePassed, Status.DEADLINE_EXCEEDED, "{}"),
     (Aborted, Status.UNAVAILABLE, "{}"),

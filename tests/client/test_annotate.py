@@ -6,8 +6,8 @@ import pytest
 from conftest import TESTS
 from PIL import Image, ImageChops
 
-from emotion.client.annotate import annotate
-from emotion.contract import BBox, Expression, Response, Result
+from emotion.client.annotate import COLOURS, annotate, label
+from emotion.contract import BBox, Expression, Landmarks, Point, Response, Result
 
 
 def test_annotation_boxes_each_face_and_labels_its_top_expression() -> None:
@@ -52,3 +52,22 @@ def test_labels_grow_with_the_image_but_stay_readable_on_small_ones(size: tuple[
     height = label[3] - label[1]
     assert height >= 12  # legible on a thumbnail
     assert height >= h / 50  # and not lost on a large photo
+
+
+def test_each_landmark_is_a_dot_in_the_faces_colour_and_the_label_gives_the_confidence() -> None:
+    photo = Image.new("RGB", (400, 300), "white")
+    nose = Point(x=200, y=170)
+    face = Result(
+        bbox=BBox(x1=100, y1=100, x2=300, y2=280),
+        expression=Expression(sadness=0.8, neutral=0.2),
+        confidence=0.934,
+        landmarks=Landmarks(nose_tip=nose, right_eye=Point(x=160, y=150)),
+    )
+
+    drawn = annotate(photo, Response(response=[face]))
+
+    assert drawn.getpixel((200, 170)) == COLOURS["sadness"]
+    assert drawn.getpixel((160, 150)) == COLOURS["sadness"]
+    assert drawn.getpixel((240, 150)) == (255, 255, 255)  # the left eye was not found
+    assert label(face, "sadness", 0.8) == "sadness 80%, face 93%"
+    assert label(Result(), "neutral", 1.0) == "neutral 100%"  # a model without confidence

@@ -171,7 +171,7 @@ def test_predict_api_with_the_mock_model_matches_the_client(
     assert faces == {"faces": asyncio.run(direct())["faces"]}
 
 
-def test_the_table_has_a_row_per_face_with_its_box_and_top_expression() -> None:
+def test_the_table_has_a_row_per_face_with_its_box_confidence_and_top_expression() -> None:
     expression = dict.fromkeys(
         ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"], 0.0
     )
@@ -180,10 +180,11 @@ def test_the_table_has_a_row_per_face_with_its_box_and_top_expression() -> None:
         "expression": {**expression, "happiness": 0.75, "neutral": 0.25},
     }
 
-    (row,) = faces_table({"faces": [face]})
+    rows = faces_table({"faces": [{**face, "confidence": 0.9134}, face]})
 
-    assert row[:3] == ["1", "1, 2, 31, 40", "happiness 75%"]
-    assert row[3] == "25.0%"
+    assert rows[0][:4] == ["1", "1, 2, 31, 40", "91%", "happiness 75%"]
+    assert rows[0][4] == "25.0%"
+    assert rows[1][:4] == ["2", "1, 2, 31, 40", "", "happiness 75%"]  # a model that gives none
     assert faces_table(None) == []
 
 

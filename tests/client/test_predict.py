@@ -14,6 +14,8 @@ from support.sample_models import SizeModel
 
 from emotion import Server
 from emotion.client.predict import frames
+from emotion.contract import LANDMARK_FIELDS
+from emotion.models.fer import FerModel
 
 
 async def run(*args: str) -> tuple[int, str, str]:
@@ -235,3 +237,38 @@ async def test_stream_stops_at_a_connection_failure_with_one_line(
         f"emotion predict: cannot reach {target} over TLS (WRONG_VERSION_NUMBER): is the server "
         "serving TLS? Without --tls-cert it serves plaintext: leave out --tls"
     ]
+
+
+@pytest.mark.subprocess
+async def test_predict_prints_each_faces_confidence_and_landmarks_and_takes_the_options(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(FerModel())
+    group = TESTS / "fixtures" / "group.jpg"
+    target = ("--target", f"127.0.0.1:{server.port}")
+
+    code, out, err = await run("predict", str(group), *target)
+    one_code, one_out, _ = await run("predict", str(group), "--max-faces", "1", *target)
+    sure_code, sure_out, _ = await run("predict", str(group), "--min-confidence", "0.93", *target)
+    refused_code, _, refused_err = await run("predict", str(group), "--min-confidence", "2")
+
+    assert (code, err, one_code, sure_code) == (0, "", 0, 0)
+    every = json.loads(out)
+    assert every["model"] == f"fer {FerModel.version}"
+    faces = every["faces"]
+    assert len(faces) == 4
+    for face in faces:
+        assert list(face) == ["bbox", "confidence", "expression", "landmarks"]
+        assert 0.5 <= face["confidence"] <= 1
+        assert list(face["landmarks"]) == list(LANDMARK_FIELDS)
+        x1, y1, x2, y2 = (face["bbox"][k] for k in ("x1", "y1", "x2", "y2"))
+        nose_x, nose_y = face["landmarks"]["nose_tip"]
+        assert x1 < nose_x < x2
+        assert y1 < nose_y < y2
+    most_confident = max(faces, key=lambda face: face["confidence"])
+    assert json.loads(one_out)["faces"] == [most_confident]
+    assert json.loads(sure_out)["faces"] == [f for f in faces if f["confidence"] >= 0.93]
+    assert 0 < len(json.loads(sure_out)["faces"]) < 4
+    assert refused_code == 2
+    assert "--min-confidence" in refused_err
+    assert "must be a confidence from 0 to 1, not 2.0" in refused_err

@@ -107,6 +107,12 @@ WITHOUT_FLAG = {
         (lambda: PredictOptions([], timeout=0), "PredictOptions.timeout", "more than 0"),
         (lambda: PredictOptions([], target="here"), "target 'here'", "host:port"),
         (lambda: PredictOptions([], stream=1), "PredictOptions.stream", "bool"),  # type: ignore[arg-type]
+        (lambda: PredictOptions([], max_faces=-1), "PredictOptions.max_faces", "0 or more"),
+        (
+            lambda: PredictOptions([], min_confidence=1.5),
+            "PredictOptions.min_confidence",
+            "a confidence from 0 to 1",
+        ),
         (lambda: RetryPolicy(max_attempts=0), "RetryPolicy.max_attempts (--max-attempts)", "1 or"),
         (lambda: RetryPolicy(initial_backoff=0), "RetryPolicy.initial_backoff", "more than 0"),
         (lambda: RetryPolicy(backoff_multiplier=-1), "RetryPolicy.backoff_multiplier", "than 0"),
@@ -278,6 +284,8 @@ PREDICT_SAMPLES: dict[str, tuple[str, Any]] = {
     "--annotate": ("out.png", lambda o: o.annotate == Path("out.png")),
     "--max-image-size": ("32MiB", lambda o: o.max_image_size == 32 * 1024 * 1024),
     "--max-attempts": ("1", lambda o: o.retry.max_attempts == 1),
+    "--max-faces": ("2", lambda o: o.max_faces == 2),
+    "--min-confidence": ("0.75", lambda o: o.min_confidence == 0.75),
 }
 DEMO_SAMPLES: dict[str, tuple[str, Any]] = {
     **CLIENT_SAMPLES,

@@ -17,6 +17,7 @@ from PIL import Image
 from support.sample_models import BatchModel
 
 from emotion import BBox, PipelineStub, Request, Response, Server
+from emotion.contract import Options
 from emotion.inference.batching import Batcher
 from emotion.inference.threads import DeadlinePassed, InferenceQueue, QueueFull
 
@@ -124,7 +125,7 @@ async def test_a_failing_batch_fails_each_of_its_calls_with_internal(
 def test_a_batch_needs_room_for_two() -> None:
     with pytest.raises(ValueError, match="at least two"):
         Batcher(
-            lambda images: [],
+            lambda images, options: [],
             InferenceQueue(ThreadPoolExecutor(1), capacity=1),
             max_size=1,
             max_delay=0.0,
@@ -138,7 +139,7 @@ async def test_a_batch_is_a_job_of_the_queue_whose_late_images_are_left_out() ->
     busy = threading.Event()
     executor.submit(busy.wait, 10)  # the only thread is taken until the test says
 
-    def run(batch: Sequence[Image.Image]) -> list[Response]:
+    def run(batch: Sequence[Image.Image], options: Sequence[Options | None]) -> list[Response]:
         seen.append([image.width for image in batch])
         return [Response() for _ in batch]
 
@@ -160,7 +161,7 @@ async def test_a_batch_is_a_job_of_the_queue_whose_late_images_are_left_out() ->
 async def test_a_batch_counts_each_of_its_images_against_the_queue() -> None:
     executor = ThreadPoolExecutor(1)
     batcher = Batcher(
-        lambda batch: [Response() for _ in batch],
+        lambda batch, options: [Response() for _ in batch],
         InferenceQueue(executor, capacity=1),
         max_size=2,
         max_delay=10,
@@ -181,7 +182,7 @@ async def test_a_batch_whose_callers_all_left_is_withdrawn_and_never_runs() -> N
     busy = threading.Event()
     executor.submit(busy.wait, 10)  # the only thread is taken until the test says
 
-    def run(batch: Sequence[Image.Image]) -> list[Response]:
+    def run(batch: Sequence[Image.Image], options: Sequence[Options | None]) -> list[Response]:
         ran.append(len(batch))
         return [Response() for _ in batch]
 

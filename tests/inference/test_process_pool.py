@@ -18,6 +18,7 @@ from support.served import alive, inference_processes_in
 
 from emotion import Response
 from emotion.config.limits import DEFAULT_MAX_PIXELS
+from emotion.contract import ModelDescription
 from emotion.inference.process_main import ANSWER, REQUEST, STEPS, Status, Steps
 from emotion.inference.process_pool import InferencePool, StartFailed
 
@@ -48,14 +49,17 @@ def connected(path: str) -> socket.socket:
     conn = socket.socket(socket.AF_UNIX)
     conn.settimeout(30)
     conn.connect(path)
-    assert ANSWER.unpack(conn.recv(ANSWER.size, socket.MSG_WAITALL)) == (Status.OK, 0)
+    status, size = ANSWER.unpack(conn.recv(ANSWER.size, socket.MSG_WAITALL))
+    assert status == Status.OK
+    # What the model is, as the worker's Describe answers it.
+    assert ModelDescription.parse(conn.recv(size, socket.MSG_WAITALL)).name
     return conn
 
 
 def ask(path: str, image: bytes) -> tuple[Status, bytes, Steps]:
     """One request to the process at ``path``, as a worker sends it."""
     with connected(path) as conn:
-        conn.sendall(REQUEST.pack(0.0, len(image)) + image)
+        conn.sendall(REQUEST.pack(0.0, 0, len(image)) + image)
         head = conn.recv(ANSWER.size + STEPS.size, socket.MSG_WAITALL)
         status, size = ANSWER.unpack_from(head)
         steps = Steps._make(STEPS.unpack_from(head, ANSWER.size))
@@ -259,7 +263,7 @@ def test_a_process_takes_its_connections_in_turn(
     one = pool("SlowModel")
     one.start()
     with connected(one.paths[0]) as busy, connected(one.paths[0]) as other:
-        request = REQUEST.pack(0.0, len(jpeg)) + jpeg
+        request = REQUEST.pack(0.0, 0, len(jpeg)) + jpeg
         busy.sendall(request * 3)
         while not started.exists():  # the first of busy's three is running
             time.sleep(0.01)
@@ -279,7 +283,7 @@ def test_a_connection_that_stalls_half_way_through_an_image_is_cut_off(
     one = pool("PidModel")
     one.start()
     with connected(one.paths[0]) as stalled:
-        stalled.sendall(REQUEST.pack(0.0, len(jpeg)) + jpeg[: len(jpeg) // 2])
+        stalled.sendall(REQUEST.pack(0.0, 0, len(jpeg)) + jpeg[: len(jpeg) // 2])
         started = time.monotonic()
 
         cut_off = stalled.recv(1)  # blocks until the process closes it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,12 +12,20 @@ import numpy as np
 import pytest
 from conftest import TESTS, StartServer, encode
 from grpclib.client import Channel
-from PIL import Image
+from numpy.typing import NDArray
+from PIL import Image, ImageFilter
 
 from emotion import BBox, PipelineStub, Request, Response, Result, Server
-from emotion.contract import EXPRESSION_FIELDS
+from emotion.contract import (
+    EXPRESSION_FIELDS,
+    LANDMARK_FIELDS,
+    DescribeRequest,
+    ModelDescription,
+    ModelVersion,
+    Options,
+)
 from emotion.decode import decode, decode_image, to_full_size
-from emotion.models.fer import FerModel, WeightsError, runtime
+from emotion.models.fer import LOWEST_SCORE, FerModel, WeightsError, runtime
 from emotion.models.fer.detector import Detection, drop_enclosing
 
 FIXTURES = TESTS / "fixtures"
@@ -276,11 +285,23 @@ async def test_served_by_default_it_answers_a_real_photo(
     response = await stub.run_pipeline(
         Request(image=(FIXTURES / "grace_hopper.jpg").read_bytes()), timeout=30
     )
+    described = await stub.describe(DescribeRequest(), timeout=10)
 
     assert len(response.response) == 1
     assert iou(box(response.response[0]), FACES["grace_hopper.jpg"]) > 0.6
     assert top(response.response[0]) == "neutral"
     assert response.response[0].bbox != BBox()
+    assert response.response[0].confidence is not None
+    assert response.response[0].landmarks is not None
+    assert response.model == ModelVersion(name="fer", version=FerModel.version)
+    assert described.model == ModelDescription(
+        name="fer",
+        version=FerModel.version,
+        weights_digest=runtime.weights_digest(),
+        labels=list(EXPRESSION_FIELDS),
+        fills_confidence=True,
+        fills_landmarks=True,
+    )
 
 
 def test_fixtures_are_small() -> None:
@@ -363,3 +384,143 @@ def test_a_face_no_tile_holds_whole_is_found_by_a_whole_image_pass(
     assert len(faces) == 1
     assert iou(box(faces[0]), where) > 0.5
     assert top(faces[0]) == "happiness"
+
+
+def test_every_face_has_its_detection_confidence_and_six_landmarks_in_place(
+    model: FerModel,
+) -> None:
+    picture, truth = group_photo([130, 85, 120, 80])
+
+    faces = model.process_sample(picture).response
+
+    assert len(faces) == len(truth)
+    assert [f.confidence for f in faces] == [pytest.approx(d.score) for d in model.detect(picture)]
+    for face in faces:
+        assert face.confidence is not None
+        assert 0.5 <= face.confidence <= 1.0
+        assert face.landmarks is not None
+        points = {name: getattr(face.landmarks, name) for name in LANDMARK_FIELDS}
+        assert all(point is not None for point in points.values())
+        x1, y1, x2, y2 = box(face)
+        for name in ("right_eye", "left_eye", "nose_tip", "mouth"):
+            assert x1 <= points[name].x <= x2, name
+            assert y1 <= points[name].y <= y2, name
+        # The subject's right eye and ear are on the left of a photo of them.
+        assert points["right_ear"].x < points["right_eye"].x < points["nose_tip"].x
+        assert points["nose_tip"].x < points["left_eye"].x < points["left_ear"].x
+        assert max(points["right_eye"].y, points["left_eye"].y) < points["nose_tip"].y
+        assert points["nose_tip"].y < points["mouth"].y
+
+
+def test_landmarks_stay_inside_the_image(model: FerModel) -> None:
+    # The face runs off the left edge: its right ear would too.
+    picture = photo("astronaut.jpg").crop((200, 100, 512, 512))
+
+    (face,) = model.process_sample(picture).response
+
+    assert face.landmarks is not None
+    assert face.landmarks.right_ear is not None
+    assert face.landmarks.right_ear.x == 0
+    for name in LANDMARK_FIELDS:
+        point = getattr(face.landmarks, name)
+        assert 0 <= point.x <= picture.width
+        assert 0 <= point.y <= picture.height
+
+
+def test_landmarks_from_a_reduced_jpeg_decode_match_a_full_decode(model: FerModel) -> None:
+    picture, _ = group_photo([110, 130, 120])
+    data = encode(picture.resize((3840, 2559), Image.Resampling.BICUBIC), "JPEG", quality=92)
+    full = model.process_sample(decode_image(data)).response
+    reduced = decode(data, min_size=model.min_size)
+
+    answer = model.process_sample(reduced.image)
+    to_full_size(answer, reduced)
+
+    for face in full:
+        nearest = max(answer.response, key=lambda other: iou(box(other), box(face)))
+        assert nearest.landmarks is not None
+        assert face.landmarks is not None
+        for name in LANDMARK_FIELDS:
+            ours, theirs = getattr(nearest.landmarks, name), getattr(face.landmarks, name)
+            assert abs(ours.x - theirs.x) < 6 * reduced.scale_x, name
+            assert abs(ours.y - theirs.y) < 6 * reduced.scale_y, name
+
+
+class CountingFer(FerModel):
+    """FerModel that counts the faces it classifies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classified = 0
+
+    def classify(self, gray: Image.Image, face: Detection) -> NDArray[np.float64]:
+        self.classified += 1
+        return super().classify(gray, face)
+
+
+@pytest.fixture(scope="module")
+def counting() -> CountingFer:
+    model = CountingFer()
+    model.load()
+    return model
+
+
+def test_one_face_wanted_classifies_only_the_most_confident(counting: CountingFer) -> None:
+    picture, _ = group_photo([130, 85, 120, 80])
+    every = counting.process_sample(picture).response
+    counting.classified = 0
+
+    (first,) = counting.process_sample(picture, Options(max_faces=1)).response
+
+    assert counting.classified == 1
+    assert bytes(first) == bytes(every[0])
+    assert first.confidence == max(face.confidence or 0 for face in every)
+
+
+def test_faces_below_min_confidence_are_not_classified(counting: CountingFer) -> None:
+    picture, _ = group_photo([130, 85, 120, 80])
+    every = counting.process_sample(picture).response
+    middle = sorted(face.confidence or 0 for face in every)[len(every) // 2]
+    counting.classified = 0
+
+    kept = counting.process_sample(picture, Options(min_confidence=middle)).response
+
+    # Above the detector's own threshold, the faces kept are those found without it.
+    assert middle > 0.5
+    assert [bytes(face) for face in kept] == [
+        bytes(face) for face in every if (face.confidence or 0) >= middle
+    ]
+    assert counting.classified == len(kept) < len(every)
+
+
+def test_a_min_confidence_below_the_detectors_own_finds_fainter_faces(model: FerModel) -> None:
+    blurred = photo("grace_hopper.jpg").filter(ImageFilter.GaussianBlur(12))
+
+    def on_her_face(faces: list[Result]) -> list[Result]:
+        return [face for face in faces if iou(box(face), FACES["grace_hopper.jpg"]) > 0.5]
+
+    default = model.process_sample(blurred).response
+    lower = model.process_sample(blurred, Options(min_confidence=0.4)).response
+
+    assert on_her_face(default) == []
+    (face,) = on_her_face(lower)
+    assert face.confidence is not None
+    assert 0.4 <= face.confidence < 0.5
+
+
+def test_min_confidence_reaches_down_to_its_floor_and_no_lower(model: FerModel) -> None:
+    picture = photo("astronaut.jpg")
+
+    at_floor = model.process_sample(picture, Options(min_confidence=LOWEST_SCORE)).response
+    at_zero = model.process_sample(picture, Options(min_confidence=0.0)).response
+
+    assert [bytes(face) for face in at_zero] == [bytes(face) for face in at_floor]
+    assert all((face.confidence or 0) >= LOWEST_SCORE for face in at_zero)
+
+
+def test_it_says_what_it_fills_and_which_weights_it_runs(model: FerModel) -> None:
+    listing = "".join(f"{runtime.CHECKSUMS[n]}  {n}\n" for n in sorted(runtime.CHECKSUMS))
+
+    assert (model.fills_confidence, model.fills_landmarks) == (True, True)
+    assert model.version
+    assert model.weights_digest() == "sha256:" + hashlib.sha256(listing.encode()).hexdigest()

@@ -85,18 +85,25 @@ async def test_reflection_lists_and_describes_the_services(server: Server) -> No
     assert json.loads(output) == {
         "services": ["emotion.v1.Pipeline", "grpc.health.v1.Health"],
         "methods": {
-            "emotion.v1.Pipeline": ["RunPipeline", "StreamPipeline"],
+            "emotion.v1.Pipeline": ["RunPipeline", "StreamPipeline", "Describe"],
             "grpc.health.v1.Health": ["Check", "Watch"],
         },
-        "expression_fields": [
-            "neutral",
-            "anger",
-            "disgust",
-            "fear",
-            "happiness",
-            "sadness",
-            "surprise",
-        ],
+        "fields": {
+            "Expression": [
+                "neutral",
+                "anger",
+                "disgust",
+                "fear",
+                "happiness",
+                "sadness",
+                "surprise",
+            ],
+            "Result": ["bbox", "expression", "confidence", "landmarks"],
+            "Request": ["image", "options"],
+            "Response": ["response", "model"],
+            "DescribeResponse": ["model", "limits", "server_version"],
+        },
+        "describe": ["emotion.v1.DescribeRequest", "emotion.v1.DescribeResponse"],
     }
 
 

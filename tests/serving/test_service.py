@@ -30,10 +30,22 @@ from support.sample_models import (
 
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
 from emotion.config import Limits
-from emotion.contract import LEGACY_RUN_PIPELINE_PATH, RUN_PIPELINE_PATH, STREAM_PIPELINE_PATH
+from emotion.contract import (
+    LEGACY_RUN_PIPELINE_PATH,
+    RUN_PIPELINE_PATH,
+    STREAM_PIPELINE_PATH,
+    ModelVersion,
+)
 from emotion.errors import PUSHBACK
+from emotion.models.mock import MockModel
 from emotion.serving.statuses import PUSHBACK_RANGE
 from emotion.transport.client import received_trailer
+
+#: What the mock model answers, and the server says of it.
+MOCK_ANSWER = Response(
+    response=[Result(bbox=BBox(), expression=Expression())],
+    model=ModelVersion(name="MockModel", version=MockModel.version),
+)
 
 
 def float32(value: float) -> float:
@@ -55,14 +67,15 @@ async def test_round_trip_returns_the_models_response(
                 expression=Expression(happiness=float32(320 / 560), neutral=float32(240 / 560)),
             ),
             Result(bbox=BBox(x1=1.5, y1=2.5, x2=3.5, y2=4.5), expression=Expression(fear=1)),
-        ]
+        ],
+        model=ModelVersion(name="SizeModel"),
     )
 
 
 async def test_mock_model_answers_one_default_result(stub: PipelineStub, jpeg: bytes) -> None:
     response = await stub.run_pipeline(Request(image=jpeg), timeout=10)
 
-    assert response == Response(response=[Result(bbox=BBox(), expression=Expression())])
+    assert response == MOCK_ANSWER
 
 
 def _truncated(image_format: str) -> bytes:
@@ -147,7 +160,7 @@ async def test_original_method_name_is_served_as_an_alias(
         await stream.send_message(Request(image=jpeg), end=True)
         response = await stream.recv_message()
 
-    assert response == Response(response=[Result(bbox=BBox(), expression=Expression())])
+    assert response == MOCK_ANSWER
 
 
 async def test_slow_inference_does_not_block_health_or_other_calls(
@@ -186,7 +199,9 @@ async def test_calls_before_the_model_loaded_are_unavailable(
 
     assert caught.value.status is Status.UNAVAILABLE
     assert caught.value.message == "model is still loading; retry shortly"
-    assert await stub.run_pipeline(Request(image=jpeg), timeout=5) == Response()
+    assert await stub.run_pipeline(Request(image=jpeg), timeout=5) == Response(
+        model=ModelVersion(name="GatedLoadModel")
+    )
 
 
 async def test_exif_orientation_is_applied_before_the_model_sees_the_image(
@@ -272,7 +287,7 @@ async def test_unknown_fields_from_a_newer_client_are_ignored(
 
     response = await send_raw(connect(server), [RawRequest()])
 
-    assert response == Response(response=[Result(bbox=BBox(), expression=Expression())])
+    assert response == MOCK_ANSWER
 
 
 async def test_a_call_without_a_request_message_is_invalid_argument(

@@ -10,7 +10,7 @@ from emotion.codec import InvalidMessage
 from emotion.decode import InvalidImage
 from emotion.inference.process_client import ProcessExited
 from emotion.inference.threads import Aborted, DeadlinePassed, QueueFull
-from emotion.model import ModelFailure
+from emotion.model import InvalidOptions, ModelFailure
 from emotion.security import Unauthenticated
 from emotion.serving.admission import Busy, NotServing
 from emotion.serving.statuses import PUSHBACK_RANGE, STATUSES, pushback_ms, to_grpc_error
@@ -46,6 +46,7 @@ ROWS: list[tuple[Exception, Status, str]] = [
         "request is not a valid emotion.v1.Request: broken",
     ),
     (InvalidImage("not an image"), Status.INVALID_ARGUMENT, "not an image"),
+    (InvalidOptions("no such confidence"), Status.INVALID_ARGUMENT, "no such confidence"),
     (
         QueueFull(3),
         Status.RESOURCE_EXHAUSTED,

@@ -2,7 +2,8 @@
 
 Runs as a subprocess: grpcio-reflection and grpclib register the same
 reflection protos, which protobuf refuses to hold twice in one process.
-Prints JSON: the listed services and the methods of each.
+Prints JSON: the listed services, the methods of each, and the fields of
+the messages a caller reads by name.
 """
 
 import json
@@ -24,8 +25,14 @@ def main(target: str) -> None:
             name: [method.name for method in pool.FindServiceByName(name).methods]
             for name in services
         }
-        fields = [f.name for f in pool.FindMessageTypeByName("emotion.v1.Expression").fields]
-    print(json.dumps({"services": services, "methods": methods, "expression_fields": fields}))
+        fields = {
+            name: [f.name for f in pool.FindMessageTypeByName(f"emotion.v1.{name}").fields]
+            for name in ("Expression", "Result", "Request", "Response", "DescribeResponse")
+        }
+        describe = pool.FindMethodByName("emotion.v1.Pipeline.Describe")
+        types = [describe.input_type.full_name, describe.output_type.full_name]
+    found = {"services": services, "methods": methods, "fields": fields, "describe": types}
+    print(json.dumps(found))
 
 
 if __name__ == "__main__":

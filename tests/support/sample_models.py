@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from emotion import BBox, Expression, Model, Response, Result
+from emotion.contract import Options
 
 # Which processes import this module: tests that check it name a file here.
 if os.environ.get("EMOTION_TEST_IMPORTS"):
@@ -326,3 +328,75 @@ class ConfiguredModel(WholeImageModel):
 
     def __init__(self, happiness: float = 0.75) -> None:
         self.happiness = happiness
+
+
+class ConfidentModel(Model):
+    """Four faces, not in order of confidence, one without a confidence; ignores options.
+
+    Each face's box has its place in the model's answer as x1 (1 to 4).
+    """
+
+    version = "2.5.0"
+    fills_confidence = True
+    labels = ("happiness", "neutral")
+    #: The confidence of each face, in the order the model gives them.
+    CONFIDENCES = (0.6, 0.9, None, 0.3)
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return Response(
+            response=[
+                Result(bbox=BBox(x1=place), expression=Expression(neutral=1), confidence=value)
+                for place, value in enumerate(self.CONFIDENCES, start=1)
+            ]
+        )
+
+
+class OptionsModel(Model):
+    """Declares options, and answers with what it got.
+
+    Each face's box has max_faces as x1 and min_confidence as y1 (-1 when
+    unset); it gives two faces more than max_faces, so a test sees the server
+    cut its answer. Every face has confidence 1.
+    """
+
+    fills_confidence = True
+
+    def process_sample(self, image: Image.Image, options: Options | None = None) -> Response:
+        assert options is not None, "the server always passes options"
+        lowest = -1.0 if options.min_confidence is None else options.min_confidence
+        face = Result(bbox=BBox(x1=options.max_faces, y1=lowest), confidence=1.0)
+        return Response(response=[face] * (options.max_faces + 2))
+
+
+class BatchOptionsModel(OptionsModel):
+    """OptionsModel whose batches take each image's options, and are recorded."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def process_batch(
+        self, images: Sequence[Image.Image], options: Sequence[Options] | None = None
+    ) -> list[Response]:
+        assert options is not None
+        assert len(options) == len(images)
+        self.batches.append([each.max_faces for each in options])
+        return [self.process_sample(i, o) for i, o in zip(images, options, strict=True)]
+
+
+class DigestModel(Model):
+    """Its weights digest names the process that loaded it; "" where load() never ran."""
+
+    version = "0.3"
+    fills_landmarks = True
+
+    def __init__(self) -> None:
+        self.digest = ""
+
+    def load(self) -> None:
+        self.digest = "sha256:" + hashlib.sha256(str(os.getpid()).encode()).hexdigest()
+
+    def weights_digest(self) -> str:
+        return self.digest
+
+    def process_sample(self, image: Image.Image) -> Response:
+        return Response()

@@ -46,15 +46,36 @@ FULL_RANGE = BlazeFaceSpec("face_detection_full_range.tflite", 192, ((4, 1),), 0
 SHORT_RANGE = BlazeFaceSpec("face_detection_short_range.tflite", 128, ((8, 2), (16, 6)), 0.5)
 
 
+#: BlazeFace's six keypoints in its output order, named as the contract's
+#: Landmarks fields. Right and left are the subject's: the right eye's x is
+#: the smaller in a photo of someone facing the camera.
+KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
+
+#: (x, y) of each keypoint, in KEYPOINTS order, in the same pixels as the box.
+Points = tuple[tuple[float, float], ...]
+
+
 @dataclass(frozen=True)
 class Detection:
-    """A face box in pixels of the image it was found in, with its confidence."""
+    """A face box in pixels of the image it was found in, its confidence and its keypoints."""
 
     x1: float
     y1: float
     x2: float
     y2: float
     score: float
+    keypoints: Points = ()
+
+    def moved(self, scale: float, dx: float, dy: float) -> Detection:
+        """The same face in other pixels: each coordinate times ``scale``, then shifted."""
+        return Detection(
+            self.x1 * scale + dx,
+            self.y1 * scale + dy,
+            self.x2 * scale + dx,
+            self.y2 * scale + dy,
+            self.score,
+            tuple((x * scale + dx, y * scale + dy) for x, y in self.keypoints),
+        )
 
 
 def letterbox(image: Image.Image, size: int) -> tuple[NDArray[np.float32], float, float, float]:
@@ -84,16 +105,21 @@ class BlazeFace:
         self._runner = runner
         self._anchors = spec.anchors()
 
-    def __call__(self, image: Image.Image) -> list[Detection]:
+    def __call__(self, image: Image.Image, min_score: float | None = None) -> list[Detection]:
+        """The faces in ``image`` scored at least ``min_score`` (the variant's own by default)."""
         size = self.spec.input_size
         tensor, scale, left, top = letterbox(image, size)
         outputs = self._runner(tensor[np.newaxis])
         # The variants name their outputs differently; the box regressor is the wide one.
         regressors, classifiers = sorted(outputs, key=lambda o: o.shape[-1], reverse=True)
-        boxes, scores = self.decode(regressors[0], classifiers[0])
-        keep = scores >= self.spec.min_score
+        boxes, points, scores = self.decode(regressors[0], classifiers[0])
+        keep = scores >= (self.spec.min_score if min_score is None else min_score)
         detections = []
-        for (cx, cy, w, h), score in zip(boxes[keep], scores[keep], strict=True):
+        for (cx, cy, w, h), found, score in zip(
+            boxes[keep], points[keep], scores[keep], strict=True
+        ):
+            # From the letterboxed input's unit square back to the image's pixels.
+            pixels = (found * size - (left, top)) / scale
             detections.append(
                 Detection(
                     x1=((cx - w / 2) * size - left) / scale,
@@ -101,20 +127,29 @@ class BlazeFace:
                     x2=((cx + w / 2) * size - left) / scale,
                     y2=((cy + h / 2) * size - top) / scale,
                     score=float(score),
+                    keypoints=tuple((float(x), float(y)) for x, y in pixels),
                 )
             )
         return detections
 
     def decode(
         self, regressors: NDArray[np.float32], classifiers: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Raw outputs to (cx, cy, w, h) boxes normalised to the input, and scores."""
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        """Raw outputs to boxes, keypoints and scores, normalised to the input.
+
+        Boxes are (cx, cy, w, h); keypoints an (x, y) row for each of
+        KEYPOINTS. The regressor gives both as offsets from the anchor's
+        centre, in input pixels (MediaPipe's anchors have unit size).
+        """
         size = self.spec.input_size
         centres = regressors[:, :2] / size + self._anchors
         sizes = regressors[:, 2:4] / size
+        count = len(KEYPOINTS)
+        offsets = regressors[:, 4 : 4 + 2 * count].reshape(-1, count, 2)
+        points = (offsets / size + self._anchors[:, np.newaxis, :]).astype(np.float32, copy=False)
         logits = np.clip(classifiers[:, 0].astype(np.float64), -100.0, 100.0)
         scores = 1.0 / (1.0 + np.exp(-logits))
-        return np.concatenate([centres, sizes], axis=1), scores.astype(np.float32)
+        return np.concatenate([centres, sizes], axis=1), points, scores.astype(np.float32)
 
 
 def iou(box: Detection, others: list[Detection]) -> NDArray[np.float64]:
@@ -146,7 +181,12 @@ def weighted_nms(detections: list[Detection], threshold: float = 0.3) -> list[De
         weights = np.array([d.score for d in group])
         coords = np.array([(d.x1, d.y1, d.x2, d.y2) for d in group]) * weights[:, None]
         x1, y1, x2, y2 = coords.sum(axis=0) / weights.sum()
-        merged.append(Detection(float(x1), float(y1), float(x2), float(y2), best.score))
+        # Keypoints are averaged as their boxes are (when every box has them).
+        points = best.keypoints
+        if points and all(len(d.keypoints) == len(points) for d in group):
+            weighted = np.array([d.keypoints for d in group]) * weights[:, None, None]
+            points = tuple((float(x), float(y)) for x, y in weighted.sum(axis=0) / weights.sum())
+        merged.append(Detection(float(x1), float(y1), float(x2), float(y2), best.score, points))
         remaining = [d for d, hit in zip(remaining, overlaps, strict=True) if not hit]
     return merged
 

@@ -27,6 +27,16 @@ CHECKSUMS = {
 }
 
 
+def weights_digest() -> str:
+    """One digest for the three files: sha256 of their ``sha256sum`` listing, in name order.
+
+    Computed from CHECKSUMS, which load() checks every file against, so it
+    needs no file read and names exactly the weights a loaded model runs.
+    """
+    listing = "".join(f"{CHECKSUMS[name]}  {name}\n" for name in sorted(CHECKSUMS))
+    return f"sha256:{hashlib.sha256(listing.encode()).hexdigest()}"
+
+
 class WeightsError(Exception):
     """A bundled model file is missing or not the file this release was built with."""
 

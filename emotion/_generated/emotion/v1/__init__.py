@@ -5,12 +5,20 @@
 
 __all__ = (
     "BBox",
+    "DescribeRequest",
+    "DescribeResponse",
     "Expression",
+    "Landmarks",
+    "ModelDescription",
+    "ModelVersion",
+    "Options",
     "PipelineBase",
     "PipelineStub",
+    "Point",
     "Request",
     "Response",
     "Result",
+    "ServerLimits",
 )
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -72,6 +80,63 @@ default_message_pool.register_message("emotion.v1", "BBox", BBox)
 
 
 @dataclass(eq=False, repr=False)
+class DescribeRequest(betterproto2.Message):
+    """
+    DescribeRequest asks for nothing: Describe answers the same to every caller.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name[
+            "DescribeRequest"
+        ]
+
+    pass
+
+
+default_message_pool.register_message("emotion.v1", "DescribeRequest", DescribeRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeResponse(betterproto2.Message):
+    """
+    DescribeResponse is what the server serves and what it accepts.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name[
+            "DescribeResponse"
+        ]
+
+    model: "ModelDescription | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The model that answers RunPipeline and StreamPipeline.
+    """
+
+    limits: "ServerLimits | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    What a request must keep to; past any of these a request is refused.
+    """
+
+    server_version: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The version of the emotion server itself (e.g. "0.1.0").
+    """
+
+
+default_message_pool.register_message(
+    "emotion.v1", "DescribeResponse", DescribeResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class Expression(betterproto2.Message):
     """
     Expression holds the probability of each of seven basic expressions for
@@ -123,6 +188,203 @@ default_message_pool.register_message("emotion.v1", "Expression", Expression)
 
 
 @dataclass(eq=False, repr=False)
+class Landmarks(betterproto2.Message):
+    """
+    Landmarks are named points of one face, each within the image. Right and
+    left are the subject's own: in a photo of someone facing the camera, their
+    right eye is on the image's left. A model sets the points it finds and
+    leaves the others unset.
+
+    Named fields rather than a list in a documented order: every language reads
+    `landmarks.nose_tip` by name, an unset point is visibly unset, and a model
+    that finds more points adds fields without moving these.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name["Landmarks"]
+
+    right_eye: "Point | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The centre of the subject's right eye.
+    """
+
+    left_eye: "Point | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The centre of the subject's left eye.
+    """
+
+    nose_tip: "Point | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The tip of the nose.
+    """
+
+    mouth: "Point | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The centre of the mouth.
+    """
+
+    right_ear: "Point | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The subject's right ear (its tragion, the notch in front of the ear canal).
+    """
+
+    left_ear: "Point | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The subject's left ear (its tragion).
+    """
+
+
+default_message_pool.register_message("emotion.v1", "Landmarks", Landmarks)
+
+
+@dataclass(eq=False, repr=False)
+class ModelDescription(betterproto2.Message):
+    """
+    ModelDescription is one model: which, at which version, and what it fills.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name[
+            "ModelDescription"
+        ]
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    As in ModelVersion, the name every Response carries.
+    """
+
+    version: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    As in ModelVersion, the version every Response carries.
+    """
+
+    weights_digest: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The digest of the weights loaded, written as OCI writes digests, the
+    algorithm first ("sha256:" and 64 hex digits), so that two servers
+    answering the same version with other weights can be told apart. Empty
+    when the model gives none.
+    """
+
+    labels: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The Expression fields the model scores, in Expression's field order
+    ("neutral", "anger", ...); the others are always 0.
+    """
+
+    fills_confidence: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+    """
+    Whether the model sets Result.confidence.
+    """
+
+    fills_landmarks: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    Whether the model sets Result.landmarks.
+    """
+
+
+default_message_pool.register_message(
+    "emotion.v1", "ModelDescription", ModelDescription
+)
+
+
+@dataclass(eq=False, repr=False)
+class ModelVersion(betterproto2.Message):
+    """
+    ModelVersion names a model at one version.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name["ModelVersion"]
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The model's name, as the server logs it (e.g. "fer").
+    """
+
+    version: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The version the model declares (e.g. "1.0.0"); empty when it declares none.
+    """
+
+
+default_message_pool.register_message("emotion.v1", "ModelVersion", ModelVersion)
+
+
+@dataclass(eq=False, repr=False)
+class Options(betterproto2.Message):
+    """
+    Options narrow what one request asks for. The unset value of each field
+    asks for nothing, so a request without options is answered exactly as
+    before options existed. The server holds them for every model: the answer
+    of a model that ignores them is cut to them before it is sent.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name["Options"]
+
+    max_faces: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    Answer at most this many faces, the most confident first; 0 answers every
+    face. A model that knows it needs fewer faces does less work.
+    """
+
+    min_confidence: "float | None" = betterproto2.field(
+        2, betterproto2.TYPE_FLOAT, optional=True
+    )
+    """
+    Leave out the faces whose confidence is below this, in [0, 1]. Unset: the
+    model's own threshold. A model may use it to look below its own threshold
+    too (the default model does, down to 0.25). Faces without a confidence
+    are never left out by it. NaN or outside [0, 1]: INVALID_ARGUMENT.
+    """
+
+
+default_message_pool.register_message("emotion.v1", "Options", Options)
+
+
+@dataclass(eq=False, repr=False)
+class Point(betterproto2.Message):
+    """
+    Point is a position in pixel coordinates of the image as displayed, like
+    BBox's corners: the origin is the top-left corner, x grows to the right and
+    y downwards.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name["Point"]
+
+    x: "float" = betterproto2.field(1, betterproto2.TYPE_FLOAT)
+
+    y: "float" = betterproto2.field(2, betterproto2.TYPE_FLOAT)
+
+
+default_message_pool.register_message("emotion.v1", "Point", Point)
+
+
+@dataclass(eq=False, repr=False)
 class Request(betterproto2.Message):
     """
     Request carries one encoded image.
@@ -137,6 +399,14 @@ class Request(betterproto2.Message):
     """
     The encoded image file (JPEG, PNG, WebP, BMP, GIF or TIFF), as it would
     be stored on disk. Only the first frame of an animated image is used.
+    """
+
+    options: "Options | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    What the caller wants of the answer. In a StreamPipeline call each
+    request carries its own.
     """
 
 
@@ -160,6 +430,15 @@ class Response(betterproto2.Message):
     """
     One Result per detected face, most confident first. Empty when the image
     holds no face.
+    """
+
+    model: "ModelVersion | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The model that produced this answer, set by the server on every answer,
+    in a stream too: during a rolling update, each answer says which version
+    it came from.
     """
 
 
@@ -191,8 +470,72 @@ class Result(betterproto2.Message):
     What the face expresses.
     """
 
+    confidence: "float | None" = betterproto2.field(
+        3, betterproto2.TYPE_FLOAT, optional=True
+    )
+    """
+    How sure the detector is that this is a face, in [0, 1]. Optional, so
+    that "not filled" (a model that does not say) differs from 0; Describe's
+    fills_confidence says whether the server's model fills it.
+    """
+
+    landmarks: "Landmarks | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Named points of the face; unset when the model finds none (Describe's
+    fills_landmarks says whether it does).
+    """
+
 
 default_message_pool.register_message("emotion.v1", "Result", Result)
+
+
+@dataclass(eq=False, repr=False)
+class ServerLimits(betterproto2.Message):
+    """
+    ServerLimits are what the server enforces that a caller can keep to.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name["ServerLimits"]
+
+    max_message_size: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    Largest request message in bytes: the image, plus a few bytes around it.
+    A larger one gets RESOURCE_EXHAUSTED before it is read.
+    """
+
+    max_pixels: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    Largest image in pixels, width times height. A larger one gets
+    INVALID_ARGUMENT before it is decoded.
+    """
+
+    image_formats: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
+    """
+    The image formats decoded, as Pillow names them ("JPEG", "PNG", "WEBP",
+    "BMP", "GIF", "TIFF"); another gets INVALID_ARGUMENT.
+    """
+
+    max_concurrent_calls: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    Calls one connection may have open at once; more are refused
+    (RST_STREAM REFUSED_STREAM). HTTP/2 SETTINGS say so too.
+    """
+
+    body_timeout_seconds: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    """
+    Seconds a request message may take to arrive, plus one per 64 KiB of it;
+    a slower one gets DEADLINE_EXCEEDED.
+    """
+
+
+default_message_pool.register_message("emotion.v1", "ServerLimits", ServerLimits)
 
 
 class PipelineStub(betterproto2_grpclib.ServiceStub):
@@ -255,9 +598,40 @@ class PipelineStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def describe(
+        self,
+        message: "DescribeRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DescribeResponse":
+        """
+        Describe says what this server serves and what it accepts: the model and
+        its version, what its answers hold, and the limits a request must keep.
+        It does not run the model; a client asks once per connection and keeps
+        the answer.
+
+        Errors: UNAVAILABLE while the model is loading (what it serves is not
+        known yet) or the server is draining; UNAUTHENTICATED as for RunPipeline.
+        A server older than this method answers UNIMPLEMENTED.
+        """
+
+        if message is None:
+            message = DescribeRequest()
+
+        return await self._unary_unary(
+            "/emotion.v1.Pipeline/Describe",
+            message,
+            DescribeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 EMOTION_V1_EMOTION_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x18emotion/v1/emotion.proto\x12\nemotion.v1"F\n\x04BBox\x12\x0e\n\x02x1\x18\x01 \x01(\x02R\x02x1\x12\x0e\n\x02y1\x18\x02 \x01(\x02R\x02y1\x12\x0e\n\x02x2\x18\x03 \x01(\x02R\x02x2\x12\x0e\n\x02y2\x18\x04 \x01(\x02R\x02y2"\xbe\x01\n\nExpression\x12\x18\n\x07neutral\x18\x01 \x01(\x02R\x07neutral\x12\x14\n\x05anger\x18\x02 \x01(\x02R\x05anger\x12\x18\n\x07disgust\x18\x03 \x01(\x02R\x07disgust\x12\x12\n\x04fear\x18\x04 \x01(\x02R\x04fear\x12\x1c\n\thappiness\x18\x05 \x01(\x02R\thappiness\x12\x18\n\x07sadness\x18\x06 \x01(\x02R\x07sadness\x12\x1a\n\x08surprise\x18\x07 \x01(\x02R\x08surprise"f\n\x06Result\x12$\n\x04bbox\x18\x01 \x01(\x0b2\x10.emotion.v1.BBoxR\x04bbox\x126\n\nexpression\x18\x02 \x01(\x0b2\x16.emotion.v1.ExpressionR\nexpression"\x1f\n\x07Request\x12\x14\n\x05image\x18\x01 \x01(\x0cR\x05image":\n\x08Response\x12.\n\x08response\x18\x01 \x03(\x0b2\x12.emotion.v1.ResultR\x08response2\x85\x01\n\x08Pipeline\x128\n\x0bRunPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response\x12?\n\x0eStreamPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response(\x010\x01b\x06proto3'
+    b'\n\x18emotion/v1/emotion.proto\x12\nemotion.v1"F\n\x04BBox\x12\x0e\n\x02x1\x18\x01 \x01(\x02R\x02x1\x12\x0e\n\x02y1\x18\x02 \x01(\x02R\x02y1\x12\x0e\n\x02x2\x18\x03 \x01(\x02R\x02x2\x12\x0e\n\x02y2\x18\x04 \x01(\x02R\x02y2"\xbe\x01\n\nExpression\x12\x18\n\x07neutral\x18\x01 \x01(\x02R\x07neutral\x12\x14\n\x05anger\x18\x02 \x01(\x02R\x05anger\x12\x18\n\x07disgust\x18\x03 \x01(\x02R\x07disgust\x12\x12\n\x04fear\x18\x04 \x01(\x02R\x04fear\x12\x1c\n\thappiness\x18\x05 \x01(\x02R\thappiness\x12\x18\n\x07sadness\x18\x06 \x01(\x02R\x07sadness\x12\x1a\n\x08surprise\x18\x07 \x01(\x02R\x08surprise"#\n\x05Point\x12\x0c\n\x01x\x18\x01 \x01(\x02R\x01x\x12\x0c\n\x01y\x18\x02 \x01(\x02R\x01y"\x9e\x02\n\tLandmarks\x12.\n\tright_eye\x18\x01 \x01(\x0b2\x11.emotion.v1.PointR\x08rightEye\x12,\n\x08left_eye\x18\x02 \x01(\x0b2\x11.emotion.v1.PointR\x07leftEye\x12,\n\x08nose_tip\x18\x03 \x01(\x0b2\x11.emotion.v1.PointR\x07noseTip\x12\'\n\x05mouth\x18\x04 \x01(\x0b2\x11.emotion.v1.PointR\x05mouth\x12.\n\tright_ear\x18\x05 \x01(\x0b2\x11.emotion.v1.PointR\x08rightEar\x12,\n\x08left_ear\x18\x06 \x01(\x0b2\x11.emotion.v1.PointR\x07leftEar"\xcf\x01\n\x06Result\x12$\n\x04bbox\x18\x01 \x01(\x0b2\x10.emotion.v1.BBoxR\x04bbox\x126\n\nexpression\x18\x02 \x01(\x0b2\x16.emotion.v1.ExpressionR\nexpression\x12#\n\nconfidence\x18\x03 \x01(\x02H\x00R\nconfidence\x88\x01\x01\x123\n\tlandmarks\x18\x04 \x01(\x0b2\x15.emotion.v1.LandmarksR\tlandmarksB\r\n\x0b_confidence"e\n\x07Options\x12\x1b\n\tmax_faces\x18\x01 \x01(\rR\x08maxFaces\x12*\n\x0emin_confidence\x18\x02 \x01(\x02H\x00R\rminConfidence\x88\x01\x01B\x11\n\x0f_min_confidence"N\n\x07Request\x12\x14\n\x05image\x18\x01 \x01(\x0cR\x05image\x12-\n\x07options\x18\x02 \x01(\x0b2\x13.emotion.v1.OptionsR\x07options"j\n\x08Response\x12.\n\x08response\x18\x01 \x03(\x0b2\x12.emotion.v1.ResultR\x08response\x12.\n\x05model\x18\x02 \x01(\x0b2\x18.emotion.v1.ModelVersionR\x05model"<\n\x0cModelVersion\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version"\x11\n\x0fDescribeRequest"\x9f\x01\n\x10DescribeResponse\x122\n\x05model\x18\x01 \x01(\x0b2\x1c.emotion.v1.ModelDescriptionR\x05model\x120\n\x06limits\x18\x02 \x01(\x0b2\x18.emotion.v1.ServerLimitsR\x06limits\x12%\n\x0eserver_version\x18\x03 \x01(\tR\rserverVersion"\xd3\x01\n\x10ModelDescription\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12%\n\x0eweights_digest\x18\x03 \x01(\tR\rweightsDigest\x12\x16\n\x06labels\x18\x04 \x03(\tR\x06labels\x12)\n\x10fills_confidence\x18\x05 \x01(\x08R\x0ffillsConfidence\x12\'\n\x0ffills_landmarks\x18\x06 \x01(\x08R\x0efillsLandmarks"\xe0\x01\n\x0cServerLimits\x12(\n\x10max_message_size\x18\x01 \x01(\rR\x0emaxMessageSize\x12\x1d\n\nmax_pixels\x18\x02 \x01(\x04R\tmaxPixels\x12#\n\rimage_formats\x18\x03 \x03(\tR\x0cimageFormats\x120\n\x14max_concurrent_calls\x18\x04 \x01(\rR\x12maxConcurrentCalls\x120\n\x14body_timeout_seconds\x18\x05 \x01(\x01R\x12bodyTimeoutSeconds2\xcc\x01\n\x08Pipeline\x128\n\x0bRunPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response\x12?\n\x0eStreamPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response(\x010\x01\x12E\n\x08Describe\x12\x1b.emotion.v1.DescribeRequest\x1a\x1c.emotion.v1.DescribeResponseb\x06proto3'
 )
 
 
@@ -294,6 +668,20 @@ class PipelineBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield Response()
 
+    async def describe(self, message: "DescribeRequest") -> "DescribeResponse":
+        """
+        Describe says what this server serves and what it accepts: the model and
+        its version, what its answers hold, and the limits a request must keep.
+        It does not run the model; a client asks once per connection and keeps
+        the answer.
+
+        Errors: UNAVAILABLE while the model is loading (what it serves is not
+        known yet) or the server is draining; UNAUTHENTICATED as for RunPipeline.
+        A server older than this method answers UNIMPLEMENTED.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_run_pipeline(
         self, stream: "grpclib.server.Stream[Request, Response]"
     ) -> None:
@@ -312,6 +700,14 @@ class PipelineBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
+    async def __rpc_describe(
+        self, stream: "grpclib.server.Stream[DescribeRequest, DescribeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.describe(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/emotion.v1.Pipeline/RunPipeline": grpclib.const.Handler(
@@ -325,5 +721,11 @@ class PipelineBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.STREAM_STREAM,
                 Request,
                 Response,
+            ),
+            "/emotion.v1.Pipeline/Describe": grpclib.const.Handler(
+                self.__rpc_describe,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DescribeRequest,
+                DescribeResponse,
             ),
         }
