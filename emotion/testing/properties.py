@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from emotion.contract import Expression, Response, Result
+from emotion.contract import Expression, Landmarks, Point, Response, Result
 
 #: How far the seven probabilities of a face may sum from 1: float32 rounding.
 SUM_TOLERANCE = 1e-3
@@ -21,6 +21,8 @@ SUM_TOLERANCE = 1e-3
 SAME_TOLERANCE = 1e-4
 
 Check = Callable[[Response, tuple[int, int]], Iterator[str]]
+#: Landmarks' fields, in the contract's order.
+_LANDMARKS = tuple(Landmarks.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,41 @@ def boxes_inside(response: Response, size: tuple[int, int]) -> Iterator[str]:
             yield f"{shown} is not within 0 <= x1 <= x2 <= {width}, 0 <= y1 <= y2 <= {height}"
 
 
+def confidence_in_range(response: Response, size: tuple[int, int]) -> Iterator[str]:
+    """A detector's confidence, where a model sets one, is a probability."""
+    for index, result in enumerate(response.response):
+        if result.confidence is not None and not 0.0 <= result.confidence <= 1.0:
+            yield f"face {index}: confidence is {result.confidence:g}"
+
+
+def landmarks(result: Result) -> Iterator[tuple[str, Point]]:
+    """A face's landmarks that are set, by name."""
+    if result.landmarks is None:
+        return
+    for name in _LANDMARKS:
+        point = getattr(result.landmarks, name)
+        if point is not None:
+            yield name, point
+
+
+def landmarks_inside(response: Response, size: tuple[int, int]) -> Iterator[str]:
+    width, height = size
+    for index, result in enumerate(response.response):
+        for name, point in landmarks(result):
+            shown = f"face {index}: {name} ({point.x:g}, {point.y:g})"
+            if not (math.isfinite(point.x) and math.isfinite(point.y)):
+                yield f"{shown} is not finite"
+            elif not (0 <= point.x <= width and 0 <= point.y <= height):
+                yield f"{shown} is not within 0 <= x <= {width}, 0 <= y <= {height}"
+
+
 #: Every answer's properties, in the order they are checked.
 ANSWER_PROPERTIES: tuple[AnswerProperty, ...] = (
     AnswerProperty("probabilities in [0, 1]", probabilities_in_range),
     AnswerProperty("probabilities sum to 1", probabilities_sum_to_one),
     AnswerProperty("boxes inside the image", boxes_inside),
+    AnswerProperty("confidence in [0, 1] where set", confidence_in_range),
+    AnswerProperty("landmarks inside the image", landmarks_inside),
 )
 
 
@@ -115,3 +147,9 @@ def _numbers(a: Result, b: Result) -> Iterator[tuple[str, float, float]]:
     values_b = scores(b.expression) if b.expression is not None else {}
     for label in dict.fromkeys([*values_a, *values_b]):
         yield label, values_a.get(label, 0.0), values_b.get(label, 0.0)
+    yield "confidence", a.confidence or 0.0, b.confidence or 0.0
+    points_a, points_b = dict(landmarks(a)), dict(landmarks(b))
+    for name in dict.fromkeys([*points_a, *points_b]):
+        point_a, point_b = points_a.get(name, Point()), points_b.get(name, Point())
+        yield f"{name} x", point_a.x, point_b.x
+        yield f"{name} y", point_a.y, point_b.y

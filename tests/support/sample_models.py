@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from emotion import BBox, Expression, Model, Response, Result
-from emotion.contract import Options
+from emotion.contract import Landmarks, Options, Point
 
 # Which processes import this module: tests that check it name a file here.
 if os.environ.get("EMOTION_TEST_IMPORTS"):
@@ -283,6 +283,25 @@ class OverflowingBoxModel(WholeImageModel):
     def process_sample(self, image: Image.Image) -> Response:
         box = BBox(x1=0, y1=0, x2=image.height, y2=image.width)
         return Response(response=[Result(bbox=box, expression=Expression(neutral=1))])
+
+
+class UnsureModel(WholeImageModel):
+    """A detection confidence of 1.5."""
+
+    def process_sample(self, image: Image.Image) -> Response:
+        response = super().process_sample(image)
+        response.response[0].confidence = 1.5
+        return response
+
+
+class WanderingLandmarksModel(WholeImageModel):
+    """A nose tip one pixel right of the image."""
+
+    def process_sample(self, image: Image.Image) -> Response:
+        response = super().process_sample(image)
+        nose = Point(x=image.width + 1, y=image.height / 2)
+        response.response[0].landmarks = Landmarks(nose_tip=nose)
+        return response
 
 
 class FussyModel(WholeImageModel):

@@ -20,6 +20,8 @@ from support.sample_models import (
     OverflowingBoxModel,
     RememberingModel,
     UnnormalizedModel,
+    UnsureModel,
+    WanderingLandmarksModel,
     WholeImageModel,
 )
 
@@ -60,6 +62,8 @@ def test_a_model_that_keeps_every_property_passes_on_the_images_given() -> None:
         (OverconfidentModel(), "probabilities in [0, 1]", SAMPLES[0]),
         (UnnormalizedModel(), "probabilities sum to 1", SAMPLES[0]),
         (OverflowingBoxModel(), "boxes inside the image", SAMPLES[1]),
+        (UnsureModel(), "confidence in [0, 1] where set", SAMPLES[0]),
+        (WanderingLandmarksModel(), "landmarks inside the image", SAMPLES[0]),
         (CoinFlipModel(), "the same answer twice", SAMPLES[0]),
         (RememberingModel(), "no state kept between calls", SAMPLES[0]),
         (
@@ -149,7 +153,7 @@ def test_a_skipped_property_is_not_checked_and_an_unknown_one_is_refused() -> No
 
     with pytest.raises(ValueError, match="no such property: sums to one"):
         check_model(UnnormalizedModel(), skip={"sums to one"})
-    assert len(PROPERTIES) == len(set(PROPERTIES)) == 8
+    assert len(PROPERTIES) == len(set(PROPERTIES)) == 10
 
 
 def test_more_examples_draw_more_images_and_the_same_seed_the_same_ones(
