@@ -10,6 +10,7 @@ PUBLIC = [
     "BBox",
     "Client",
     "ClientTls",
+    "ConnectionPolicy",
     "Expression",
     "InvalidMessage",
     "Landmarks",
