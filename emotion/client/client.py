@@ -7,8 +7,6 @@ import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 
-from grpclib.client import Channel
-from grpclib.const import Cardinality
 from grpclib.metadata import Deadline
 
 from emotion.client.retries import Retries
@@ -25,6 +23,7 @@ from emotion.contract import (
     Response,
 )
 from emotion.observability.tracing import NoTracing, Tracer
+from emotion.transport.client import ClientChannel, UnaryCall
 
 #: What a Client retries unless told otherwise: see RetryPolicy.
 DEFAULT_RETRY = RetryPolicy()
@@ -63,7 +62,7 @@ class Client:
         self.target = target
         self.timeout = timeout
         self.max_image_size = max_image_size
-        self._channel = Channel(
+        self._channel = ClientChannel(
             host, port, ssl=None if tls is None else tls.context(), codec=ProtobufCodec()
         )
         self._metadata = {} if token is None else {"authorization": f"Bearer {token}"}
@@ -79,33 +78,32 @@ class Client:
         with self._tracing.client_call(RUN_PIPELINE_PATH) as trace:
             metadata = self._with(trace)
             retries = self._retries
-            if retries is None:
-                return await self.stub.run_pipeline(request, timeout=timeout, metadata=metadata)
             deadline = self._deadline(timeout)
             tries = None
             while True:
-                call = self._channel.request(
+                call = UnaryCall(
+                    self._channel,
                     RUN_PIPELINE_PATH,
-                    Cardinality.UNARY_UNARY,
                     Request,
                     Response,
                     deadline=deadline,
                     metadata=metadata,
                 )
                 try:
-                    async with call:
-                        await call.send_message(request, end=True)
-                        response = await call.recv_message()
+                    response = await call.unary(request)
                 except Exception as exc:
+                    if retries is None:
+                        raise
                     tries = tries or retries.tries(deadline)
                     delay = tries.after(exc, call)
                     if delay is None:
                         raise
                     await asyncio.sleep(delay)
                 else:
-                    retries.succeeded()
+                    if retries is not None:
+                        retries.succeeded()
                     assert response is not None
-                    return response
+                    return response  # type: ignore[no-any-return]
 
     async def stream(
         self,

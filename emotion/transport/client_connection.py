@@ -1,0 +1,107 @@
+"""h2's connection as the client uses it: messages sent without copies, frames read unformatted.
+
+A request's message went through h2 as four copies of itself: the DATA
+frame's body, the body behind its header, h2's outgoing buffer, and the
+bytes taken out of it. Here a DATA frame goes out as its 9-byte header and
+the message itself, and the transport joins them once with whatever else
+that loop pass wrote.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from h2.config import DummyLogger, H2Configuration
+from h2.connection import H2Connection
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, WindowUpdateFrame
+
+if TYPE_CHECKING:
+    from h2.events import Event
+
+# An HTTP/2 frame header (RFC 9113, 4.1): 24-bit length, type, flags, stream id.
+_HEADER = struct.Struct(">HBBBL")
+_DATA, _END_STREAM = 0x0, 0x1
+
+
+def data_frame_header(length: int, stream_id: int, *, end_stream: bool) -> bytes:
+    """The 9 bytes before an unpadded DATA frame's body of ``length`` bytes."""
+    flags = _END_STREAM if end_stream else 0
+    return _HEADER.pack(length >> 8, length & 0xFF, _DATA, flags, stream_id)
+
+
+def _unformatted_repr(frame: Frame) -> str:
+    return f"{type(frame).__bases__[0].__name__}(stream_id={frame.stream_id})"
+
+
+#: The frames a client receives with every call, each given a repr that
+#: formats nothing: h2 formats every received frame for its trace log,
+#: eagerly, and grpclib's channel gives h2 no logger to show it.
+_UNFORMATTED: dict[type[Frame], type[Frame]] = {
+    kind: type(f"Unformatted{kind.__name__}", (kind,), {"__repr__": _unformatted_repr})
+    for kind in (DataFrame, HeadersFrame, WindowUpdateFrame)
+}
+
+
+class H2ClientConnection(H2Connection):
+    """h2's connection, sending DATA frames' bodies as they are.
+
+    h2 keeps what it has to send in one buffer, and each DATA frame is
+    serialized (a copy of its body twice) into it, then copied out of it.
+    Here each unpadded DATA frame is kept as its header and its body, in
+    order with the other frames, until :meth:`chunks_to_send` hands them
+    over; :meth:`data_to_send` still gives everything as one bytes, for
+    grpclib's own writes.
+
+    When h2 has no logger (grpclib's channel gives it none), received
+    frames are not formatted for the log that nothing keeps.
+    """
+
+    def __init__(self, config: H2Configuration | None = None) -> None:
+        super().__init__(config=config)
+        #: Frames to send, before those in h2's own buffer.
+        self._chunks: list[bytes] = []
+        self._quiet = type(self.config.logger) is DummyLogger
+        for kind, unformatted in _UNFORMATTED.items():
+            self._frame_dispatch_table[unformatted] = self._frame_dispatch_table[kind]
+
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            if frame.__class__ is not DataFrame or "PADDED" in frame.flags:
+                super()._prepare_for_sending([frame])
+                continue
+            if self._data_to_send:  # frames before this one
+                self._chunks.append(bytes(self._data_to_send))
+                self._data_to_send = bytearray()
+            end_stream = "END_STREAM" in frame.flags
+            self._chunks.append(
+                data_frame_header(len(frame.data), frame.stream_id, end_stream=end_stream)
+            )
+            if frame.data:
+                self._chunks.append(frame.data)
+
+    def chunks_to_send(self) -> list[bytes]:
+        """What there is to send, in order, as pieces that were never copied together."""
+        chunks, self._chunks = self._chunks, []
+        if self._data_to_send:
+            chunks.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+        return chunks
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        if not self._chunks:
+            return super().data_to_send(amount)
+        data = b"".join(self.chunks_to_send())
+        if amount is not None and amount < len(data):
+            self._data_to_send = bytearray(data[amount:])
+            return data[:amount]
+        return data
+
+    def clear_outbound_data_buffer(self) -> None:
+        self._chunks = []
+        super().clear_outbound_data_buffer()
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
+        if self._quiet:
+            frame.__class__ = _UNFORMATTED.get(frame.__class__, frame.__class__)
+        return super()._receive_frame(frame)
