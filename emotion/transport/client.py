@@ -133,10 +133,10 @@ class UnaryCall(Stream[Any, Any]):
         headers: list[Any] = list(
             _headers_before(channel._scheme, self._method_name, channel._authority)
         )
-        if self._deadline is not None:
+        headers.extend(_headers_after(content_type))
+        if self._deadline is not None:  # last of ours: those before it are the same every call
             timeout = encode_timeout(self._deadline.time_remaining())
             headers.append(NeverIndexedHeaderTuple(b"grpc-timeout", timeout.encode("ascii")))
-        headers.extend(_headers_after(content_type))
         (metadata,) = await self._dispatch.send_request(
             self._metadata,
             method_name=self._method_name,
