@@ -24,6 +24,7 @@ from h2.connection import ConnectionState
 from hpack import NeverIndexedHeaderTuple
 from multidict import MultiDict
 
+from emotion.codec import ProtobufCodec
 from emotion.transport.building import with_our_connection
 from emotion.transport.client_connection import H2ClientConnection
 from emotion.transport.writes import CoalescingTransport
@@ -153,8 +154,12 @@ class UnaryCall(Stream[Any, Any]):
         self.peer = stream.connection.get_peer()
 
         (message,) = await self._dispatch.send_message(message)
-        data = self._codec.encode(message, self._send_type)
-        await _send_data(stream, b"\0" + len(data).to_bytes(4, "big") + data)
+        if isinstance(self._codec, ProtobufCodec):  # an image is copied once, not thrice
+            data = self._codec.framed(message, self._send_type)
+        else:
+            data = self._codec.encode(message, self._send_type)
+            data = b"\0" + len(data).to_bytes(4, "big") + data
+        await _send_data(stream, data)
         self._send_message_done = self._end_done = True
         self._messages_sent += 1
         stream.connection.messages_sent += 1
