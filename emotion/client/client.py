@@ -103,7 +103,7 @@ class Client:
                     if retries is not None:
                         retries.succeeded()
                     assert response is not None
-                    return response  # type: ignore[no-any-return]
+                    return response
 
     async def stream(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from asyncio import BaseTransport, Transport
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from grpclib.client import Channel, Handler, Stream
 from grpclib.const import Cardinality
@@ -28,6 +28,9 @@ from emotion.codec import ProtobufCodec
 from emotion.transport.building import with_our_connection
 from emotion.transport.client_connection import H2ClientConnection
 from emotion.transport.writes import CoalescingTransport
+
+SendType = TypeVar("SendType")
+ReplyType = TypeVar("ReplyType")
 
 _DEADLINE_EXCEEDED = "Deadline exceeded"  # grpclib's words, for the same TimeoutError
 
@@ -55,7 +58,7 @@ class ClientProtocol(H2Protocol):
 _CONNECTION_MADE = with_our_connection(H2Protocol.connection_made, H2ClientConnection)
 
 
-class UnaryCall(Stream[Any, Any]):
+class UnaryCall(Stream[SendType, ReplyType]):
     """One unary call, its steps run as one: what grpclib's Stream does, for less CPU.
 
     grpclib's Stream serves every kind of call a step at a time (headers,
@@ -79,8 +82,8 @@ class UnaryCall(Stream[Any, Any]):
         self,
         channel: Channel,
         path: str,
-        request_type: type[Any],
-        reply_type: type[Any],
+        request_type: type[SendType],
+        reply_type: type[ReplyType],
         *,
         deadline: Deadline | None = None,
         metadata: dict[str, str] | None = None,
@@ -98,7 +101,7 @@ class UnaryCall(Stream[Any, Any]):
             deadline=deadline,
         )
 
-    async def unary(self, message: Any) -> Any:
+    async def unary(self, message: SendType) -> ReplyType | None:
         """Send ``message``; the answer, or None if the server sent none and status OK."""
         self._wrapper = wrapper = Wrapper()
         timer = None
@@ -125,7 +128,7 @@ class UnaryCall(Stream[Any, Any]):
             if timer is not None:
                 timer.cancel()
 
-    async def _send(self, message: Any) -> None:
+    async def _send(self, message: SendType) -> None:
         channel = self._channel
         protocol = await channel.__connect__()
         stream = protocol.processor.connection.create_stream(wrapper=self._wrapper)
@@ -164,7 +167,7 @@ class UnaryCall(Stream[Any, Any]):
         self._messages_sent += 1
         stream.connection.messages_sent += 1
 
-    async def _receive(self) -> Any:
+    async def _receive(self) -> ReplyType | None:
         stream = self._stream
         dispatch = self._dispatch
         headers = await stream.recv_headers()

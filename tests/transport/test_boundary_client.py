@@ -200,7 +200,7 @@ class Echo:
 @dataclass
 class Called:
     channel: ClientChannel
-    call: UnaryCall
+    call: UnaryCall[HealthCheckRequest, HealthCheckResponse]
     failed: Exception | None
 
 
