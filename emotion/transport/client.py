@@ -66,10 +66,11 @@ class UnaryCall(Stream[SendType, ReplyType]):
     call's wrapper and checking the steps before it; its deadline is a
     generator-based context manager, and its headers are built and encoded
     anew for each call. Here the call enters its wrapper once, arms its
-    deadline with one timer, and sends headers made once per method (as
-    bytes, which h2 does not encode again), with ``grpc-timeout``, different
-    on every call, kept out of HPACK's table, where it would push out the
-    headers that never change.
+    deadline with one timer, sends headers made once per method (as bytes,
+    which h2 takes as they are) with ``grpc-timeout``, different on every
+    call, last and out of HPACK's table (where it would push out the headers
+    that never change, which our h2 connection sends again as they were
+    encoded), and sends its message copied once (``ProtobufCodec.framed``).
 
     What a caller sees is grpclib's: the same errors (GRPCError from the
     status, TimeoutError at the deadline, StreamTerminatedError for a lost
