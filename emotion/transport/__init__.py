@@ -1,4 +1,4 @@
-"""Every use of grpclib, h2 and hyperframe internals, behind one boundary.
+"""Every use of grpclib, h2, hyperframe and hpack internals, behind one boundary.
 
 The rest of emotion imports from these modules and uses only the public APIs
 of these libraries. This package imports nothing itself, so that a client
@@ -40,7 +40,7 @@ Modules, one concern each:
   to send (gRFC A6's retry pushback).
 
 Nothing here changes anything process-wide, at import or later: importing
-emotion, serving, or calling leaves every grpclib, h2 and hyperframe
+emotion, serving, or calling leaves every grpclib, h2, hyperframe and hpack
 module and class as it was (a test checks it in a fresh interpreter).
 
 Internals used (private names, and undocumented ones that are not private

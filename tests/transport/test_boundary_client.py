@@ -30,7 +30,15 @@ from grpclib.encoding.base import CodecBase
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.server import Stream
 from h2.config import H2Configuration
-from test_boundary import FUNCTION, Expect, assert_unchanged, named_in, of_type
+from test_boundary import (
+    FUNCTION,
+    Expect,
+    assert_unchanged,
+    changed_since,
+    named_in,
+    of_type,
+    snapshot,
+)
 
 import emotion.transport
 from emotion.transport.client import ClientChannel, UnaryCall
@@ -315,3 +323,20 @@ async def test_every_client_internal_checked_is_listed_in_the_package_docstring(
     unlisted = [label for label in labels if not named_in(doc, label)]
 
     assert sorted(unlisted) == []
+
+
+async def test_calling_changes_nothing_in_grpclib_h2_hyperframe_or_hpack() -> None:
+    before = snapshot()
+    server = grpclib.server.Server([Echo()])
+    listener = socket.create_server(("127.0.0.1", 0))
+    await server.start(sock=listener)
+    channel = ClientChannel("127.0.0.1", listener.getsockname()[1])
+    try:
+        call = UnaryCall(channel, PATH, HealthCheckRequest, HealthCheckResponse)
+        await call.unary(HealthCheckRequest())
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+    assert changed_since(before) == []
