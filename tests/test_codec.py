@@ -15,7 +15,7 @@ from google.protobuf.descriptor import Descriptor
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 from support.fuzzing import examples
 
-from emotion.codec import Encoded, InvalidMessage, ProtobufCodec, encode, parse
+from emotion.codec import BY_HAND, Encoded, InvalidMessage, ProtobufCodec, encode, parse
 from emotion.contract import BBox, Expression, Request, Response, Result
 
 VARINT_ONE = b"\x08\x01"  # field 1, wire type varint, value 1
@@ -232,6 +232,17 @@ _TEST_PROTO = descriptor_pb2.FileDescriptorProto(
             ],
         ),
         descriptor_pb2.DescriptorProto(
+            name="Parcel",
+            field=[
+                _FIELD(
+                    name="label", number=1, type=_FIELD.TYPE_STRING, label=_FIELD.LABEL_OPTIONAL
+                ),
+                _FIELD(name="blob", number=2, type=_FIELD.TYPE_BYTES, label=_FIELD.LABEL_OPTIONAL),
+                _FIELD(name="count", number=3, type=_FIELD.TYPE_INT32, label=_FIELD.LABEL_OPTIONAL),
+                _FIELD(name="spare", number=4, type=_FIELD.TYPE_BYTES, label=_FIELD.LABEL_OPTIONAL),
+            ],
+        ),
+        descriptor_pb2.DescriptorProto(
             name="Tagged",
             field=[
                 _FIELD(
@@ -287,6 +298,19 @@ class Moods(betterproto2.Message):
 
 
 @dataclass(eq=False, repr=False)
+class Parcel(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return _TEST_POOL.FindMessageTypeByName("codectest.Parcel")
+
+    label: str = betterproto2.field(1, betterproto2.TYPE_STRING)
+    blob: bytes = betterproto2.field(2, betterproto2.TYPE_BYTES)
+    count: int = betterproto2.field(3, betterproto2.TYPE_INT32)
+    spare: bytes = betterproto2.field(4, betterproto2.TYPE_BYTES)
+
+
+@dataclass(eq=False, repr=False)
 class Tagged(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
@@ -313,3 +337,26 @@ def test_enum_fields_read_back_as_members_of_their_enum() -> None:
 def test_a_message_with_a_map_field_is_refused_by_name() -> None:
     with pytest.raises(TypeError, match=r"codectest\.Tagged\.tags: map"):
         parse(Tagged, b"")
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, BY_HAND - 1, BY_HAND, 300_000, 3_000_000])
+def test_a_framed_request_is_grpcs_prefix_and_protobufs_bytes(size: int) -> None:
+    request = Request(image=bytes(range(256)) * (size // 256) + bytes(size % 256))
+
+    sent = ProtobufCodec().framed(request, Request)
+
+    assert sent == b"\0" + struct.pack(">I", len(encode(request))) + encode(request)
+    assert parse(Request, sent[5:]) == request
+
+
+@pytest.mark.parametrize("blob", [b"", b"small", bytes(BY_HAND), b"\xff" * 200_000])
+def test_a_framed_message_reads_back_whichever_of_its_bytes_fields_are_written_by_hand(
+    blob: bytes,
+) -> None:
+    parcel = Parcel(label="two", blob=blob, count=7, spare=b"s" * BY_HAND * 2)
+
+    sent = ProtobufCodec().framed(parcel, Parcel)
+
+    assert struct.unpack(">?I", sent[:5]) == (False, len(sent) - 5)
+    assert len(sent) == 5 + len(encode(parcel))
+    assert parse(Parcel, sent[5:]) == parcel

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 
 from grpclib.client import Channel
-from grpclib.const import Cardinality
 from grpclib.metadata import Deadline
 
 from emotion.client.balancing import Balancer
@@ -31,7 +30,7 @@ from emotion.contract import (
     Response,
 )
 from emotion.observability.tracing import NoTracing, Tracer
-from emotion.transport.client import channel_to
+from emotion.transport.client import UnaryCall, channel_to
 
 #: What a Client retries unless told otherwise: see RetryPolicy.
 DEFAULT_RETRY = RetryPolicy()
@@ -113,18 +112,16 @@ class Client:
             tries = None
             while True:
                 connection = await balancer.pick()
-                call = connection.channel.request(
+                call = UnaryCall(
+                    connection.channel,
                     RUN_PIPELINE_PATH,
-                    Cardinality.UNARY_UNARY,
                     Request,
                     Response,
                     deadline=deadline,
                     metadata=metadata,
                 )
                 try:
-                    async with call:
-                        await call.send_message(request, end=True)
-                        response = await call.recv_message()
+                    response = await call.unary(request)
                 except BaseException as exc:
                     balancer.release(connection, exc)
                     if retries is None or not isinstance(exc, Exception):

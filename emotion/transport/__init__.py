@@ -1,10 +1,12 @@
-"""Every use of grpclib, h2 and hyperframe internals, behind one boundary.
+"""Every use of grpclib, h2, hyperframe and hpack internals, behind one boundary.
 
 The rest of emotion imports from these modules and uses only the public APIs
 of these libraries. This package imports nothing itself, so that a client
-(which needs only ``client``) loads none of the server's h2 subclasses.
-tests/transport/test_boundary.py checks each name below against the installed
-versions, failing with the name of the one that moved.
+(which needs only ``client``, and the ``client_connection``, ``building``
+and ``writes`` it imports) loads none of the server's h2 subclasses.
+tests/transport/test_boundary.py (the server's) and test_boundary_client.py
+check each name below against the installed versions, failing with the
+name of the one that moved.
 
 Modules, one concern each:
 
@@ -23,15 +25,23 @@ Modules, one concern each:
 - ``messages``: receive_message, a request read with its size checked first,
   in the time its size allows, within the worker's receive budget; and
   send_message, an answer counted as unread while it waits for window.
-- ``client``: turned_away, whether the server sent a failed call away
-  (a GOAWAY, a refused stream) rather than failing under it;
-  received_trailer, a trailer grpclib's metadata drops (``grpc-``); and
-  channel_to and connect, a channel to one address of a name, dialled ahead.
+- ``client``: the client's side. ClientChannel, grpclib's Channel whose
+  connections write once per loop pass; UnaryCall, a unary call's steps in
+  one (what grpclib's Stream does, for less of the caller's CPU);
+  turned_away, whether the server sent a failed call away (a GOAWAY, a
+  refused stream) rather than failing under it; received_trailer, a
+  trailer grpclib's metadata drops (``grpc-``); and channel_to and
+  connect, a channel to one address of a name, dialled ahead.
+- ``client_connection``: H2ClientConnection, h2's connection sending a
+  message without h2's copies and reading frames unformatted; and
+  RepeatingEncoder, HPACK's encoder giving a block of indexes again.
+- ``building``: grpclib's ``connection_made``, building our h2 connection
+  (for the server's protocol and the client's).
 - ``trailers``: add_trailer, a ``grpc-`` trailer grpclib's metadata refuses
   to send (gRFC A6's retry pushback).
 
 Nothing here changes anything process-wide, at import or later: importing
-emotion, serving, or calling leaves every grpclib, h2 and hyperframe
+emotion, serving, or calling leaves every grpclib, h2, hyperframe and hpack
 module and class as it was (a test checks it in a fresh interpreter).
 
 Internals used (private names, and undocumented ones that are not private
@@ -80,9 +90,54 @@ grpclib
       ``Handler.cancel``; and ``Connection.write_ready`` (clear while the
       socket's buffer is full).
 
+grpclib, for the client (``client``)
+    - ``Channel._protocol_factory``: overridden, to build our protocol
+      with ``grpclib.client.Handler`` and the channel's ``Channel._config``
+      and ``Channel._h2_config``.
+    - a UnaryCall is a ``grpclib.client.Stream``, made as
+      ``Channel.request`` makes one (``grpclib.client.Stream.__init__``,
+      with ``Channel._codec``, ``Channel._status_details_codec`` and
+      ``Channel.__dispatch__``), whose steps it runs itself: it connects
+      (``Channel.__connect__``), opens the call's stream
+      (``H2Protocol.processor``, ``EventsProcessor.connection``,
+      ``Connection.create_stream`` with a ``grpclib.utils.Wrapper``,
+      ``grpclib.protocol.Stream.send_request`` with its ``_processor``),
+      sends headers made from ``Channel._scheme``, ``Channel._authority``,
+      ``grpclib.metadata.USER_AGENT``, ``grpclib.metadata.encode_timeout``
+      and ``grpclib.metadata.encode_metadata``, sends its message as DATA
+      frames (``grpclib.protocol.Stream.id``, ``Connection.write_ready``,
+      ``Stream.window_updated``, ``grpclib.protocol.Stream._h2_connection``,
+      ``grpclib.protocol.Stream._transport``), reads the answer
+      (``grpclib.protocol.Stream.recv_headers``,
+      ``grpclib.stream.recv_message``,
+      ``grpclib.protocol.Stream.recv_trailers``,
+      ``grpclib.metadata.decode_metadata``) and ends the stream
+      (``grpclib.protocol.Stream.closable``,
+      ``grpclib.protocol.Stream.reset_nowait``).
+    - it judges the answer with grpclib's own
+      ``grpclib.client.Stream._raise_for_status``,
+      ``grpclib.client.Stream._raise_for_content_type``,
+      ``grpclib.client.Stream._process_grpc_status``,
+      ``grpclib.client.Stream._raise_for_grpc_status`` and
+      ``grpclib.client.Stream._maybe_raise``.
+    - it keeps the state grpclib's steps keep, for what reads a call:
+      ``grpclib.client.Stream._send_request_done``,
+      ``grpclib.client.Stream._send_message_done``,
+      ``grpclib.client.Stream._end_done``,
+      ``grpclib.client.Stream._recv_initial_metadata_done``,
+      ``grpclib.client.Stream._recv_trailing_metadata_done``,
+      ``grpclib.client.Stream._trailers_only``,
+      ``grpclib.client.Stream._messages_sent``,
+      ``grpclib.client.Stream._messages_received``,
+      ``grpclib.client.Stream.peer`` (``Connection.get_peer``),
+      ``grpclib.client.Stream.trailing_metadata``; and the statistics:
+      ``Connection.messages_sent``, ``Connection.data_sent``,
+      ``grpclib.protocol.Stream.data_sent``, ``Connection.data_send_process``.
+
 h2
     - ``H2Connection._receive_frame``: overridden, to give DATA frames a
-      cheap repr before h2 formats them.
+      cheap repr before h2 formats them (the server), and every frame one
+      that formats nothing when h2 has no logger (the client).
     - ``H2Connection._frame_dispatch_table``: keyed by exact frame class.
     - ``H2Connection._receive_headers_frame`` and
       ``H2Connection._receive_rst_stream_frame``: extended, to count streams
@@ -103,6 +158,12 @@ h2
       machine fed ``h2.connection.ConnectionInputs``.
     - ``H2Connection.highest_inbound_stream_id``,
       ``H2Connection.state_machine`` and ``h2.connection.ConnectionState``.
+    - the client's ``H2Connection._prepare_for_sending``: overridden, to
+      keep a DATA frame's body out of ``H2Connection._data_to_send`` (h2's
+      outgoing buffer), which it also empties in order.
+    - ``H2Connection.encoder``: replaced by our RepeatingEncoder, an hpack
+      ``Encoder`` extending ``encode`` and ``Encoder.header_table_size``
+      (its setter, which h2 calls on the server's SETTINGS).
 
 hyperframe
     - ``Frame._body_repr``: overridden for DATA frames; its text must stay

@@ -12,11 +12,9 @@ import contextlib
 import functools
 import logging
 import random
-import types
 from asyncio import Transport
 from typing import TYPE_CHECKING, Any, cast
 
-import grpclib.protocol
 from grpclib.protocol import H2Protocol
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
@@ -24,6 +22,7 @@ from hyperframe.frame import GoAwayFrame
 
 from emotion.config import ConnectionLimits
 from emotion.transport import heap
+from emotion.transport.building import with_our_connection
 from emotion.transport.connection import H2ServerConnection
 from emotion.transport.guards import Stalls
 from emotion.transport.handler import CallHandler
@@ -52,28 +51,11 @@ TRIM_AFTER = 1024 * 1024
 log = logging.getLogger(__name__)
 
 
-def _with_our_connection(
-    method: Callable[..., Any], connection: Callable[..., H2ServerConnection]
-) -> Callable[..., Any]:
-    """grpclib's own ``method``, reading ``H2Connection`` from a namespace where it is ours.
-
-    grpclib builds its h2 connection from the module-level name
-    ``grpclib.protocol.H2Connection`` inside ``H2Protocol.connection_made``.
-    Rebinding the unchanged code to a copy of that module's names changes
-    nothing for anyone else (a swap of the module global would, for a
-    moment, for every thread), and copies no source.
-    """
-    names = dict(vars(grpclib.protocol), H2Connection=connection)
-    return types.FunctionType(
-        method.__code__, names, method.__name__, method.__defaults__, method.__closure__
-    )
-
-
 @functools.lru_cache(maxsize=16)
 def _grpclib_connection_made(limits: ConnectionLimits) -> Callable[..., Any]:
     """grpclib's ``connection_made``, building an H2ServerConnection guarded by ``limits``."""
     factory = functools.partial(H2ServerConnection, limits=limits)
-    return _with_our_connection(H2Protocol.connection_made, factory)
+    return with_our_connection(H2Protocol.connection_made, factory)
 
 
 class ServerProtocol(H2Protocol):

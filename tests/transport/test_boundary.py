@@ -651,7 +651,7 @@ def snapshot() -> dict[str, int]:
     """The id of each module-level name and class attribute of loaded grpclib, h2, hyperframe."""
     state = {}
     for name, module in list(sys.modules.items()):
-        if module is None or name.split(".")[0] not in {"grpclib", "h2", "hyperframe"}:
+        if module is None or name.split(".")[0] not in {"grpclib", "h2", "hyperframe", "hpack"}:
             continue
         for key, value in list(vars(module).items()):
             state[f"{name}.{key}"] = id(value)
@@ -668,8 +668,8 @@ def changed_since(before: dict[str, int]) -> list[str]:
 
 IMPORT_CHECK = """
 import importlib, json, pkgutil, sys
-import grpclib, h2, hyperframe
-for package in (grpclib, h2, hyperframe):
+import grpclib, h2, hpack, hyperframe
+for package in (grpclib, h2, hpack, hyperframe):
     for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         try:
             importlib.import_module(module.name)

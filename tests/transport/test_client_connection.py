@@ -1,0 +1,165 @@
+"""The client's h2 connection: the bytes h2 would send, the events h2 would give, fewer copies."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from h2.config import DummyLogger, H2Configuration
+from h2.connection import H2Connection
+from h2.settings import SettingCodes
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+
+from emotion.transport.client_connection import H2ClientConnection, RepeatingEncoder
+
+HEADERS = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/emotion.v1.Pipeline/RunPipeline"),
+    (b":authority", b"127.0.0.1:50051"),
+    (b"te", b"trailers"),
+    (b"content-type", b"application/grpc"),
+    (b"user-agent", b"grpc-python-grpclib/0.4.9 (linux; cpython/3.11.7)"),
+]
+
+
+def handshaken(client: H2Connection, server: H2Connection | None = None) -> H2Connection:
+    """``client`` after a server's SETTINGS (1 MiB frames, as emotion serve sends) and windows."""
+    server = server or H2Connection(H2Configuration(client_side=False))
+    server.initiate_connection()
+    server.update_settings(
+        {SettingCodes.MAX_FRAME_SIZE: 2**20, SettingCodes.INITIAL_WINDOW_SIZE: 2**24}
+    )
+    server.increment_flow_control_window(2**24)
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    return client
+
+
+def calls(client: H2Connection, take: Callable[[H2Connection], bytes]) -> bytes:
+    """Calls as grpclib makes them, and more: what the client sends, taken with ``take``."""
+    sent = take(client)
+    for n, size in enumerate((5, 70_000, 1_500_000)):
+        stream_id = client.get_next_available_stream_id()
+        headers = [*HEADERS, NeverIndexedHeaderTuple(b"grpc-timeout", f"{n}m".encode())]
+        client.send_headers(stream_id, headers)
+        sent += take(client)
+        message = bytes([n]) * size
+        while message:  # in frames as the window and the frame size allow
+            window = client.local_flow_control_window(stream_id)
+            length = min(window, client.max_outbound_frame_size, len(message))
+            chunk, message = message[:length], message[length:]
+            client.send_data(stream_id, chunk, end_stream=not message)
+        client.ping(b"12345678")
+        sent += take(client)
+    stream_id = client.get_next_available_stream_id()
+    client.send_headers(stream_id, HEADERS)
+    client.send_data(stream_id, b"padded", pad_length=3)
+    client.send_data(stream_id, b"then not")
+    client.end_stream(stream_id)  # an empty DATA frame
+    return sent + take(client)
+
+
+def test_the_client_connection_sends_the_bytes_h2_sends() -> None:
+    config = H2Configuration(client_side=True, header_encoding="ascii")
+
+    def in_pieces(client: H2Connection) -> bytes:
+        assert isinstance(client, H2ClientConnection)
+        return b"".join(client.chunks_to_send())
+
+    def in_one(client: H2Connection) -> bytes:
+        return client.data_to_send()
+
+    expected = calls(handshaken(H2Connection(config)), in_one)
+
+    assert calls(handshaken(H2ClientConnection(config)), in_pieces) == expected
+    assert calls(handshaken(H2ClientConnection(config)), in_one) == expected
+
+
+class RecordingLogger(DummyLogger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def trace(self, *args: Any, **kwargs: Any) -> None:
+        self.lines.append(args[0] % args[1:])
+
+
+def answered(client: H2Connection) -> list[Any]:
+    """The events of an answer (headers, message, trailers) to the client's first call."""
+    server = H2Connection(H2Configuration(client_side=False, header_encoding="ascii"))
+    handshaken(client, server)
+    server.receive_data(client.data_to_send())
+    stream_id = client.get_next_available_stream_id()
+    client.send_headers(stream_id, HEADERS, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_headers(stream_id, [(":status", "200"), ("content-type", "application/grpc")])
+    server.send_data(stream_id, b"\0\0\0\0\x02ab")
+    server.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
+    server.increment_flow_control_window(100)
+    return client.receive_data(server.data_to_send())
+
+
+@pytest.mark.parametrize("logger", [None, RecordingLogger])
+def test_answers_read_give_h2s_events_and_its_log_lines(
+    logger: type[RecordingLogger] | None,
+) -> None:
+    ours_logger = logger() if logger else None
+    theirs_logger = logger() if logger else None
+    ours = H2ClientConnection(H2Configuration(client_side=True, logger=ours_logger))
+    theirs = H2Connection(H2Configuration(client_side=True, logger=theirs_logger))
+
+    events = answered(ours)
+
+    assert [repr(e) for e in events] == [repr(e) for e in answered(theirs)]
+    assert [type(e).__name__ for e in events] == [
+        "ResponseReceived",
+        "DataReceived",
+        "TrailersReceived",
+        "StreamEnded",
+        "WindowUpdated",
+    ]
+    if ours_logger is not None and theirs_logger is not None:
+        assert ours_logger.lines == theirs_logger.lines
+        assert any(line.startswith("Received frame: HeadersFrame(") for line in ours_logger.lines)
+
+
+def block_sequence(seed: int) -> list[tuple[list[Any], int | None]]:
+    """Header lists as a client sends them, with deadlines, metadata, and table resizes."""
+    rnd = random.Random(seed)
+    blocks: list[tuple[list[Any], int | None]] = []
+    for n in range(2000):
+        headers: list[Any] = list(HEADERS)
+        if rnd.random() < 0.5:
+            timeout = f"{rnd.randint(1, 99_999)}m".encode()
+            headers.append(NeverIndexedHeaderTuple(b"grpc-timeout", timeout))
+        if rnd.random() < 0.05:
+            headers.append((b"traceparent", f"00-{rnd.getrandbits(128):032x}-01".encode()))
+        if rnd.random() < 0.01:
+            headers.insert(3, (b"x-other", str(n).encode()))
+        resize = rnd.choice([0, 256, 4096, 65536]) if rnd.random() < 0.01 else None
+        blocks.append((headers, resize))
+    return blocks
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_repeating_encoder_writes_what_hpack_writes(seed: int) -> None:
+    ours, theirs, decoder = RepeatingEncoder(), Encoder(), Decoder()
+    decoder.max_allowed_table_size = 65536
+    repeated = 0
+
+    for headers, resize in block_sequence(seed):
+        if resize is not None:
+            ours.header_table_size = theirs.header_table_size = resize
+        plain = tuple(itertools.takewhile(lambda header: type(header) is tuple, headers))
+        repeated += plain in ours._blocks
+        block = ours.encode(list(headers))
+
+        assert block == theirs.encode(list(headers))
+        assert decoder.decode(block, raw=True) == [tuple(h) for h in headers]
+
+    assert repeated > 500  # blocks began with one kept (none while the table is too small)
