@@ -212,9 +212,12 @@ async def test_one_client_reaches_every_worker_of_a_server(jpeg: bytes) -> None:
     )  # fmt: skip
     try:
         async with Client(served.target, timeout=5) as client:
-            for _ in range(5):
+            # Connections grow one at a time while all are busy: call until they have.
+            for _ in range(40):
                 await asyncio.gather(*(client.predict(jpeg) for _ in range(16)))
-            workers = serving_workers(served.process.pid, served.port)
+                workers = serving_workers(served.process.pid, served.port)
+                if len(workers) == 2:
+                    break
     finally:
         served.process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(served.process.wait(), 30)
