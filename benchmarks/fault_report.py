@@ -117,8 +117,7 @@ def run_tables(results: dict[str, Any]) -> str:
         slowest = max(r.answered(), default=float("nan")) * 1000
         base = quiet.get(r.client, float("nan"))
         failed = _failed(r.calls)
-        if r.back is not None and r.failed():
-            late = r.too_late(results["deadline"])
+        if late := r.too_late(results["deadline"]):
             failed += f"; {late} with the server back only past their deadline"
         if r.event == "quiet":
             during = added = "-"

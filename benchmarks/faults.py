@@ -1,20 +1,21 @@
 """A deployment's ordinary events, as each client meets them: failed calls and latency added.
 
-    python benchmarks/faults.py                     # every event, every client (~5 min)
+    python benchmarks/faults.py                     # every event, every client (~4 min)
     python benchmarks/faults.py --quick             # shorter runs, a smoke test (~2 min)
     python benchmarks/faults.py --compare /tmp/before --rounds 3
-                                                    # that checkout's code and this, interleaved
+                            # that checkout's code, then this one's, 3 times (~22 min)
 
 Against `emotion serve --model emotion.models.mock:MockModel --workers 2` on
 127.0.0.1 (an ephemeral port), each client in turn, 8 callers calling the
 1280x720 JPEG one call after another for 8 s, each call with a 5 s deadline
 (a caller whose call failed waits 0.1 s before the next, so that one failing
-fast does not spin); at 3 s one of the events below. Reported per event and client: the calls
-that failed, and the p99 latency of the answered calls in flight during the
-event's first second, against the p99 of a quiet run of the same client.
+fast does not spin); at 3 s one of the events below. Reported per event and
+client: the calls that failed, and the p99 latency of the answered calls in
+flight during the event's first second, against the p99 of a quiet run of
+the same client.
 
 - worker killed: SIGKILL to the worker holding the client's connection;
-- inference process killed: SIGKILL to one of the two;
+- inference process killed: SIGKILL to one of them (one per CPU);
 - restart: SIGTERM to the server, started again on its port once it exits;
 - stream: one StreamPipeline call, a frame every 0.25 s for 32 frames, to a
   server with --max-connection-age 2 (the mock reporting which frame it saw,
@@ -54,7 +55,7 @@ from servers import HERE, MOCK, children, holding, inference_processes, workers
 CALLERS = 8
 DEADLINE = 5.0  # seconds, each call's, all its tries included
 STREAM_DEADLINE = 30.0  # the stream's, over all its frames
-SERVE = ["--model", MOCK, "--workers", "2", "--log-level", "info"]
+SERVE = ["--workers", "2", "--log-level", "info"]
 EVENTS = ("worker killed", "inference process killed", "restart")
 
 
@@ -208,7 +209,7 @@ async def under_load(
     name: str, make: Maker, what: str | None, plan: Plan, image: bytes, logs: Path
 ) -> Loaded:
     """8 callers of one client for ``plan.seconds`` (or the quiet run's), ``what`` at event_at."""
-    server = Server(SERVE, logs, f"{what or 'quiet'}, {name}")
+    server = Server([*SERVE, "--model", MOCK], logs, f"{what or 'quiet'}, {name}")
     await server.start()
     session = make(server.target, DEADLINE, STREAM_DEADLINE)
     try:
@@ -247,7 +248,7 @@ async def interrupted(name: str, make: Maker, image: bytes, logs: Path) -> Resta
     old server answers some while it drains, so the answer that counts is
     the first to end after the old server exited.
     """
-    server = Server(SERVE, logs, f"SIGINT, {name}")
+    server = Server([*SERVE, "--model", MOCK], logs, f"SIGINT, {name}")
     await server.start()
     session: Session = make(server.target, DEADLINE, STREAM_DEADLINE)
     calls: list[Call] = []
