@@ -98,6 +98,54 @@ def _tree(root: int) -> Iterator[int]:
         pending.extend(parents.get(pid, []))
 
 
+def command_line(pid: int) -> bytes:
+    """The process's command line, or nothing once it has exited."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started, from any of its threads (each thread lists its own)."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found |= {int(child) for child in (task / "children").read_text().split()}
+    return sorted(found)
+
+
+def workers(supervisor: int) -> list[int]:
+    """The worker processes of `emotion serve --workers N` (multiprocessing's spawned children)."""
+    return [pid for pid in children(supervisor) if b"spawn_main" in command_line(pid)]
+
+
+def inference_processes(supervisor: int) -> list[int]:
+    """Its inference processes, under either module name they have had."""
+    names = (b"emotion.inference.process_main", b"emotion.inference_process")
+    return [pid for pid in children(supervisor) if any(name in command_line(pid) for name in names)]
+
+
+def holding(pids: list[int], port: int) -> list[int]:
+    """Those of ``pids`` holding an established connection accepted on ``port``."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                sockets.add(f"socket:[{fields[9]}]")
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in sockets:
+                        found.append(pid)
+                        break
+    return found
+
+
 def _cpu_of(pid: int) -> float:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
