@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from grpclib.client import Channel
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from emotion.config.client import ConnectionPolicy
@@ -193,7 +194,11 @@ class Balancer:
         """The end of a try on ``connection``: None if answered, else what it raised."""
         connection.in_flight -= 1
         endpoint = connection.endpoint
-        if failure is None or isinstance(failure, GRPCError):
+        if isinstance(failure, GRPCError) and failure.status is Status.UNAVAILABLE:
+            # A worker draining (or loading) refuses each call on its open
+            # connections for as long as it drains: the next try takes another.
+            self._fail(connection)
+        elif failure is None or isinstance(failure, GRPCError):
             if not (connection.ready or connection.failed or endpoint.retired):
                 self._mark_ready(connection)
         elif isinstance(failure, StreamTerminatedError):

@@ -9,7 +9,8 @@ failure a new try can mend is retried, within the call's one deadline:
   once, on that address, uncounted;
 - a refused connection to a server this client reached before (a restart)
   at once and then with backoff, for up to ``wait_for_server`` seconds,
-  likewise uncounted; to a server never reached, as a failed try, so that a
+  likewise uncounted, the last wait cut short for one more try before the
+  deadline; to a server never reached, as a failed try, so that a
   wrong address fails within a second or two;
 - a retryable status (UNAVAILABLE, RESOURCE_EXHAUSTED) or a connection lost
   under the call (a server that died) as a failed try: up to
@@ -33,6 +34,9 @@ from grpclib.metadata import Deadline
 from emotion.config.client import RetryPolicy
 from emotion.errors import PUSHBACK
 from emotion.transport.client import received_trailer, turned_away
+
+#: Time left for a try on a connection just made: a last try starts no later.
+_ONE_TRY = 0.05
 
 
 class RetryBudget:
@@ -197,7 +201,23 @@ class Tries:
         self._reconnects += 1
         if now + delay - self._waiting_since > retries.policy.wait_for_server:
             return None
-        return self._within_deadline(delay)
+        return self._last_chance(delay)
+
+    def _last_chance(self, delay: float) -> float | None:
+        """``delay``, or less, so that one more try starts before the deadline if one fits.
+
+        A server coming back is as likely in the deadline's last second as in
+        any other: rather than give up because the next wait would end past it,
+        try once more just before it.
+        """
+        if self._deadline is None:
+            return delay
+        remaining = self._deadline.time_remaining()
+        if delay < remaining - _ONE_TRY:
+            return delay
+        if remaining > 2 * _ONE_TRY:
+            return remaining - _ONE_TRY
+        return None
 
     def _retry(self, asked: float | None) -> float | None:
         retries = self._retries

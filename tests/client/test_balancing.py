@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from conftest import StartServer
+from grpclib.const import Status
 from PIL import Image
-from support.scripted import Scripted, serve_scripted
+from support.scripted import QUICK, Scripted, serve_scripted
 from support.served import free_port, serving_workers, start_serving
 
 from emotion import Client, ConnectionPolicy, Model, Response, Result, RetryPolicy, SyncClient
@@ -73,6 +74,21 @@ async def test_a_client_opens_connections_while_all_it_has_are_busy(
 
     assert len(alone) == 1  # calls one at a time need one connection
     assert 3 <= len(busy) <= 9
+
+
+async def test_a_try_refused_as_unavailable_is_tried_again_on_another_connection(
+    two: list[tuple[Scripted, str]], jpeg: bytes
+) -> None:
+    (server, target), _ = two
+    server.failures = [(Status.UNAVAILABLE, None)]  # a worker draining, say
+
+    async with Client(target, timeout=5, retry=QUICK) as client:
+        await client.predict(jpeg)
+        await client.predict(jpeg)
+
+    refused, retried, later = server.peers
+    assert retried != refused
+    assert later == retried
 
 
 async def test_connections_per_address_are_capped_by_the_policy(

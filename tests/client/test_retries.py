@@ -115,6 +115,21 @@ def test_a_server_reached_before_is_waited_for_uncounted_for_wait_for_server() -
     assert client.budget.tokens == client.budget.max_tokens
 
 
+def test_a_server_waited_for_gets_one_last_try_just_before_the_deadline() -> None:
+    client = retries(RetryPolicy(initial_backoff=1.0, max_backoff=1.0))
+    client.succeeded()
+    tries = client.tries(Deadline.from_timeout(0.5))
+
+    assert tries.next(Failure.UNREACHABLE) == 0.0
+    last = tries.next(Failure.UNREACHABLE)  # a 1 s wait would end past the deadline
+
+    assert last is not None
+    assert 0.35 < last < 0.46
+    tight = client.tries(Deadline.from_timeout(0.08))
+    assert tight.next(Failure.UNREACHABLE) == 0.0
+    assert tight.next(Failure.UNREACHABLE) is None  # no time for a try after any wait
+
+
 def test_wait_for_server_0_counts_refused_connections_as_tries() -> None:
     client = retries(RetryPolicy(max_attempts=2, wait_for_server=0))
     client.succeeded()
