@@ -26,6 +26,7 @@ PUBLIC = [
     "Server",
     "ServerConfig",
     "SyncClient",
+    "Tracking",
     "load_model",
 ]
 
