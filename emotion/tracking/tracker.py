@@ -3,9 +3,11 @@
 Each track's box is predicted at the new frame's time by a constant-velocity
 motion model (its velocity smoothed over its recent frames); detections are
 matched to the predictions by overlap (IoU), exactly (emotion.tracking.
-assignment); a track not seen coasts on its velocity for ``max_unseen``
-seconds, so a missed detection or two keeps its id; a detection matched to
-no track starts a new one. Nothing here knows gRPC or a model: boxes are four
+assignment), or, failing any overlap, by the distance between centres (a
+face moving fast, or a track whose velocity is not known yet); a track not
+seen coasts on its velocity for ``max_unseen`` seconds, so a missed
+detection or two keeps its id; a detection matched to no track starts a new
+one. Nothing here knows gRPC or a model: boxes are four
 floats, expressions a list of probabilities.
 """
 
@@ -125,8 +127,10 @@ class Tracker:
     ``smoothing`` is the time constant, in seconds, of each track's
     exponential smoothing of its expression (0: none); ``max_unseen`` how
     long a track not seen keeps its id; ``min_iou`` the least overlap between
-    a track's predicted box and a detection for them to be the same face;
-    ``velocity_weight`` how much each new frame's motion counts against the
+    a track's predicted box and a detection for them to be the same face by
+    overlap; ``max_distance`` the farthest, in the predicted box's sizes,
+    between centres for them to be the same face without it (any overlap
+    match is preferred); ``velocity_weight`` how much each new frame's motion counts against the
     smoothed velocity.
     """
 
@@ -136,6 +140,7 @@ class Tracker:
         smoothing: float = 1.0,
         max_unseen: float = 1.0,
         min_iou: float = 0.2,
+        max_distance: float = 1.0,
         velocity_weight: float = 0.5,
     ) -> None:
         if not smoothing >= 0 or not max_unseen >= 0 or not 0 < min_iou <= 1:
@@ -143,6 +148,7 @@ class Tracker:
         self.smoothing = smoothing
         self.max_unseen = max_unseen
         self.min_iou = min_iou
+        self.max_distance = max_distance
         self.velocity_weight = velocity_weight
         self._live: list[_Track] = []
         self._done: list[_Track] = []
@@ -170,7 +176,7 @@ class Tracker:
             track.close_pending(self._interval)
         self._retire(time)
         predicted = [track.predicted(time) for track in self._live]
-        cost = [[_cost(iou(box, guess), self.min_iou) for box in boxes] for guess in predicted]
+        cost = [[self._cost(box, guess) for box in boxes] for guess in predicted]
         owners: list[_Track | None] = [None] * len(boxes)
         for row, column in assign(cost):
             owners[column] = self._live[row]
@@ -192,6 +198,16 @@ class Tracker:
         """
         tracks = sorted(self._done + self._live, key=lambda track: track.id)
         return [track.summary(self._interval) for track in tracks]
+
+    def _cost(self, box: Box, guess: Box) -> float:
+        """Below 1 for an overlap match (the more overlap, the less), 1 to 2 for a near one."""
+        overlap = iou(box, guess)
+        if overlap >= self.min_iou:
+            return 1.0 - overlap
+        distance = _distance(box, guess)
+        if distance <= self.max_distance:
+            return 1.0 + distance / (self.max_distance + 1e-9) * 0.999
+        return math.inf
 
     def _retire(self, time: float) -> None:
         keep: list[_Track] = []
@@ -235,8 +251,12 @@ class Tracker:
         track.frames_seen += 1
 
 
-def _cost(overlap: float, least: float) -> float:
-    return 1.0 - overlap if overlap >= least else math.inf
+def _distance(box: Box, guess: Box) -> float:
+    """Between the boxes' centres, in the guess's sizes (the mean of its width and height)."""
+    size = max((guess[2] - guess[0] + guess[3] - guess[1]) / 2, 1e-9)
+    dx = (box[0] + box[2] - guess[0] - guess[2]) / 2
+    dy = (box[1] + box[3] - guess[1] - guess[3]) / 2
+    return math.hypot(dx, dy) / size
 
 
 def _blend(old: Box, new: tuple[float, ...], weight: float) -> Box:

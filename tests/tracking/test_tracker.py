@@ -61,6 +61,19 @@ def test_missed_detections_are_bridged_by_the_motion_model() -> None:
     assert (summary.first_frame, summary.last_frame, summary.frames_seen) == (0, 29, 26)
 
 
+def test_a_face_moving_fast_from_its_first_frame_keeps_its_id() -> None:
+    # 45 px a frame for a 60 px face: a quarter overlap, before any velocity is known.
+    tracker = Tracker()
+    ids = {tracker.update([box(45.0 * f)], [HAPPY], f / 30)[0].track_id for f in range(10)}
+    assert ids == {1}
+
+
+def test_a_face_far_from_every_track_is_a_new_person() -> None:
+    tracker = Tracker(max_distance=1.0)
+    tracker.update([box(0)], [HAPPY], 0.0)
+    assert tracker.update([box(65)], [HAPPY], 0.1)[0].track_id == 2
+
+
 def test_a_face_gone_longer_than_max_unseen_comes_back_as_a_new_track() -> None:
     tracker = Tracker(max_unseen=0.5)
     assert tracker.update([box(0)], [HAPPY], 0.0)[0].track_id == 1
