@@ -35,6 +35,20 @@ def test_two_faces_crossing_keep_their_ids() -> None:
     assert set(seen) == {(1, 2)}
 
 
+def test_faces_crossing_on_one_line_are_told_apart_by_their_motion() -> None:
+    # Wholly overlapping at frame 20: only their velocities say who is who after,
+    # whatever order the model lists them in.
+    tracker = Tracker()
+    ids_of: dict[str, set[int]] = {"rightwards": set(), "leftwards": set()}
+    for frame in range(41):
+        faces = {"rightwards": box(10.0 * frame), "leftwards": box(400.0 - 10.0 * frame)}
+        names = sorted(faces, reverse=frame > 20)
+        answers = tracker.update([faces[n] for n in names], [HAPPY, SAD], frame / 30)
+        for name, answer in zip(names, answers, strict=True):
+            ids_of[name].add(answer.track_id)
+    assert ids_of == {"rightwards": {2}, "leftwards": {1}}
+
+
 def test_the_order_of_detections_does_not_matter() -> None:
     # The model lists faces most confident first, an order that changes; ids do not.
     tracker = Tracker()
