@@ -24,6 +24,7 @@ if _typing.TYPE_CHECKING:
         Request,
         Response,
         Result,
+        Tracking,
     )
     from emotion.model import Model, ModelLoadError, load_model
     from emotion.serving.server import Server
@@ -50,6 +51,7 @@ _HOMES = {
     "Server": "emotion.serving.server",
     "ServerConfig": "emotion.config",
     "SyncClient": "emotion.client",
+    "Tracking": "emotion.contract",
     "load_model": "emotion.model",
 }
 
@@ -74,6 +76,7 @@ __all__ = [
     "Server",
     "ServerConfig",
     "SyncClient",
+    "Tracking",
     "load_model",
 ]
 

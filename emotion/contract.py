@@ -23,6 +23,9 @@ from emotion._generated.emotion.v1 import (
     Response,
     Result,
     ServerLimits,
+    StreamSummary,
+    Tracking,
+    TrackSummary,
 )
 
 #: The `emotion.v1.Pipeline` method path the generated stub calls.
@@ -72,4 +75,7 @@ __all__ = [
     "Response",
     "Result",
     "ServerLimits",
+    "StreamSummary",
+    "TrackSummary",
+    "Tracking",
 ]

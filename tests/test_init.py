@@ -27,6 +27,7 @@ PUBLIC = [
     "Server",
     "ServerConfig",
     "SyncClient",
+    "Tracking",
     "load_model",
 ]
 

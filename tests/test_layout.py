@@ -34,6 +34,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "models": {"contract", "model"},
     "transport": {"codec", "config"},
     "observability": set(),
+    # Pure Python on boxes and probabilities: serving runs it over a stream's answers.
+    "tracking": set(),
     "inference": {"codec", "config", "contract", "decode", "model", "observability", "runtime"},
     "serving": {
         "codec",
@@ -46,6 +48,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "observability",
         "runtime",
         "security",
+        "tracking",
         "transport",
     },
     "supervision": {

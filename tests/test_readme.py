@@ -186,7 +186,7 @@ def test_the_contract_page_shows_the_proto() -> None:
 
     assert shown == _contract(proto)
     # rpcs and fields: the regexes found them
-    assert len(shown) == 3 + 2 + 2 + 2 + 4 + 4 + 7 + 6 + 2 + 2 + 3 + 6 + 5
+    assert len(shown) == 3 + 3 + 3 + 3 + 6 + 4 + 7 + 6 + 2 + 2 + 3 + 6 + 5 + 2 + 2 + 8
 
 
 def test_every_snippet_is_run_by_a_test_or_named_here() -> None:

@@ -22,23 +22,39 @@ COLOURS = {
 }
 
 
+#: One colour per track in a tracked stream, so a person keeps theirs from
+#: frame to frame whatever they express; ids past the end wrap around.
+TRACK_COLOURS = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (255, 255, 255),
+)
+
+
 def top_expression(scores: dict[str, float]) -> tuple[str, float]:
     name = max(EXPRESSION_FIELDS, key=lambda field: scores.get(field, 0.0))
     return name, scores.get(name, 0.0)
 
 
 def label(result: Result, name: str, score: float) -> str:
-    """A face's label: its top expression, and how sure the detector is that it is a face."""
+    """A face's label: its track, its top expression, and how sure the detector is of the face."""
+    track = "" if result.track_id is None else f"#{result.track_id} "
     if result.confidence is None:
-        return f"{name} {score:.0%}"
-    return f"{name} {score:.0%}, face {result.confidence:.0%}"
+        return f"{track}{name} {score:.0%}"
+    return f"{track}{name} {score:.0%}, face {result.confidence:.0%}"
 
 
 def annotate(image: Image.Image, response: Response) -> Image.Image:
     """A copy of ``image`` (upright, as the boxes assume) with each face boxed and labelled.
 
     Each landmark the model found is a dot in the face's colour, ringed in
-    black or white so it shows on skin of any tone.
+    black or white so it shows on skin of any tone. A tracked face is drawn
+    in its track's colour, labelled with its id and its smoothed expression.
 
     Line width and text size follow the image's size, with a floor, so labels
     stay legible on thumbnails and are not lost on 12-megapixel photos.
@@ -57,13 +73,14 @@ def annotate(image: Image.Image, response: Response) -> Image.Image:
         # so neighbours' labels in a group photo do not pile up; never tiny.
         size = max(12, round(min(longer / 45, (box.x2 - box.x1) / 5)))
         font = fonts.setdefault(size, ImageFont.load_default(size=size))
+        expression = result.smoothed_expression or result.expression
         scores = (
             {}
-            if result.expression is None
-            else {field: getattr(result.expression, field) for field in EXPRESSION_FIELDS}
+            if expression is None
+            else {field: getattr(expression, field) for field in EXPRESSION_FIELDS}
         )
         name, score = top_expression(scores)
-        colour = COLOURS[name]
+        colour = COLOURS[name] if result.track_id is None else track_colour(result.track_id)
         draw.rectangle((box.x1, box.y1, box.x2, box.y2), outline=colour, width=line)
         _dots(draw, result, colour, radius=line + 1)
         text = label(result, name, score)
@@ -75,6 +92,10 @@ def annotate(image: Image.Image, response: Response) -> Image.Image:
         draw.rectangle((x, y, x + width, y + height), fill=colour)
         draw.text((x + pad - left, y + pad - top), text, fill=_ink(colour), font=font)
     return canvas
+
+
+def track_colour(track_id: int) -> tuple[int, int, int]:
+    return TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]
 
 
 def _dots(

@@ -155,6 +155,11 @@ class Client:
         again the images not yet answered: each answer comes once, in order,
         and ``images`` is asked for each image once. An image that ``images``
         fails to give is raised once the images before it are answered.
+
+        With ``options.tracking`` set, each face carries its track id and
+        smoothed expression, and one more Response, with ``summary`` set and
+        answering no image, comes last (emotion.client.streams says what a
+        cut does to ids).
         """
         feed = Feed(images, self._check_size)
         with self._tracing.client_call(STREAM_PIPELINE_PATH) as trace:

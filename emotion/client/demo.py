@@ -24,6 +24,7 @@ from PIL import Image
 
 from emotion.client.annotate import annotate, top_expression
 from emotion.client.client import Client
+from emotion.client.live import LiveStream
 from emotion.client.predict import response_to_dict
 from emotion.config import DEFAULT_MAX_IMAGE_SIZE, DemoOptions, RetryPolicy
 from emotion.contract import EXPRESSION_FIELDS, Response
@@ -113,28 +114,35 @@ class Demo:
         return picture, {"faces": faces}
 
     async def frame(
-        self, path: str | None, rate: FrameRate
+        self, path: str | None, rate: FrameRate, live: LiveStream | None = None
     ) -> tuple[Image.Image | None, str, FrameRate]:
         """One webcam frame: drawn, with the rate achieved so far.
 
         Gradio keeps only the newest frame while this runs, so a slow server
         sees frames dropped, never a growing queue. Failures go to the status
         line and the stream carries on, picking up once the server is back.
+        With the session's ``live`` stream, each face is drawn in its track's
+        colour with its id and smoothed expression.
         """
         if path is None:
             return None, "", rate
         try:
             data = await asyncio.to_thread(Path(path).read_bytes)
-            picture, _ = await self._answer(data)
+            picture, _ = await self._answer(data, live)
         except Refused as exc:
             return gr.skip(), f"**{exc}**", rate
         return picture, f"{rate.tick():.1f} frames/s answered by `{self.options.target}`", rate
 
-    async def _answer(self, data: bytes) -> tuple[Image.Image, Response]:
+    async def _answer(
+        self, data: bytes, live: LiveStream | None = None
+    ) -> tuple[Image.Image, Response]:
         """Ask the server about ``data``; draw its answer. Raises Refused with the reason."""
         client = self._connect()
         try:
-            response = await client.predict(data)
+            if live is None:
+                response = await client.predict(data)
+            else:
+                response = await live.answer(client, data, self.options.timeout)
         except ValueError:  # over the server's limit: refused before sending
             raise Refused(
                 f"This file is {data_size(len(data))}; the server takes images up to "
@@ -218,6 +226,8 @@ class Demo:
                     )
                 status = gr.Markdown(elem_id="live-status")
                 rate = gr.State(FrameRate())
+                # One tracked stream per visitor, ended with their session.
+                live_stream = gr.State(LiveStream(), delete_callback=LiveStream.close_soon)
             upload.change(
                 self.predict,
                 inputs=upload,
@@ -228,7 +238,7 @@ class Demo:
             ).then(faces_table, inputs=raw, outputs=table, queue=False, api_visibility="private")
             camera.stream(
                 self.frame,
-                inputs=[camera, rate],
+                inputs=[camera, rate, live_stream],
                 outputs=[live, status, rate],
                 stream_every=0.1,
                 concurrency_limit=16,

@@ -28,6 +28,7 @@ from emotion.contract import (
     Expression,
     Options,
     Response,
+    Tracking,
 )
 from emotion.decode import InvalidImage, decode_image
 from emotion.errors import ABOUT_THE_REQUEST
@@ -172,6 +173,9 @@ async def _stream_one(client: Client, path: Path, options: PredictOptions) -> bo
     drawn = True
     try:
         async for response in client.stream(images(), options=request_options(options)):
+            if response.summary is not None:  # a tracked stream's last: answers no frame
+                print(json.dumps(summary_to_dict(path, response)), flush=True)
+                continue
             drawn &= _emit(unanswered.popleft(), response, options)
             answered += 1
     except GRPCError as exc:
@@ -276,7 +280,11 @@ def response_to_dict(path: Path, response: Response, frame: int | None = None) -
         }
         if result.confidence is not None:
             face["confidence"] = round(result.confidence, 4)
-        face["expression"] = {k: round(getattr(expression, k), 4) for k in EXPRESSION_FIELDS}
+        face["expression"] = _rounded(expression)
+        if result.track_id is not None:
+            face["track"] = result.track_id
+        if result.smoothed_expression is not None:
+            face["smoothed"] = _rounded(result.smoothed_expression)
         if result.landmarks is not None:
             points = ((k, getattr(result.landmarks, k)) for k in LANDMARK_FIELDS)
             face["landmarks"] = {
@@ -292,11 +300,36 @@ def response_to_dict(path: Path, response: Response, frame: int | None = None) -
     return shown
 
 
+def summary_to_dict(path: Path, response: Response) -> dict[str, Any]:
+    """The last line of a tracked stream: each track, when seen, and what it mostly expressed."""
+    assert response.summary is not None
+    tracks = [
+        {
+            "track": track.track_id,
+            "first_frame": track.first_frame,
+            "last_frame": track.last_frame,
+            "frames_seen": track.frames_seen,
+            "seconds": [round(track.first_seconds, 3), round(track.last_seconds, 3)],
+            "dominant": track.dominant,
+            "mean": _rounded(track.mean_expression or Expression()),
+        }
+        for track in response.summary.tracks
+    ]
+    return {"file": str(path), "frames": response.summary.frames, "tracks": tracks}
+
+
+def _rounded(expression: Expression) -> dict[str, float]:
+    return {k: round(getattr(expression, k), 4) for k in EXPRESSION_FIELDS}
+
+
 def request_options(options: PredictOptions) -> Options | None:
-    """The Options that --max-faces and --min-confidence ask for; None for neither."""
-    if not options.max_faces and options.min_confidence is None:
+    """The Options that --max-faces, --min-confidence and --track ask for; None for none."""
+    tracking = Tracking(smoothing_seconds=options.smoothing) if options.track else None
+    if not options.max_faces and options.min_confidence is None and tracking is None:
         return None
-    return Options(max_faces=options.max_faces, min_confidence=options.min_confidence)
+    return Options(
+        max_faces=options.max_faces, min_confidence=options.min_confidence, tracking=tracking
+    )
 
 
 def _say(line: str) -> None:

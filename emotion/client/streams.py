@@ -5,6 +5,12 @@ dies, a restart or a drain ends the call under a stream. The stream then
 opens a new call, sends again the images sent but not yet answered, and goes
 on with the caller's next image: each answer is yielded once, in order, and
 the caller's iterator is asked for each image once.
+
+A tracked stream's tracks live in one call (emotion.proto, Options.tracking):
+after a cut, the server starts them anew. The ids of each new call are
+shifted past those already handed out, so an id never names two people, at
+the cost of a new id for each person after the cut; the summary at the end
+covers the frames of the last call, numbered from the stream's first.
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ async def stream_pipeline(
     pending: collections.deque[bytes] = collections.deque()  # sent, not yet answered
     tries: Tries | None = None
     answered = 0
+    highest_id = 0  # the highest track id handed out, for the next call's shift
     try:
         while True:
             if tries is not None and feed.ended and not pending:
@@ -110,6 +117,7 @@ async def stream_pipeline(
                 metadata=metadata,
             )
             first = answered
+            shift = highest_id
             delivering = False
             released = False
             try:
@@ -118,10 +126,17 @@ async def stream_pipeline(
                     sender = asyncio.ensure_future(_send(call, pending, feed, options))
                     try:
                         while (response := await call.recv_message()) is not None:
+                            if response.summary is not None:  # answers no image
+                                _shifted_summary(response, shift, first)
+                                delivering = True
+                                yield response
+                                delivering = False
+                                continue
                             if not pending:
                                 raise GRPCError(Status.INTERNAL, "an answer to no image")
                             pending.popleft()
                             answered += 1
+                            highest_id = max(highest_id, _shifted(response, shift))
                             delivering = True
                             yield response
                             delivering = False
@@ -176,6 +191,24 @@ async def _send(
         pending.append(image)  # before sending: a cut mid-send leaves it to send again
         await call.send_message(Request(image=image, options=options))
     await call.end()
+
+
+def _shifted(response: Response, shift: int) -> int:
+    """Shift the answer's track ids by ``shift``; the highest id it then holds."""
+    highest = 0
+    for face in response.response:
+        if face.track_id is not None:
+            face.track_id += shift
+            highest = max(highest, face.track_id)
+    return highest
+
+
+def _shifted_summary(response: Response, shift: int, first: int) -> None:
+    assert response.summary is not None
+    for track in response.summary.tracks:
+        track.track_id += shift
+        track.first_frame += first
+        track.last_frame += first
 
 
 def _renumbered(exc: Exception, first: int) -> Exception:

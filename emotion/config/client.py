@@ -103,6 +103,11 @@ def _is_confidence(value: Any) -> None:
         raise ValueError(f"must be a confidence from 0 to 1, not {value!r}")
 
 
+def _is_smoothing(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
+        raise ValueError(f"must be a number of seconds from 0, not {value!r}")
+
+
 def _is_tokens(value: Any) -> None:
     if not isinstance(value, (int, float)) or not 1 <= value <= 1000:
         raise ValueError(f"must be a number from 1 to 1000, not {value!r}")
@@ -302,6 +307,28 @@ class PredictOptions(Settings):
             switch=True,
         ),
     )
+    track: bool = field(
+        default=False,
+        metadata=_predict(
+            "--track",
+            parse_bool,
+            is_a(bool),
+            "--stream, following each face across the frames: each face's line gains its "
+            "track id and smoothed expression, and a last line sums up each track",
+            switch=True,
+        ),
+    )
+    smoothing: float = field(
+        default=0.0,
+        metadata=_predict(
+            "--smoothing",
+            parse_float,
+            _is_smoothing,
+            "--track, with this time constant in seconds for each track's smoothed "
+            "expression; 0 for the server's default (1 s)",
+            metavar="SECONDS",
+        ),
+    )
     annotate: Path | None = field(
         default=None,
         metadata=_predict(
@@ -316,6 +343,11 @@ class PredictOptions(Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # --smoothing implies --track, which implies --stream, as --tls-ca implies --tls.
+        if self.smoothing:
+            object.__setattr__(self, "track", True)
+        if self.track:
+            object.__setattr__(self, "stream", True)
         if self.stream and self.annotate is not None and self.annotate.suffix:
             raise ValueError(
                 "with --stream, --annotate names a folder for the frames, "

@@ -34,6 +34,7 @@ from emotion.model import InvalidOptions, check_options
 from emotion.serving.admission import Admission, NotServing
 from emotion.serving.calls import Calls, metadata
 from emotion.serving.description import described
+from emotion.serving.tracks import StreamTracks
 from emotion.transport.messages import Patience, ReceiveBudget, receive_message, send_message
 
 if TYPE_CHECKING:
@@ -131,7 +132,9 @@ class PipelineService(PipelineBase):
         Up to ``window`` images are decoded and inferred at once; the next is
         read only when the oldest has been answered, so HTTP/2 flow control
         holds back a client that sends faster than the model runs. Each image
-        in progress takes a place in the queue, as a unary call does.
+        in progress takes a place in the queue, as a unary call does. A call
+        whose first request asks for tracking has its answers tracked, in
+        order, and ends with the tracks' summary (emotion.serving.tracks).
         """
         self._admission.check(metadata(stream, "authorization"))
         first = True
@@ -215,7 +218,9 @@ class _InOrder:
         self._receive = receive
         self._infer = infer
         self._room = asyncio.Semaphore(window)
-        self._in_order: collections.deque[asyncio.Task[Encoded]] = collections.deque()
+        # Each image's answer in progress, and its time in a tracked call.
+        self._in_order: collections.deque[tuple[asyncio.Task[Encoded], float]] = collections.deque()
+        self._tracks: StreamTracks | None = None
         self._arrived = asyncio.Event()
         self._ended: list[BaseException | None] = []
         self._reader: asyncio.Task[None] | None = None
@@ -235,16 +240,23 @@ class _InOrder:
                     if self._ended:
                         if self._ended[0] is not None:
                             raise self._ended[0]
+                        if self._tracks is not None:
+                            summary = self._tracks.summary()
+                            await send_message(self._stream, summary, len(summary.data))
                         return
                     self._arrived.clear()
                     await self._arrived.wait()
                     continue
-                answer = await self._in_order.popleft()
+                task, time = self._in_order[0]
+                answer = await task
+                self._in_order.popleft()
                 self._room.release()
+                if self._tracks is not None:
+                    answer = self._tracks.follow(answer, time)
                 await send_message(self._stream, answer, len(answer.data))
         finally:
             reader.cancel()
-            for task in self._in_order:
+            for task, _ in self._in_order:
                 task.cancel()
                 # Retrieve how it ends, so asyncio does not report it as lost.
                 task.add_done_callback(_retrieve)
@@ -258,8 +270,13 @@ class _InOrder:
                 request = await self._receive(self._stream)
                 if request is None:
                     break
+                time = 0.0
+                if index == 0:
+                    self._tracks = StreamTracks.asked(request)
+                if self._tracks is not None:
+                    time = self._tracks.time_of(request, index)
                 frame = self._infer(request, index, self._stream)
-                self._in_order.append(asyncio.ensure_future(frame))
+                self._in_order.append((asyncio.ensure_future(frame), time))
                 self._arrived.set()
                 index += 1
         except asyncio.CancelledError:

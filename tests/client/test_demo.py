@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import EMOTION, TESTS, subprocess_env
+from conftest import EMOTION, TESTS, StartServer, subprocess_env
+from support.sample_models import SquaresModel
 from support.served import Served, free_port, start_serving
 
 pytest.importorskip("gradio", reason="the demo extra is not installed: pip install '.[demo]'")
@@ -32,10 +33,11 @@ import gradio as gr
 from gradio_client import Client as GradioClient
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageDraw
 
 from emotion import Client
 from emotion.client.demo import Demo, FrameRate, faces_table
+from emotion.client.live import LiveStream
 from emotion.client.predict import response_to_dict
 from emotion.config import DemoOptions
 
@@ -258,6 +260,39 @@ async def test_webcam_frames_are_drawn_with_the_rate_and_failures_go_to_the_stat
         await down.aclose()
     assert isinstance(drawn, type(gr.skip()))
     assert "Cannot reach the emotion server" in status
+
+
+async def test_webcam_frames_go_down_one_tracked_stream_and_a_failure_opens_a_new_one(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # A large square, then a small one joins: SquaresModel lists the small one
+    # first, so only a stream that remembers the first frame gives it id 2.
+    server = await start_server(SquaresModel())
+    frames = []
+    for index, squares in enumerate([[(20, 60)], [(20, 60), (150, 30)], [(22, 60), (150, 30)]]):
+        image = Image.new("RGB", (300, 200))
+        for (x, size), colour in zip(squares, [(255, 0, 0), (0, 0, 255)], strict=False):
+            ImageDraw.Draw(image).rectangle((x, 20, x + size, 20 + size), fill=colour)
+        frames.append(tmp_path / f"{index}.png")
+        image.save(frames[-1])
+    demo = Demo(DemoOptions(target=f"127.0.0.1:{server.port}"))
+    live, rate = LiveStream(), FrameRate()
+    seen = []
+    try:
+        for frame in frames:
+            drawn, _, rate = await demo.frame(str(frame), rate, live)
+            assert isinstance(drawn, Image.Image)
+            assert live.last is not None
+            assert all(f.smoothed_expression is not None for f in live.last.response)
+            seen.append([f.track_id for f in live.last.response])
+        await live.aclose()  # as a failed frame does: the next frame opens a new call
+        await demo.frame(str(frames[1]), rate, live)
+        assert live.last is not None
+        seen.append([f.track_id for f in live.last.response])
+    finally:
+        await live.aclose()
+        await demo.aclose()
+    assert seen == [[1], [2, 1], [2, 1], [1, 2]]
 
 
 def test_frame_rate_counts_answers_over_a_sliding_window() -> None:

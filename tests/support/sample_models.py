@@ -419,3 +419,41 @@ class DigestModel(Model):
 
     def process_sample(self, image: Image.Image) -> Response:
         return Response()
+
+
+class SquaresModel(Model):
+    """A face for each coloured square on black: its box, and an expression read from its colour.
+
+    Red is happiness, blue sadness (in proportion), the rest neutral; the
+    faces come smallest first, an order unrelated to who is who. Lets a test
+    draw a video whose true tracks it knows (tests/serving/test_tracking.py).
+    """
+
+    def process_sample(self, image: Image.Image) -> Response:
+        import numpy as np
+
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+        width = image.size[0]
+        faces = []
+        for colour in np.unique(pixels, axis=0):
+            if not colour.any():
+                continue
+            where = np.flatnonzero((pixels == colour).all(axis=1))
+            ys, xs = np.divmod(where, width)
+            red, _, blue = (float(c) / 255 for c in colour)
+            happiness, sadness = red / 2, blue / 2
+            faces.append(
+                Result(
+                    bbox=BBox(
+                        x1=float(xs.min()),
+                        y1=float(ys.min()),
+                        x2=float(xs.max() + 1),
+                        y2=float(ys.max() + 1),
+                    ),
+                    expression=Expression(
+                        happiness=happiness, sadness=sadness, neutral=1 - happiness - sadness
+                    ),
+                )
+            )
+        faces.sort(key=lambda face: (face.bbox.x2 - face.bbox.x1) if face.bbox else 0)
+        return Response(response=faces)

@@ -19,6 +19,9 @@ __all__ = (
     "Response",
     "Result",
     "ServerLimits",
+    "StreamSummary",
+    "TrackSummary",
+    "Tracking",
 )
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -359,6 +362,15 @@ class Options(betterproto2.Message):
     are never left out by it. NaN or outside [0, 1]: INVALID_ARGUMENT.
     """
 
+    tracking: "Tracking | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    StreamPipeline only: follow faces across the stream's frames. The first
+    request's value decides for the whole call (later requests' are not
+    read); RunPipeline does not read it.
+    """
+
 
 default_message_pool.register_message("emotion.v1", "Options", Options)
 
@@ -409,6 +421,16 @@ class Request(betterproto2.Message):
     request carries its own.
     """
 
+    frame_time: "float | None" = betterproto2.field(
+        3, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    In a tracked stream, when this frame was taken, in seconds from any
+    origin (e.g. the video's presentation time): smoothing and summaries use
+    it rather than frame numbers. Set on the first request, it must be set on
+    every one and never go back; else INVALID_ARGUMENT. Not read otherwise.
+    """
+
 
 default_message_pool.register_message("emotion.v1", "Request", Request)
 
@@ -439,6 +461,15 @@ class Response(betterproto2.Message):
     The model that produced this answer, set by the server on every answer,
     in a stream too: during a rolling update, each answer says which version
     it came from.
+    """
+
+    summary: "StreamSummary | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Set only on the last Response of a tracked stream, which answers no
+    image (its `response` is empty and its `model` unset): every track of
+    the call. A reader counts answers by the Responses without it.
     """
 
 
@@ -485,6 +516,25 @@ class Result(betterproto2.Message):
     """
     Named points of the face; unset when the model finds none (Describe's
     fills_landmarks says whether it does).
+    """
+
+    track_id: "int | None" = betterproto2.field(
+        5, betterproto2.TYPE_UINT32, optional=True
+    )
+    """
+    In a tracked stream (Options.tracking), the face's track: the same
+    number on every frame while the same person stays in view, a new one
+    (never reused in the call) for a new person or one gone longer than the
+    tracker waits. Unset otherwise, and always in RunPipeline.
+    """
+
+    smoothed_expression: "Expression | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    In a tracked stream, the track's expression smoothed over time (see
+    Tracking.smoothing_seconds); `expression` stays this frame's own. Unset
+    otherwise.
     """
 
 
@@ -538,6 +588,121 @@ class ServerLimits(betterproto2.Message):
 default_message_pool.register_message("emotion.v1", "ServerLimits", ServerLimits)
 
 
+@dataclass(eq=False, repr=False)
+class StreamSummary(betterproto2.Message):
+    """
+    StreamSummary is what a tracked stream saw, sent when the caller ends its
+    side of the call.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamSummary"
+        ]
+
+    tracks: "list[TrackSummary]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One per track, by track id.
+    """
+
+    frames: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    Frames the call answered.
+    """
+
+
+default_message_pool.register_message("emotion.v1", "StreamSummary", StreamSummary)
+
+
+@dataclass(eq=False, repr=False)
+class Tracking(betterproto2.Message):
+    """
+    Tracking asks a stream for track ids, smoothed expressions and a summary
+    per track. Its fields' unset values are the server's defaults, so an
+    empty Tracking turns tracking on as the server tunes it.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name["Tracking"]
+
+    smoothing_seconds: "float" = betterproto2.field(1, betterproto2.TYPE_FLOAT)
+    """
+    The time constant, in seconds, of the exponential smoothing of each
+    track's expression: a frame's weight halves every 0.69 of it. 0 uses
+    the server's default (1 s); a negative value or NaN: INVALID_ARGUMENT.
+    """
+
+    frame_rate: "float" = betterproto2.field(2, betterproto2.TYPE_FLOAT)
+    """
+    Frames a second, for the time of a stream whose requests carry no
+    frame_time (frame n is at n / frame_rate s). 0 uses 30; a negative
+    value or NaN: INVALID_ARGUMENT.
+    """
+
+
+default_message_pool.register_message("emotion.v1", "Tracking", Tracking)
+
+
+@dataclass(eq=False, repr=False)
+class TrackSummary(betterproto2.Message):
+    """
+    TrackSummary is one person over a stream.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return EMOTION_V1_EMOTION_PROTO_DESCRIPTOR.message_types_by_name["TrackSummary"]
+
+    track_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    As in Result.track_id.
+    """
+
+    first_frame: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    The first and last frame the track was seen in, counting from 0 (the
+    call's first image).
+    """
+
+    last_frame: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+
+    frames_seen: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    Frames in which the track was seen (missed detections not counted).
+    """
+
+    first_seconds: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    """
+    When the track was first and last seen, in seconds: frame_time's clock,
+    or frame numbers over Tracking.frame_rate.
+    """
+
+    last_seconds: "float" = betterproto2.field(6, betterproto2.TYPE_DOUBLE)
+
+    mean_expression: "Expression | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The mean of the frames' own expressions, each weighed by how long it
+    stood (the time to the stream's next frame).
+    """
+
+    dominant: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    The Expression field with the largest mean ("happiness", ...).
+    """
+
+
+default_message_pool.register_message("emotion.v1", "TrackSummary", TrackSummary)
+
+
 class PipelineStub(betterproto2_grpclib.ServiceStub):
     """
     Pipeline runs face detection and expression classification on one image.
@@ -583,8 +748,14 @@ class PipelineStub(betterproto2_grpclib.ServiceStub):
         next only when it has room, so a fast sender is slowed down by HTTP/2
         flow control rather than filling the server's memory.
 
+        When the first request's options set `tracking`, each face of each
+        answer carries its track id and smoothed expression, and once the caller
+        ends its side, one more Response carries the `summary` of every track
+        and answers no image. Tracks live in one call: a new call starts anew.
+
         Errors end the stream: INVALID_ARGUMENT names the image (counting from
-        0) that was not a usable image; other statuses as for RunPipeline.
+        0) that was not a usable image, or whose tracking options or frame time
+        cannot be used; other statuses as for RunPipeline.
         """
 
         async for response in self._stream_stream(
@@ -631,7 +802,7 @@ class PipelineStub(betterproto2_grpclib.ServiceStub):
 
 
 EMOTION_V1_EMOTION_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x18emotion/v1/emotion.proto\x12\nemotion.v1"F\n\x04BBox\x12\x0e\n\x02x1\x18\x01 \x01(\x02R\x02x1\x12\x0e\n\x02y1\x18\x02 \x01(\x02R\x02y1\x12\x0e\n\x02x2\x18\x03 \x01(\x02R\x02x2\x12\x0e\n\x02y2\x18\x04 \x01(\x02R\x02y2"\xbe\x01\n\nExpression\x12\x18\n\x07neutral\x18\x01 \x01(\x02R\x07neutral\x12\x14\n\x05anger\x18\x02 \x01(\x02R\x05anger\x12\x18\n\x07disgust\x18\x03 \x01(\x02R\x07disgust\x12\x12\n\x04fear\x18\x04 \x01(\x02R\x04fear\x12\x1c\n\thappiness\x18\x05 \x01(\x02R\thappiness\x12\x18\n\x07sadness\x18\x06 \x01(\x02R\x07sadness\x12\x1a\n\x08surprise\x18\x07 \x01(\x02R\x08surprise"#\n\x05Point\x12\x0c\n\x01x\x18\x01 \x01(\x02R\x01x\x12\x0c\n\x01y\x18\x02 \x01(\x02R\x01y"\x9e\x02\n\tLandmarks\x12.\n\tright_eye\x18\x01 \x01(\x0b2\x11.emotion.v1.PointR\x08rightEye\x12,\n\x08left_eye\x18\x02 \x01(\x0b2\x11.emotion.v1.PointR\x07leftEye\x12,\n\x08nose_tip\x18\x03 \x01(\x0b2\x11.emotion.v1.PointR\x07noseTip\x12\'\n\x05mouth\x18\x04 \x01(\x0b2\x11.emotion.v1.PointR\x05mouth\x12.\n\tright_ear\x18\x05 \x01(\x0b2\x11.emotion.v1.PointR\x08rightEar\x12,\n\x08left_ear\x18\x06 \x01(\x0b2\x11.emotion.v1.PointR\x07leftEar"\xcf\x01\n\x06Result\x12$\n\x04bbox\x18\x01 \x01(\x0b2\x10.emotion.v1.BBoxR\x04bbox\x126\n\nexpression\x18\x02 \x01(\x0b2\x16.emotion.v1.ExpressionR\nexpression\x12#\n\nconfidence\x18\x03 \x01(\x02H\x00R\nconfidence\x88\x01\x01\x123\n\tlandmarks\x18\x04 \x01(\x0b2\x15.emotion.v1.LandmarksR\tlandmarksB\r\n\x0b_confidence"e\n\x07Options\x12\x1b\n\tmax_faces\x18\x01 \x01(\rR\x08maxFaces\x12*\n\x0emin_confidence\x18\x02 \x01(\x02H\x00R\rminConfidence\x88\x01\x01B\x11\n\x0f_min_confidence"N\n\x07Request\x12\x14\n\x05image\x18\x01 \x01(\x0cR\x05image\x12-\n\x07options\x18\x02 \x01(\x0b2\x13.emotion.v1.OptionsR\x07options"j\n\x08Response\x12.\n\x08response\x18\x01 \x03(\x0b2\x12.emotion.v1.ResultR\x08response\x12.\n\x05model\x18\x02 \x01(\x0b2\x18.emotion.v1.ModelVersionR\x05model"<\n\x0cModelVersion\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version"\x11\n\x0fDescribeRequest"\x9f\x01\n\x10DescribeResponse\x122\n\x05model\x18\x01 \x01(\x0b2\x1c.emotion.v1.ModelDescriptionR\x05model\x120\n\x06limits\x18\x02 \x01(\x0b2\x18.emotion.v1.ServerLimitsR\x06limits\x12%\n\x0eserver_version\x18\x03 \x01(\tR\rserverVersion"\xd3\x01\n\x10ModelDescription\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12%\n\x0eweights_digest\x18\x03 \x01(\tR\rweightsDigest\x12\x16\n\x06labels\x18\x04 \x03(\tR\x06labels\x12)\n\x10fills_confidence\x18\x05 \x01(\x08R\x0ffillsConfidence\x12\'\n\x0ffills_landmarks\x18\x06 \x01(\x08R\x0efillsLandmarks"\xe0\x01\n\x0cServerLimits\x12(\n\x10max_message_size\x18\x01 \x01(\rR\x0emaxMessageSize\x12\x1d\n\nmax_pixels\x18\x02 \x01(\x04R\tmaxPixels\x12#\n\rimage_formats\x18\x03 \x03(\tR\x0cimageFormats\x120\n\x14max_concurrent_calls\x18\x04 \x01(\rR\x12maxConcurrentCalls\x120\n\x14body_timeout_seconds\x18\x05 \x01(\x01R\x12bodyTimeoutSeconds2\xcc\x01\n\x08Pipeline\x128\n\x0bRunPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response\x12?\n\x0eStreamPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response(\x010\x01\x12E\n\x08Describe\x12\x1b.emotion.v1.DescribeRequest\x1a\x1c.emotion.v1.DescribeResponseb\x06proto3'
+    b'\n\x18emotion/v1/emotion.proto\x12\nemotion.v1"F\n\x04BBox\x12\x0e\n\x02x1\x18\x01 \x01(\x02R\x02x1\x12\x0e\n\x02y1\x18\x02 \x01(\x02R\x02y1\x12\x0e\n\x02x2\x18\x03 \x01(\x02R\x02x2\x12\x0e\n\x02y2\x18\x04 \x01(\x02R\x02y2"\xbe\x01\n\nExpression\x12\x18\n\x07neutral\x18\x01 \x01(\x02R\x07neutral\x12\x14\n\x05anger\x18\x02 \x01(\x02R\x05anger\x12\x18\n\x07disgust\x18\x03 \x01(\x02R\x07disgust\x12\x12\n\x04fear\x18\x04 \x01(\x02R\x04fear\x12\x1c\n\thappiness\x18\x05 \x01(\x02R\thappiness\x12\x18\n\x07sadness\x18\x06 \x01(\x02R\x07sadness\x12\x1a\n\x08surprise\x18\x07 \x01(\x02R\x08surprise"#\n\x05Point\x12\x0c\n\x01x\x18\x01 \x01(\x02R\x01x\x12\x0c\n\x01y\x18\x02 \x01(\x02R\x01y"\x9e\x02\n\tLandmarks\x12.\n\tright_eye\x18\x01 \x01(\x0b2\x11.emotion.v1.PointR\x08rightEye\x12,\n\x08left_eye\x18\x02 \x01(\x0b2\x11.emotion.v1.PointR\x07leftEye\x12,\n\x08nose_tip\x18\x03 \x01(\x0b2\x11.emotion.v1.PointR\x07noseTip\x12\'\n\x05mouth\x18\x04 \x01(\x0b2\x11.emotion.v1.PointR\x05mouth\x12.\n\tright_ear\x18\x05 \x01(\x0b2\x11.emotion.v1.PointR\x08rightEar\x12,\n\x08left_ear\x18\x06 \x01(\x0b2\x11.emotion.v1.PointR\x07leftEar"\xc5\x02\n\x06Result\x12$\n\x04bbox\x18\x01 \x01(\x0b2\x10.emotion.v1.BBoxR\x04bbox\x126\n\nexpression\x18\x02 \x01(\x0b2\x16.emotion.v1.ExpressionR\nexpression\x12#\n\nconfidence\x18\x03 \x01(\x02H\x00R\nconfidence\x88\x01\x01\x123\n\tlandmarks\x18\x04 \x01(\x0b2\x15.emotion.v1.LandmarksR\tlandmarks\x12\x1e\n\x08track_id\x18\x05 \x01(\rH\x01R\x07trackId\x88\x01\x01\x12G\n\x13smoothed_expression\x18\x06 \x01(\x0b2\x16.emotion.v1.ExpressionR\x12smoothedExpressionB\r\n\x0b_confidenceB\x0b\n\t_track_id"\x97\x01\n\x07Options\x12\x1b\n\tmax_faces\x18\x01 \x01(\rR\x08maxFaces\x12*\n\x0emin_confidence\x18\x02 \x01(\x02H\x00R\rminConfidence\x88\x01\x01\x120\n\x08tracking\x18\x03 \x01(\x0b2\x14.emotion.v1.TrackingR\x08trackingB\x11\n\x0f_min_confidence"V\n\x08Tracking\x12+\n\x11smoothing_seconds\x18\x01 \x01(\x02R\x10smoothingSeconds\x12\x1d\n\nframe_rate\x18\x02 \x01(\x02R\tframeRate"\x81\x01\n\x07Request\x12\x14\n\x05image\x18\x01 \x01(\x0cR\x05image\x12-\n\x07options\x18\x02 \x01(\x0b2\x13.emotion.v1.OptionsR\x07options\x12"\n\nframe_time\x18\x03 \x01(\x01H\x00R\tframeTime\x88\x01\x01B\r\n\x0b_frame_time"\x9f\x01\n\x08Response\x12.\n\x08response\x18\x01 \x03(\x0b2\x12.emotion.v1.ResultR\x08response\x12.\n\x05model\x18\x02 \x01(\x0b2\x18.emotion.v1.ModelVersionR\x05model\x123\n\x07summary\x18\x03 \x01(\x0b2\x19.emotion.v1.StreamSummaryR\x07summary"Y\n\rStreamSummary\x120\n\x06tracks\x18\x01 \x03(\x0b2\x18.emotion.v1.TrackSummaryR\x06tracks\x12\x16\n\x06frames\x18\x02 \x01(\rR\x06frames"\xaf\x02\n\x0cTrackSummary\x12\x19\n\x08track_id\x18\x01 \x01(\rR\x07trackId\x12\x1f\n\x0bfirst_frame\x18\x02 \x01(\rR\nfirstFrame\x12\x1d\n\nlast_frame\x18\x03 \x01(\rR\tlastFrame\x12\x1f\n\x0bframes_seen\x18\x04 \x01(\rR\nframesSeen\x12#\n\rfirst_seconds\x18\x05 \x01(\x01R\x0cfirstSeconds\x12!\n\x0clast_seconds\x18\x06 \x01(\x01R\x0blastSeconds\x12?\n\x0fmean_expression\x18\x07 \x01(\x0b2\x16.emotion.v1.ExpressionR\x0emeanExpression\x12\x1a\n\x08dominant\x18\x08 \x01(\tR\x08dominant"<\n\x0cModelVersion\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version"\x11\n\x0fDescribeRequest"\x9f\x01\n\x10DescribeResponse\x122\n\x05model\x18\x01 \x01(\x0b2\x1c.emotion.v1.ModelDescriptionR\x05model\x120\n\x06limits\x18\x02 \x01(\x0b2\x18.emotion.v1.ServerLimitsR\x06limits\x12%\n\x0eserver_version\x18\x03 \x01(\tR\rserverVersion"\xd3\x01\n\x10ModelDescription\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12%\n\x0eweights_digest\x18\x03 \x01(\tR\rweightsDigest\x12\x16\n\x06labels\x18\x04 \x03(\tR\x06labels\x12)\n\x10fills_confidence\x18\x05 \x01(\x08R\x0ffillsConfidence\x12\'\n\x0ffills_landmarks\x18\x06 \x01(\x08R\x0efillsLandmarks"\xe0\x01\n\x0cServerLimits\x12(\n\x10max_message_size\x18\x01 \x01(\rR\x0emaxMessageSize\x12\x1d\n\nmax_pixels\x18\x02 \x01(\x04R\tmaxPixels\x12#\n\rimage_formats\x18\x03 \x03(\tR\x0cimageFormats\x120\n\x14max_concurrent_calls\x18\x04 \x01(\rR\x12maxConcurrentCalls\x120\n\x14body_timeout_seconds\x18\x05 \x01(\x01R\x12bodyTimeoutSeconds2\xcc\x01\n\x08Pipeline\x128\n\x0bRunPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response\x12?\n\x0eStreamPipeline\x12\x13.emotion.v1.Request\x1a\x14.emotion.v1.Response(\x010\x01\x12E\n\x08Describe\x12\x1b.emotion.v1.DescribeRequest\x1a\x1c.emotion.v1.DescribeResponseb\x06proto3'
 )
 
 
@@ -661,8 +832,14 @@ class PipelineBase(betterproto2_grpclib.ServiceBase):
         next only when it has room, so a fast sender is slowed down by HTTP/2
         flow control rather than filling the server's memory.
 
+        When the first request's options set `tracking`, each face of each
+        answer carries its track id and smoothed expression, and once the caller
+        ends its side, one more Response carries the `summary` of every track
+        and answers no image. Tracks live in one call: a new call starts anew.
+
         Errors end the stream: INVALID_ARGUMENT names the image (counting from
-        0) that was not a usable image; other statuses as for RunPipeline.
+        0) that was not a usable image, or whose tracking options or frame time
+        cannot be used; other statuses as for RunPipeline.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
