@@ -18,13 +18,13 @@ from conftest import TESTS, StartServer
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 from grpc_tools import protoc
 from grpclib.client import Channel
+from support.original import ORIGINAL, generated
 from support.sample_models import ConfidentModel, SizeModel
 
 from emotion import BBox, Expression, PipelineStub, Request, Response, Result, Server
 from emotion.contract import EXPRESSION_FIELDS, FILE_DESCRIPTOR, ModelVersion
 from emotion.decode import decode_image
 
-ORIGINAL = TESTS / "original_contract"
 PROTOS = TESTS.parent / "protos"
 GENERATED = Path(sys.modules["emotion.contract"].__file__ or "").parent / "_generated"
 
@@ -32,26 +32,8 @@ GENERATED = Path(sys.modules["emotion.contract"].__file__ or "").parent / "_gene
 @pytest.fixture(scope="module")
 def original(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType, ModuleType]]:
     """Modules protoc generates for grpcio from the original contract."""
-    out = tmp_path_factory.mktemp("original")
-    assert (
-        protoc.main(
-            [
-                "protoc",
-                f"-I{ORIGINAL}",
-                f"--python_out={out}",
-                f"--grpc_python_out={out}",
-                str(ORIGINAL / "emotion.proto"),
-            ]
-        )
-        == 0
-    )
-    sys.path.insert(0, str(out))
-    try:
-        yield importlib.import_module("emotion_pb2"), importlib.import_module("emotion_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
-        sys.modules.pop("emotion_pb2", None)
-        sys.modules.pop("emotion_pb2_grpc", None)
+    with generated(tmp_path_factory.mktemp("original")) as modules:
+        yield modules
 
 
 def test_expression_fields_are_the_seven_expressions_in_contract_order() -> None:

@@ -9,9 +9,7 @@ does not depend on how one library happens to treat fields it does not know.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -19,12 +17,11 @@ from typing import Any
 import grpc
 import pytest
 from conftest import TESTS
-from grpc_tools import protoc
+from support.original import ORIGINAL, generated
 from support.served import PIPE, start_serving
 
 from emotion import Response
 
-ORIGINAL = TESTS / "original_contract"
 NODE_CLIENT = ORIGINAL / "node_client.js"
 GROUP = TESTS / "fixtures" / "group.jpg"
 
@@ -40,16 +37,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def original(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType, Any]]:
     """Modules protoc generates for grpcio from the original contract."""
-    out = tmp_path_factory.mktemp("original")
-    arguments = [f"-I{ORIGINAL}", f"--python_out={out}", f"--grpc_python_out={out}"]
-    assert protoc.main(["protoc", *arguments, str(ORIGINAL / "emotion.proto")]) == 0
-    sys.path.insert(0, str(out))
-    try:
-        yield importlib.import_module("emotion_pb2"), importlib.import_module("emotion_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
-        sys.modules.pop("emotion_pb2", None)
-        sys.modules.pop("emotion_pb2_grpc", None)
+    with generated(tmp_path_factory.mktemp("original")) as modules:
+        yield modules
 
 
 def as_json(message: Any) -> Any:
