@@ -323,7 +323,7 @@ def _rounded(expression: Expression) -> dict[str, float]:
 
 
 def request_options(options: PredictOptions) -> Options | None:
-    """The Options that --max-faces, --min-confidence and --track ask for; None for none."""
+    """The Options that --max-faces, --min-confidence and a --stream ask for; None for none."""
     tracking = Tracking(smoothing_seconds=options.smoothing) if options.track else None
     if not options.max_faces and options.min_confidence is None and tracking is None:
         return None

@@ -307,14 +307,14 @@ class PredictOptions(Settings):
             switch=True,
         ),
     )
-    track: bool = field(
+    no_track: bool = field(
         default=False,
         metadata=_predict(
-            "--track",
+            "--no-track",
             parse_bool,
             is_a(bool),
-            "--stream, following each face across the frames: each face's line gains its "
-            "track id and smoothed expression, and a last line sums up each track",
+            "with --stream, answer each frame alone: no track ids, smoothed expressions or "
+            "summary line",
             switch=True,
         ),
     )
@@ -324,7 +324,7 @@ class PredictOptions(Settings):
             "--smoothing",
             parse_float,
             _is_smoothing,
-            "--track, with this time constant in seconds for each track's smoothed "
+            "--stream, with this time constant in seconds for each track's smoothed "
             "expression; 0 for the server's default (1 s)",
             metavar="SECONDS",
         ),
@@ -343,16 +343,21 @@ class PredictOptions(Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # --smoothing implies --track, which implies --stream, as --tls-ca implies --tls.
+        # --smoothing implies --stream, as --tls-ca implies --tls.
         if self.smoothing:
-            object.__setattr__(self, "track", True)
-        if self.track:
+            if self.no_track:
+                raise ValueError("--smoothing smooths each track's expression: not with --no-track")
             object.__setattr__(self, "stream", True)
         if self.stream and self.annotate is not None and self.annotate.suffix:
             raise ValueError(
                 "with --stream, --annotate names a folder for the frames, "
                 f"not a file like {self.annotate}"
             )
+
+    @property
+    def track(self) -> bool:
+        """Whether the stream asks the server to follow each face across its frames."""
+        return self.stream and not self.no_track
 
 
 @dataclass(frozen=True)

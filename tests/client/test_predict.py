@@ -67,8 +67,8 @@ async def test_predict_stream_prints_one_line_per_frame_in_order(
     for index, width in enumerate(widths):
         (folder / f"{index:03d}.png").write_bytes(encode(gradient(width, 20), "PNG"))
 
-    code, out, err = await run(
-        "predict", "--stream", str(folder), "--target", f"127.0.0.1:{server.port}"
+    code, out, err = await run(  # each frame alone: tests/client/test_predict_tracking.py tracks
+        "predict", "--stream", "--no-track", str(folder), "--target", f"127.0.0.1:{server.port}"
     )
 
     lines = [json.loads(line) for line in out.splitlines()]
@@ -124,7 +124,9 @@ async def test_predict_edge_cases_are_one_line_each_and_the_run_goes_on(
     )
 
     assert stream_code == 1
-    assert [json.loads(line)["frame"] for line in stream_out.splitlines()] == [0]
+    streamed = [json.loads(line) for line in stream_out.splitlines()]
+    assert [line.get("frame") for line in streamed] == [0, None]  # a frame, then its summary
+    assert streamed[-1]["frames"] == 1
     assert stream_err.splitlines() == [
         f"emotion predict: {empty}: no images in it",
         f"emotion predict: {folder / '1.jpg'}: Is a directory",

@@ -1,4 +1,4 @@
-"""`emotion predict --stream --track`: ids, smoothed expressions, a summary, tracks drawn alike."""
+"""`emotion predict --stream`: ids, smoothed expressions, a summary, tracks drawn alike."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ async def test_predict_stream_track_prints_ids_smoothed_and_a_summary_and_draws_
     drawn = tmp_path / "drawn"
 
     code, out, err = await run(
-        "predict", "--stream", "--track", "--smoothing", "0.5", str(folder),
+        "predict", "--stream", "--smoothing", "0.5", str(folder),
         "--annotate", str(drawn), "--target", f"127.0.0.1:{server.port}",
     )  # fmt: skip
 

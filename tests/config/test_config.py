@@ -286,7 +286,7 @@ PREDICT_SAMPLES: dict[str, tuple[str, Any]] = {
     "--max-attempts": ("1", lambda o: o.retry.max_attempts == 1),
     "--max-faces": ("2", lambda o: o.max_faces == 2),
     "--min-confidence": ("0.75", lambda o: o.min_confidence == 0.75),
-    "--track": ("true", lambda o: o.track is True and o.stream is True),
+    "--no-track": ("true", lambda o: o.no_track is True and o.track is False),
     "--smoothing": ("2.5", lambda o: (o.smoothing, o.track, o.stream) == (2.5, True, True)),
 }
 DEMO_SAMPLES: dict[str, tuple[str, Any]] = {
