@@ -134,9 +134,14 @@ def decode(
     except Exception as exc:
         raise _damaged(image.format, exc) from None
 
-    decoded_size = image.size
     upright = _upright(image)
-    turned = upright.size != decoded_size
+    # Turned a quarter by its EXIF orientation: by exif_transpose, or, for a
+    # TIFF in some Pillow versions (10.x), already by load(). Either way the
+    # sides swapped against the header's, whatever scale the decode used.
+    width, height = upright.size
+    turned = abs(width * stored_width - height * stored_height) < abs(
+        width * stored_height - height * stored_width
+    )
     width, height = (stored_height, stored_width) if turned else (stored_width, stored_height)
     return Decoded(
         image=upright,
