@@ -328,6 +328,21 @@ async def test_close_ends_the_calls_and_the_thread_and_a_call_after_it_says_clos
     assert service.cancelled == 1  # the call in flight ended on the server too
 
 
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raising KeyboardInterrupt, as in a terminal.
+
+    A run started in the background (``cmd &`` in a script) inherits SIGINT
+    ignored, and Python then installs no handler for it.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_an_interrupted_call_is_cancelled_on_the_server(
     scripted_elsewhere: tuple[Scripted, str], jpeg: bytes
 ) -> None:
