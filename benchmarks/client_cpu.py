@@ -61,9 +61,15 @@ def spread(values: list[float], unit: str = "") -> str:
 async def _emotion_calls(
     target: str, payload: bytes
 ) -> tuple[Callable[[], Awaitable[object]], Any]:
-    from emotion import Client
+    import emotion
 
-    client = Client(target)
+    # One connection, as the grpc.aio channel has: a client of this code
+    # would open more for 8 calls in flight (a checkout before it, one only).
+    policy = getattr(emotion, "ConnectionPolicy", None)
+    if policy is None:
+        client = emotion.Client(target)
+    else:
+        client = emotion.Client(target, connections=policy(per_address=1))
     return lambda: client.predict(payload), client.close
 
 
