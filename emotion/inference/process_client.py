@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import contextvars
 import logging
-import socket
-import struct
 import time
 from collections.abc import Coroutine
 
-from emotion.codec import InvalidMessage, encode, parse
+from emotion.codec import encode
 from emotion.contract import ModelDescription, Options
 from emotion.decode import InvalidImage
-from emotion.inference.process_main import ANSWER, READY, REQUEST, STEPS, Status, Steps
+from emotion.inference.process_connection import (
+    Answer,
+    ProcessConnection,
+    Unreachable,
+)
+from emotion.inference.process_main import Status, Steps
 from emotion.inference.threads import Aborted, DeadlinePassed, QueueFull
 from emotion.model import ModelFailure
 from emotion.observability.metrics import NoMetrics, Recorder
@@ -47,113 +49,10 @@ DEPTH = 3
 #: Seconds between tries to reach a process being replaced; doubled up to the maximum.
 _RECONNECT_DELAY = 0.05
 _MAX_RECONNECT_DELAY = 2.0
-#: Bytes an answer may have: a Response is far smaller than any image.
-_READ_LIMIT = 2**24
-_PEER = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-#: A process's answer: its status, the written Response or message, and when its steps ran.
-_Answer = tuple[Status, bytes, Steps]
-
-
-class ProcessExited(Exception):
-    """The inference process holding the call's image exited; the call may be retried."""
-
-    def __init__(self) -> None:
-        super().__init__("the inference process running this call exited; retry")
 
 
 class InferenceProcessError(Exception):
     """What a model raised in an inference process: its traceback there, as text."""
-
-
-class Unreachable(Exception):
-    """No inference process listens at a path the worker was given."""
-
-
-class _Process:
-    """This worker's connection to one inference process, and the calls whose images it holds."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        description: ModelDescription,
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
-        #: What the process said of its model when it took this connection.
-        self.description = description
-        sock = writer.get_extra_info("socket")
-        self.pid: int = _PEER.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size)
-        )[0]
-        self.alive = True
-        #: Images taken for this process and not yet answered (or given back).
-        self.load = 0
-        self._held: collections.deque[asyncio.Future[_Answer]] = collections.deque()
-
-    @classmethod
-    async def connect(cls, path: str) -> _Process:
-        try:
-            reader, writer = await asyncio.open_unix_connection(path, limit=_READ_LIMIT)
-        except OSError as exc:  # no file yet, or nobody listening: it is starting
-            raise Unreachable(f"no inference process at {path}: {exc.strerror}") from None
-        # A process that is exiting may still accept a connection, and never
-        # answers on it: only one that says READY takes images.
-        description = None
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, InvalidMessage):
-            status, size = ANSWER.unpack(await reader.readexactly(ANSWER.size))
-            if status == READY:
-                description = parse(ModelDescription, await reader.readexactly(size))
-        if description is None:
-            writer.close()
-            raise Unreachable(f"the inference process at {path} is exiting")
-        return cls(reader, writer, description)
-
-    def send(
-        self, image: bytes, deadline: float | None, options: bytes = b""
-    ) -> asyncio.Future[_Answer]:
-        answer: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-        self._held.append(answer)
-        # One write: the head alone would wake the process for 16 bytes, then
-        # again for the image (8% more calls/s with the medium JPEG).
-        head = REQUEST.pack(deadline or 0.0, len(options), len(image))
-        self._writer.write(head + options + image if options else head + image)
-        return answer
-
-    async def answer_all(self) -> None:
-        """Hand each answer to its call until the process exits; then fail the calls it held."""
-        try:
-            while True:
-                answer = await self._read()
-                held = self._held.popleft()
-                if not held.done():  # its caller left, or the server aborted it
-                    held.set_result(answer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.alive = False
-            while self._held:
-                held = self._held.popleft()
-                if not held.done():
-                    held.set_exception(ProcessExited())
-
-    def abort(self) -> None:
-        for held in self._held:
-            if not held.done():
-                held.set_exception(Aborted())
-
-    async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self._writer.wait_closed()
-
-    async def _read(self) -> _Answer:
-        head = await self._reader.readexactly(ANSWER.size + STEPS.size)
-        status, size = ANSWER.unpack_from(head)
-        steps = Steps._make(STEPS.unpack_from(head, ANSWER.size))
-        return Status(status), await self._reader.readexactly(size), steps
 
 
 class InferenceProcesses:
@@ -174,9 +73,9 @@ class InferenceProcesses:
         self._metrics = metrics or NoMetrics()
         self._tracing = tracing or NoTracing()
         self._queued = 0
-        self._waiting: collections.deque[asyncio.Future[_Process]] = collections.deque()
+        self._waiting: collections.deque[asyncio.Future[ProcessConnection]] = collections.deque()
         # By path: the one this worker reaches there now.
-        self._processes: dict[str, _Process] = {}
+        self._processes: dict[str, ProcessConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._description: ModelDescription | None = None
@@ -207,11 +106,11 @@ class InferenceProcesses:
         for path, process in zip(self.paths, connected, strict=True):
             self._serve(path, process)
 
-    async def _connect(self, path: str) -> _Process:
+    async def _connect(self, path: str) -> ProcessConnection:
         delay = _RECONNECT_DELAY
         while True:
             try:
-                return await _Process.connect(path)
+                return await ProcessConnection.connect(path)
             except Unreachable:
                 await asyncio.sleep(delay)
                 delay = min(_MAX_RECONNECT_DELAY, delay * 2)
@@ -251,7 +150,7 @@ class InferenceProcesses:
 
     async def _run(
         self, image: bytes, deadline: float | None, queued: int, options: bytes
-    ) -> _Answer:
+    ) -> Answer:
         try:
             process = await self._take()
         except BaseException:
@@ -285,8 +184,8 @@ class InferenceProcesses:
 
     def _answered_unobserved(
         self,
-        answer: asyncio.Future[_Answer],
-        process: _Process,
+        answer: asyncio.Future[Answer],
+        process: ProcessConnection,
         queued: int,
         context: contextvars.Context,
     ) -> None:
@@ -320,12 +219,12 @@ class InferenceProcesses:
         await asyncio.gather(*(p.close() for p in processes), return_exceptions=True)
         self._processes.clear()
 
-    async def _take(self) -> _Process:
+    async def _take(self) -> ProcessConnection:
         process = self._least_loaded()
         if process is not None:
             process.load += 1
             return process
-        waiter: asyncio.Future[_Process] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[ProcessConnection] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         try:
             return await waiter
@@ -335,7 +234,7 @@ class InferenceProcesses:
                 self._give_back(waiter.result())
             raise
 
-    def _least_loaded(self) -> _Process | None:
+    def _least_loaded(self) -> ProcessConnection | None:
         """The process with the fewest of this worker's images; the first in ``paths`` of equals.
 
         Fewest first: two images never wait on one process while another
@@ -345,7 +244,7 @@ class InferenceProcesses:
         gives each worker the paths from a different one on, so that workers
         with a call each do not pile onto one process.
         """
-        best: _Process | None = None
+        best: ProcessConnection | None = None
         for path in self.paths:
             process = self._processes.get(path)
             if process is None or not process.alive or process.load >= self.depth:
@@ -356,12 +255,12 @@ class InferenceProcesses:
                     break
         return best
 
-    def _give_back(self, process: _Process) -> None:
+    def _give_back(self, process: ProcessConnection) -> None:
         process.load -= 1
         if process.alive:
             self._hand_to_waiter(process)
 
-    def _hand_to_waiter(self, process: _Process) -> bool:
+    def _hand_to_waiter(self, process: ProcessConnection) -> bool:
         """Give a place on ``process`` to the call that has waited longest; False if none waits."""
         while self._waiting:
             waiter = self._waiting.popleft()
@@ -371,7 +270,7 @@ class InferenceProcesses:
                 return True
         return False
 
-    def _serve(self, path: str, process: _Process) -> None:
+    def _serve(self, path: str, process: ProcessConnection) -> None:
         self._processes[path] = process
         self._description = process.description
         for _ in range(self.depth):
@@ -379,7 +278,7 @@ class InferenceProcesses:
                 break
         self._spawn(self._watch(path, process))
 
-    async def _watch(self, path: str, process: _Process) -> None:
+    async def _watch(self, path: str, process: ProcessConnection) -> None:
         await process.answer_all()
         if self._processes.get(path) is process:
             del self._processes[path]

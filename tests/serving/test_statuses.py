@@ -8,7 +8,7 @@ from grpclib.exceptions import GRPCError
 
 from emotion.codec import InvalidMessage
 from emotion.decode import InvalidImage
-from emotion.inference.process_client import ProcessExited
+from emotion.inference.process_connection import ProcessExited
 from emotion.inference.threads import Aborted, DeadlinePassed, QueueFull
 from emotion.model import InvalidOptions, ModelFailure
 from emotion.security import Unauthenticated
