@@ -33,8 +33,9 @@ Modules, one concern each:
   trailer grpclib's metadata drops (``grpc-``); and channel_to and
   connect, a channel to one address of a name, dialled ahead.
 - ``client_connection``: H2ClientConnection, h2's connection sending a
-  message without h2's copies and reading frames unformatted; and
-  RepeatingEncoder, HPACK's encoder giving a block of indexes again.
+  message without h2's copies and reading frames unformatted.
+- ``header_blocks``: RepeatingEncoder, HPACK's encoder giving a block of
+  indexes again.
 - ``building``: grpclib's ``connection_made``, building our h2 connection
   (for the server's protocol and the client's).
 - ``trailers``: add_trailer, a ``grpc-`` trailer grpclib's metadata refuses

@@ -42,7 +42,8 @@ from test_boundary import (
 
 import emotion.transport
 from emotion.transport.client import ClientChannel, UnaryCall
-from emotion.transport.client_connection import H2ClientConnection, RepeatingEncoder
+from emotion.transport.client_connection import H2ClientConnection
+from emotion.transport.header_blocks import RepeatingEncoder
 from emotion.transport.writes import CoalescingTransport
 
 PATH = "/test.Echo/Echo"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -11,9 +9,9 @@ import pytest
 from h2.config import DummyLogger, H2Configuration
 from h2.connection import H2Connection
 from h2.settings import SettingCodes
-from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hpack import NeverIndexedHeaderTuple
 
-from emotion.transport.client_connection import H2ClientConnection, RepeatingEncoder
+from emotion.transport.client_connection import H2ClientConnection
 
 HEADERS = [
     (b":method", b"POST"),
@@ -126,40 +124,3 @@ def test_answers_read_give_h2s_events_and_its_log_lines(
     if ours_logger is not None and theirs_logger is not None:
         assert ours_logger.lines == theirs_logger.lines
         assert any(line.startswith("Received frame: HeadersFrame(") for line in ours_logger.lines)
-
-
-def block_sequence(seed: int) -> list[tuple[list[Any], int | None]]:
-    """Header lists as a client sends them, with deadlines, metadata, and table resizes."""
-    rnd = random.Random(seed)
-    blocks: list[tuple[list[Any], int | None]] = []
-    for n in range(2000):
-        headers: list[Any] = list(HEADERS)
-        if rnd.random() < 0.5:
-            timeout = f"{rnd.randint(1, 99_999)}m".encode()
-            headers.append(NeverIndexedHeaderTuple(b"grpc-timeout", timeout))
-        if rnd.random() < 0.05:
-            headers.append((b"traceparent", f"00-{rnd.getrandbits(128):032x}-01".encode()))
-        if rnd.random() < 0.01:
-            headers.insert(3, (b"x-other", str(n).encode()))
-        resize = rnd.choice([0, 256, 4096, 65536]) if rnd.random() < 0.01 else None
-        blocks.append((headers, resize))
-    return blocks
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_repeating_encoder_writes_what_hpack_writes(seed: int) -> None:
-    ours, theirs, decoder = RepeatingEncoder(), Encoder(), Decoder()
-    decoder.max_allowed_table_size = 65536
-    repeated = 0
-
-    for headers, resize in block_sequence(seed):
-        if resize is not None:
-            ours.header_table_size = theirs.header_table_size = resize
-        plain = tuple(itertools.takewhile(lambda header: type(header) is tuple, headers))
-        repeated += plain in ours._blocks
-        block = ours.encode(list(headers))
-
-        assert block == theirs.encode(list(headers))
-        assert decoder.decode(block, raw=True) == [tuple(h) for h in headers]
-
-    assert repeated > 500  # blocks began with one kept (none while the table is too small)
