@@ -34,8 +34,10 @@ Modules, one concern each:
   connect, a channel to one address of a name, dialled ahead.
 - ``client_connection``: H2ClientConnection, h2's connection sending a
   message without h2's copies and reading frames unformatted.
-- ``header_blocks``: RepeatingEncoder, HPACK's encoder giving a block of
-  indexes again.
+- ``header_blocks``: HPACK as our connections use it (no internals but one
+  below): RepeatingEncoder and RepeatingDecoder, giving again what they
+  coded for a block of indexes; AnswerEncoder, the server's, writing
+  literals raw and a value of one call out of the table.
 - ``building``: grpclib's ``connection_made``, building our h2 connection
   (for the server's protocol and the client's).
 - ``trailers``: add_trailer, a ``grpc-`` trailer grpclib's metadata refuses
@@ -164,7 +166,12 @@ h2
       outgoing buffer), which it also empties in order.
     - ``H2Connection.encoder``: replaced by our RepeatingEncoder, an hpack
       ``Encoder`` extending ``encode`` and ``Encoder.header_table_size``
-      (its setter, which h2 calls on the server's SETTINGS).
+      (its setter, which h2 calls on the server's SETTINGS); on the server,
+      by our AnswerEncoder, extending ``encode``.
+    - ``H2Connection.decoder``: the client's replaced by our RepeatingDecoder,
+      an hpack ``Decoder`` extending ``decode``, made with h2's
+      ``Decoder.max_header_list_size``; a block read from kept fields runs
+      hpack's check of the table's size, ``Decoder._assert_valid_table_size``.
 
 hyperframe
     - ``Frame._body_repr``: overridden for DATA frames; its text must stay

@@ -16,7 +16,7 @@ from h2.config import DummyLogger, H2Configuration
 from h2.connection import H2Connection
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, WindowUpdateFrame
 
-from emotion.transport.header_blocks import RepeatingEncoder
+from emotion.transport.header_blocks import RepeatingDecoder, RepeatingEncoder
 
 if TYPE_CHECKING:
     from h2.events import Event
@@ -56,14 +56,16 @@ class H2ClientConnection(H2Connection):
     grpclib's own writes.
 
     When h2 has no logger (grpclib's channel gives it none), received
-    frames are not formatted for the log that nothing keeps; and request
-    headers already in HPACK's tables are not encoded again
-    (:class:`RepeatingEncoder`).
+    frames are not formatted for the log that nothing keeps; and headers
+    already in HPACK's tables are not coded again (:class:`RepeatingEncoder`,
+    :class:`RepeatingDecoder`).
     """
 
     def __init__(self, config: H2Configuration | None = None) -> None:
         super().__init__(config=config)
-        self.encoder = RepeatingEncoder()  # nothing encoded yet: the same empty table
+        # Nothing coded yet: the same empty tables, h2's limit on a header list.
+        self.encoder = RepeatingEncoder()
+        self.decoder = RepeatingDecoder(self.decoder.max_header_list_size)
         #: Frames to send, before those in h2's own buffer.
         self._chunks: list[bytes] = []
         self._quiet = type(self.config.logger) is DummyLogger

@@ -28,6 +28,7 @@ import grpclib.server
 import grpclib.utils
 import h2.connection
 import h2.stream
+import hpack
 import hyperframe.frame
 import pytest
 from conftest import subprocess_env
@@ -131,6 +132,7 @@ STATIC = [
     ),
     Expect("H2Connection.receive_data", H2Connection, "receive_data", FUNCTION, "a method"),
     Expect("H2Connection.streams", H2, "streams", of_type(dict), "a dict"),
+    Expect("H2Connection.encoder", H2, "encoder", of_type(hpack.Encoder), "an hpack Encoder"),
     Expect(
         "H2Stream.closed",
         h2.stream.H2Stream,

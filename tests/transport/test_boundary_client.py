@@ -43,7 +43,7 @@ from test_boundary import (
 import emotion.transport
 from emotion.transport.client import ClientChannel, UnaryCall
 from emotion.transport.client_connection import H2ClientConnection
-from emotion.transport.header_blocks import RepeatingEncoder
+from emotion.transport.header_blocks import RepeatingDecoder, RepeatingEncoder
 from emotion.transport.writes import CoalescingTransport
 
 PATH = "/test.Echo/Echo"
@@ -183,6 +183,21 @@ CLIENT_STATIC = [
         "an hpack Encoder",
     ),
     Expect(
+        "H2Connection.decoder",
+        h2.connection.H2Connection(),
+        "decoder",
+        of_type(hpack.Decoder),
+        "an hpack Decoder",
+    ),
+    Expect(
+        "Decoder.max_header_list_size",
+        hpack.Decoder(),
+        "max_header_list_size",
+        of_type(int),
+        "an int",
+    ),
+    method(hpack.Decoder, "_assert_valid_table_size", "Decoder._assert_valid_table_size"),
+    Expect(
         "Encoder.header_table_size",
         hpack.Encoder,
         "header_table_size",
@@ -282,6 +297,13 @@ def client_expectations(called: Called) -> list[Expect]:
             "encoder",
             of_type(RepeatingEncoder),
             "our RepeatingEncoder",
+        ),
+        Expect(
+            "H2Connection.decoder",
+            getattr(connection, "_connection", None),
+            "decoder",
+            of_type(RepeatingDecoder),
+            "our RepeatingDecoder",
         ),
         Expect(
             "grpclib.client.Stream._stream",
