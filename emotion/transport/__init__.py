@@ -33,7 +33,8 @@ Modules, one concern each:
   trailer grpclib's metadata drops (``grpc-``); and channel_to and
   connect, a channel to one address of a name, dialled ahead.
 - ``client_connection``: H2ClientConnection, h2's connection sending a
-  message without h2's copies and reading frames unformatted.
+  message without h2's copies and reading frames unformatted; and
+  AnswerFrameBuffer, an answer's frames built without hyperframe's parse.
 - ``header_blocks``: HPACK as our connections use it (no internals but one
   below): RepeatingEncoder and RepeatingDecoder, giving again what they
   coded for a block of indexes; AnswerEncoder, the server's, writing
@@ -168,12 +169,20 @@ h2
       ``Encoder`` extending ``encode`` and ``Encoder.header_table_size``
       (its setter, which h2 calls on the server's SETTINGS); on the server,
       by our AnswerEncoder, extending ``encode``.
+    - the client's ``H2Connection.incoming_buffer``: replaced by our
+      AnswerFrameBuffer, which extends ``FrameBuffer.__next__``, reads
+      ``FrameBuffer._data`` (the bytes not yet read) and
+      ``FrameBuffer._headers_buffer``, and checks a frame's size with
+      ``FrameBuffer._validate_frame_length``.
     - ``H2Connection.decoder``: the client's replaced by our RepeatingDecoder,
       an hpack ``Decoder`` extending ``decode``, made with h2's
       ``Decoder.max_header_list_size``; a block read from kept fields runs
       hpack's check of the table's size, ``Decoder._assert_valid_table_size``.
 
 hyperframe
+    - an answer's DATA and HEADERS frames are built without their
+      constructors, with every attribute they and ``Frame.parse_body`` set
+      (a test compares all of them with hyperframe's own parse).
     - ``Frame._body_repr``: overridden for DATA frames; its text must stay
       that of ``hyperframe.frame._raw_data_repr``, which is only read (by the
       tests), never replaced.

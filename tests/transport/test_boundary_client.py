@@ -30,6 +30,7 @@ from grpclib.encoding.base import CodecBase
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.server import Stream
 from h2.config import H2Configuration
+from h2.frame_buffer import FrameBuffer
 from test_boundary import (
     FUNCTION,
     Expect,
@@ -42,7 +43,7 @@ from test_boundary import (
 
 import emotion.transport
 from emotion.transport.client import ClientChannel, UnaryCall
-from emotion.transport.client_connection import H2ClientConnection
+from emotion.transport.client_connection import AnswerFrameBuffer, H2ClientConnection
 from emotion.transport.header_blocks import RepeatingDecoder, RepeatingEncoder
 from emotion.transport.writes import CoalescingTransport
 
@@ -183,6 +184,19 @@ CLIENT_STATIC = [
         "an hpack Encoder",
     ),
     Expect(
+        "H2Connection.incoming_buffer",
+        h2.connection.H2Connection(),
+        "incoming_buffer",
+        of_type(FrameBuffer),
+        "an h2 FrameBuffer",
+    ),
+    Expect("FrameBuffer._data", FrameBuffer(), "_data", of_type(bytearray), "a bytearray"),
+    Expect(
+        "FrameBuffer._headers_buffer", FrameBuffer(), "_headers_buffer", of_type(list), "a list"
+    ),
+    method(FrameBuffer, "__next__", "FrameBuffer.__next__"),
+    method(FrameBuffer, "_validate_frame_length", "FrameBuffer._validate_frame_length"),
+    Expect(
         "H2Connection.decoder",
         h2.connection.H2Connection(),
         "decoder",
@@ -297,6 +311,13 @@ def client_expectations(called: Called) -> list[Expect]:
             "encoder",
             of_type(RepeatingEncoder),
             "our RepeatingEncoder",
+        ),
+        Expect(
+            "H2Connection.incoming_buffer",
+            getattr(connection, "_connection", None),
+            "incoming_buffer",
+            of_type(AnswerFrameBuffer),
+            "our AnswerFrameBuffer",
         ),
         Expect(
             "H2Connection.decoder",

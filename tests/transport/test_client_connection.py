@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from h2.config import DummyLogger, H2Configuration
 from h2.connection import H2Connection
+from h2.exceptions import ProtocolError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from hpack import NeverIndexedHeaderTuple
+from hyperframe.exceptions import HyperframeError
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
-from emotion.transport.client_connection import H2ClientConnection
+from emotion.transport.client_connection import AnswerFrameBuffer, H2ClientConnection
 
 HEADERS = [
     (b":method", b"POST"),
@@ -124,3 +139,79 @@ def test_answers_read_give_h2s_events_and_its_log_lines(
     if ours_logger is not None and theirs_logger is not None:
         assert ours_logger.lines == theirs_logger.lines
         assert any(line.startswith("Received frame: HeadersFrame(") for line in ours_logger.lines)
+
+
+def random_frames(rnd: random.Random) -> bytes:
+    """Frames of every kind a client may receive, well formed or not, as one byte string."""
+
+    def one() -> bytearray:
+        stream_id = rnd.choice([0, 1, 3, 2**31 - 1])
+        flags = set()
+        pad = rnd.randint(0, 5)
+        roll = rnd.random()
+        if roll < 0.3:
+            padded = rnd.random() < 0.2
+            frame: Frame = DataFrame(
+                stream_id or 1, data=rnd.randbytes(rnd.randint(0, 80)), pad_length=pad * padded
+            )
+            flags.update(["PADDED"] if padded else [])
+        elif roll < 0.6:
+            flags.update(rnd.sample(["END_HEADERS", "PADDED", "PRIORITY"], rnd.randint(0, 3)))
+            frame = HeadersFrame(
+                stream_id or 1,
+                data=rnd.randbytes(rnd.randint(0, 80)),
+                pad_length=pad * ("PADDED" in flags),
+                depends_on=rnd.randint(0, 9),
+                stream_weight=rnd.randint(0, 255),
+                exclusive=rnd.random() < 0.5,
+            )
+        elif roll < 0.7:
+            frame = ContinuationFrame(stream_id or 1, data=rnd.randbytes(rnd.randint(0, 20)))
+            if rnd.random() < 0.7:
+                flags.add("END_HEADERS")
+        else:
+            frame = rnd.choice(
+                [
+                    WindowUpdateFrame(stream_id, window_increment=rnd.randint(1, 2**20)),
+                    PingFrame(0, opaque_data=rnd.randbytes(8)),
+                    SettingsFrame(0, settings={4: 2**20}),
+                    RstStreamFrame(stream_id or 1, error_code=rnd.randint(0, 13)),
+                    GoAwayFrame(0, last_stream_id=3, error_code=0),
+                ]
+            )
+        if isinstance(frame, (DataFrame, HeadersFrame)) and rnd.random() < 0.5:
+            flags.add("END_STREAM")
+        for flag in flags:
+            frame.flags.add(flag)
+        data = bytearray(frame.serialize())
+        if rnd.random() < 0.1:
+            data[5] |= 0x80  # the reserved bit, which a reader ignores
+        if rnd.random() < 0.05:
+            data[3] = 0  # the frame read as DATA (on stream 0, for a connection frame)
+        return data
+
+    return b"".join(one() for _ in range(rnd.randint(1, 30)))
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_an_answers_frames_are_built_as_hyperframe_builds_them(seed: int) -> None:
+    data = random_frames(random.Random(seed))
+    cuts = random.Random(seed)
+    ours: list[Any] = []
+    theirs: list[Any] = []
+    for buffer, seen in ((AnswerFrameBuffer(), ours), (FrameBuffer(), theirs)):
+        rest = data
+        buffer.max_frame_size = 64
+        try:
+            while rest:
+                cut = cuts.randint(1, 60)
+                buffer.add_data(rest[:cut])
+                rest = rest[cut:]
+                for frame in buffer:
+                    attributes = {k: v for k, v in vars(frame).items() if k != "flags"}
+                    seen.append((type(frame), sorted(frame.flags), attributes))
+        except (ProtocolError, HyperframeError) as exc:  # h2 lets some of hyperframe's through
+            seen.append(type(exc))
+        cuts = random.Random(seed)  # the same pieces for both
+
+    assert ours == theirs
