@@ -1,16 +1,26 @@
 """The calling process's CPU per call: emotion.Client against a grpc.aio channel, one connection.
 
-    python benchmarks/client_cpu.py                  # small, medium, large JPEG; 3 rounds
-    python benchmarks/client_cpu.py --images small --rounds 5
-    python benchmarks/client_cpu.py --images small --profile emotion   # cProfile of one run
+    python benchmarks/client_cpu.py                  # small, medium, large JPEG; 15 rounds
+    python benchmarks/client_cpu.py --images small --rounds 30
+    python benchmarks/client_cpu.py --images small --profile emotion   # cProfile of one window
 
 One ``emotion serve`` with the mock model (one worker) answers every client.
-Each client runs in a process of its own, started afresh for each point, so
-that nothing of one library (grpcio's threads, a warm cache) is counted
-against the other: 8 callers in flight over one connection, closed loop,
-``--seconds`` after ``--warmup``, and the CPU the process spent
-(``time.process_time``, every thread of it) divided by the calls answered in
-that time. The clients:
+Each client runs in a process of its own (nothing of one library, grpcio's
+threads or a warm cache, is counted against the other), started once per
+image and kept: it connects, warms up, and then waits. A round asks each
+client in turn, starting with the next one each round, for one window: its
+8 callers start over one connection, run ``--ramp`` seconds unmeasured and
+``--seconds`` measured, closed loop, and stop; only one client loads the
+server at a time. A window's figure is the CPU the process spent
+(``time.process_time``, every thread of it) divided by the calls answered
+in it.
+
+Windows a few seconds apart meet the same machine: this one's speed
+wanders by 20-30% within minutes, more than the differences measured, so
+each round's windows are compared with each other, never with another
+round's. The report gives each client's CPU per call and its ratio to
+grpc.aio's window of the same round, as the median over the rounds and the
+range. The clients:
 
 - ``emotion``: ``emotion.Client.predict`` with its defaults (retries on).
 - ``grpc.aio``: a grpcio channel doing the same message work per call: each
@@ -19,9 +29,6 @@ that time. The clients:
   and keeping each answer's bytes unread, as the serving benchmark's load
   generator does: grpcio's floor.
 
-Every round runs each client once per image, one after another, starting
-with the next client each round; the report gives the median of the rounds
-and their range, and each client's CPU over grpc.aio's in the same round.
 A client that gets fewer calls through in its window batches fewer per
 read and write, and spends more per call: compare the calls/s too.
 """
@@ -106,7 +113,8 @@ async def _grpc_calls(
     return lambda: method(request), close
 
 
-async def measure(args: argparse.Namespace, payload: bytes) -> dict[str, float]:
+async def serve_windows(args: argparse.Namespace, payload: bytes) -> None:
+    """The child: connect, warm up, then run one window per line read, until ``quit``."""
     if args.client == "emotion":
         call, close = await _emotion_calls(args.target, payload)
     else:
@@ -114,75 +122,118 @@ async def measure(args: argparse.Namespace, payload: bytes) -> dict[str, float]:
             args.target, payload, as_bytes=args.client.endswith("bytes")
         )
     loop = asyncio.get_running_loop()
-    state = {"measuring": False, "calls": 0}
+    commands = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    await window(call, args.in_flight, args.warmup, 0.0)  # the connection opened, caches warm
+    print("ready", flush=True)
+    while (line := (await commands.readline()).decode().split()) and line[0] == "window":
+        seconds, ramp = float(line[1]), float(line[2])
+        print(json.dumps(await window(call, args.in_flight, ramp, seconds, args.profile_to)))
+        sys.stdout.flush()
+    result = close()
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def window(
+    call: Callable[[], Awaitable[object]],
+    in_flight: int,
+    ramp: float,
+    seconds: float,
+    profile_to: str = "",
+) -> dict[str, float]:
+    """``in_flight`` callers for ``ramp`` seconds, then ``seconds`` measured; then they stop."""
+    loop = asyncio.get_running_loop()
+    state = {"measuring": False, "stop": False, "calls": 0}
 
     async def caller() -> None:
-        while not state.get("stop"):
+        while not state["stop"]:
             await call()
             if state["measuring"]:
                 state["calls"] += 1
 
-    callers = [asyncio.ensure_future(caller()) for _ in range(args.in_flight)]
-    await asyncio.sleep(args.warmup)
-    profile = cProfile.Profile() if args.profile_to else None
+    callers = [asyncio.ensure_future(caller()) for _ in range(in_flight)]
+    await asyncio.sleep(ramp)
+    profile = cProfile.Profile() if profile_to else None
     cpu, wall = time.process_time(), loop.time()
     state["measuring"] = True
     if profile is not None:
         profile.enable()
-    await asyncio.sleep(args.seconds)
+    await asyncio.sleep(seconds)
     state["measuring"] = False
     cpu, wall = time.process_time() - cpu, loop.time() - wall
     if profile is not None:
         profile.disable()
-        profile.dump_stats(args.profile_to)
+        profile.dump_stats(profile_to)
     state["stop"] = True
     await asyncio.gather(*callers)
-    result = close()
-    if asyncio.iscoroutine(result):
-        await result
     return {"cpu": cpu, "wall": wall, "calls": state["calls"]}
 
 
-# The parent: the server, the rounds, the report.
+# The parent: the server, the clients, the rounds, the report.
 
 
-def run_child(
-    client: str, target: str, image: Path, args: argparse.Namespace, profile_to: str = ""
-) -> dict[str, float]:
-    env = None
-    if client.startswith("emotion from "):
-        # Another checkout's emotion package first on the path: a before/after pair.
-        env = {**os.environ, "PYTHONPATH": client.removeprefix("emotion from ")}
-        client = "emotion"
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        client,
-        "--target",
-        target,
-        "--image-file",
-        str(image),
-        "--seconds",
-        str(args.seconds),
-        "--warmup",
-        str(args.warmup),
-        "--in-flight",
-        str(args.in_flight),
-        "--profile-to",
-        profile_to,
-    ]
-    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+class Child:
+    """One client's process, kept for every window of one image."""
+
+    def __init__(
+        self,
+        client: str,
+        target: str,
+        image: Path,
+        args: argparse.Namespace,
+        profile_to: str = "",
+        *,
+        quiet: bool = False,
+    ) -> None:
+        env = None
+        if client.startswith("emotion from "):
+            # Another checkout's emotion package first on the path: a before/after pair.
+            env = {**os.environ, "PYTHONPATH": client.removeprefix("emotion from ")}
+            client = "emotion"
+        command = [
+            *(sys.executable, __file__, "--child", client, "--target", target),
+            *("--image-file", str(image), "--warmup", str(args.warmup)),
+            *("--in-flight", str(args.in_flight), "--profile-to", profile_to),
+        ]
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if quiet else None,
+            text=True,
+            env=env,
+        )
+        self._args = args
+
+    def ready(self) -> bool:
+        """Whether the client connected and warmed up (False: it failed)."""
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip() == "ready"
+
+    def window(self, seconds: float | None = None) -> dict[str, float]:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        seconds = self._args.seconds if seconds is None else seconds
+        self.process.stdin.write(f"window {seconds} {self._args.ramp}\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("quit\n")
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", nargs="+", default=["small", "medium", "large"])
     parser.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=CLIENTS)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=1.0, help="measured, per window")
+    parser.add_argument("--ramp", type=float, default=0.3, help="unmeasured, per window")
+    parser.add_argument("--warmup", type=float, default=1.5, help="once, per client and image")
     parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument(
         "--also",
@@ -193,7 +244,7 @@ def main() -> None:
         "another checkout, for a before/after pair in the same rounds",
     )
     parser.add_argument(
-        "--profile", choices=CLIENTS, help="print a cProfile of this client, one run"
+        "--profile", choices=CLIENTS, help="print a cProfile of this client, one window"
     )
     parser.add_argument("--child", choices=CLIENTS, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -202,8 +253,8 @@ def main() -> None:
     args = parser.parse_args()
     args.clients += [f"emotion from {Path(folder).resolve()}" for folder in args.also]
     if args.child:
-        args.client, args.image = args.child, args.image_file
-        print(json.dumps(asyncio.run(measure(args, Path(args.image).read_bytes()))))
+        args.client = args.child
+        asyncio.run(serve_windows(args, Path(args.image_file).read_bytes()))
         return
 
     server = Target(
@@ -222,24 +273,32 @@ def main() -> None:
             files[name].write_bytes(data)
     server.start()
     try:
-        _wait_ready(server.address, next(iter(files.values())))
+        _wait_ready(server.address, next(iter(files.values())), args)
         if args.profile:
             _profile(args, server.address, files)
             return
         results: dict[tuple[str, str], list[dict[str, float]]] = {}
-        for round_ in range(args.rounds):
-            for image, path in files.items():
-                # Each round starts with another client: the first after another image
-                # meets a server still settling (its heap trimmed after large images).
-                shift = round_ % len(args.clients)
-                for client in args.clients[shift:] + args.clients[:shift]:
-                    result = run_child(client, server.address, path, args)
-                    results.setdefault((image, client), []).append(result)
-                    print(
-                        f"<!-- round {round_ + 1} {client} {image}: {result['calls']} calls, "
-                        f"{1000 * result['cpu'] / result['calls']:.3f} ms/call -->",
-                        flush=True,
-                    )
+        for image, path in files.items():
+            children = {
+                client: Child(client, server.address, path, args) for client in args.clients
+            }
+            try:
+                for client, child in children.items():
+                    if not child.ready():
+                        raise SystemExit(f"{client} could not call the server")
+                for round_ in range(args.rounds):
+                    shift = round_ % len(args.clients)
+                    for client in args.clients[shift:] + args.clients[:shift]:
+                        result = children[client].window()
+                        results.setdefault((image, client), []).append(result)
+                        print(
+                            f"<!-- round {round_ + 1} {client} {image}: {result['calls']} calls, "
+                            f"{1000 * result['cpu'] / result['calls']:.3f} ms/call -->",
+                            flush=True,
+                        )
+            finally:
+                for child in children.values():
+                    child.close()
     finally:
         server.stop()
 
@@ -258,18 +317,20 @@ def main() -> None:
             )
 
 
-def _wait_ready(target: str, image: Path) -> None:
-    """Until the server answers (one short emotion.Client run in a child)."""
+def _wait_ready(target: str, image: Path, args: argparse.Namespace) -> None:
+    """Until the server answers an emotion.Client (in a child of its own)."""
     deadline = time.monotonic() + 120
-    probe = argparse.Namespace(seconds=0.2, warmup=0.0, in_flight=1)
+    probe = argparse.Namespace(**{**vars(args), "warmup": 0.2})
     while True:
-        try:
-            run_child("emotion", target, image, probe)
+        child = Child("emotion", target, image, probe, quiet=True)  # refused until it listens
+        ready = child.ready()
+        child.process.kill()
+        child.process.wait()
+        if ready:
             return
-        except subprocess.CalledProcessError:
-            if time.monotonic() > deadline:
-                raise SystemExit("emotion serve did not start") from None
-            time.sleep(0.5)
+        if time.monotonic() > deadline:
+            raise SystemExit("emotion serve did not start")
+        time.sleep(0.5)
 
 
 def _profile(args: argparse.Namespace, target: str, files: dict[str, Path]) -> None:
@@ -277,7 +338,11 @@ def _profile(args: argparse.Namespace, target: str, files: dict[str, Path]) -> N
 
     for image, path in files.items():
         stats_file = str(path.with_suffix(".prof"))
-        result = run_child(args.profile, target, path, args, profile_to=stats_file)
+        child = Child(args.profile, target, path, args, profile_to=stats_file)
+        if not child.ready():
+            raise SystemExit(f"{args.profile} could not call the server")
+        result = child.window(max(args.seconds, 4.0))
+        child.close()
         print(f"## {args.profile}, {image}: {1000 * result['cpu'] / result['calls']:.3f} ms/call")
         stats = pstats.Stats(stats_file)
         stats.sort_stats("tottime").print_stats(35)
