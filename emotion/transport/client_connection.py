@@ -29,10 +29,13 @@ _DATA, _HEADERS = 0x0, 0x1
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 
 
-def data_frame_header(length: int, stream_id: int, *, end_stream: bool) -> bytes:
-    """The 9 bytes before an unpadded DATA frame's body of ``length`` bytes."""
-    flags = _END_STREAM if end_stream else 0
-    return _HEADER.pack(length >> 8, length & 0xFF, _DATA, flags, stream_id)
+def frame_header(frame: DataFrame | HeadersFrame) -> bytes:
+    """The 9 bytes before ``frame``'s body, for a frame with neither padding nor priority."""
+    flags = _END_STREAM if "END_STREAM" in frame.flags else 0
+    if "END_HEADERS" in frame.flags:
+        flags |= _END_HEADERS
+    length = len(frame.data)
+    return _HEADER.pack(length >> 8, length & 0xFF, frame.type, flags, frame.stream_id)
 
 
 def _unformatted_repr(frame: Frame) -> str:
@@ -100,7 +103,8 @@ class H2ClientConnection(H2Connection):
     Here each unpadded DATA frame is kept as its header and its body, in
     order with the other frames, until :meth:`chunks_to_send` hands them
     over; :meth:`data_to_send` still gives everything as one bytes, for
-    grpclib's own writes.
+    grpclib's own writes. A HEADERS frame with neither padding nor priority
+    (every call's) is written as its header and its block.
 
     An answer's frames are read by :class:`AnswerFrameBuffer`. When h2 has
     no logger (grpclib's channel gives it none), received frames are not
@@ -123,18 +127,20 @@ class H2ClientConnection(H2Connection):
 
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
         for frame in frames:
-            if frame.__class__ is not DataFrame or "PADDED" in frame.flags:
+            if type(frame) is HeadersFrame and not (
+                "PADDED" in frame.flags or "PRIORITY" in frame.flags
+            ):
+                # A call's headers, without hyperframe's general serializer.
+                self._data_to_send += frame_header(frame) + frame.data
+            elif type(frame) is not DataFrame or "PADDED" in frame.flags:
                 super()._prepare_for_sending([frame])
-                continue
-            if self._data_to_send:  # frames before this one
-                self._chunks.append(bytes(self._data_to_send))
-                self._data_to_send = bytearray()
-            end_stream = "END_STREAM" in frame.flags
-            self._chunks.append(
-                data_frame_header(len(frame.data), frame.stream_id, end_stream=end_stream)
-            )
-            if frame.data:
-                self._chunks.append(frame.data)
+            else:
+                if self._data_to_send:  # frames before this one
+                    self._chunks.append(bytes(self._data_to_send))
+                    self._data_to_send = bytearray()
+                self._chunks.append(frame_header(frame))
+                if frame.data:
+                    self._chunks.append(frame.data)
 
     def chunks_to_send(self) -> list[bytes]:
         """What there is to send, in order, as pieces that were never copied together."""
