@@ -73,6 +73,8 @@ async def start_serving(
 ) -> Served:
     """Run ``command serve ARGS --port-file ...``; return once it serves (every worker).
 
+    On an ephemeral port unless ``args`` or the environment name one.
+
     ``env`` replaces the test environment (:func:`conftest.subprocess_env` with
     ``extra_env``). In a test, one worker and one inference process unless
     ``args`` or the environment say otherwise (:func:`conftest.serve_args`).
@@ -80,6 +82,8 @@ async def start_serving(
     folder = Path(tempfile.mkdtemp(prefix="emotion-port-"))
     port_file = folder / "port"
     environ = subprocess_env(**extra_env) if env is None else env
+    if "--port" not in {arg.split("=", 1)[0] for arg in args} and "EMOTION_PORT" not in environ:
+        args = (*args, "--port", "0")  # never the default port: test runs share the machine
     process = await asyncio.create_subprocess_exec(
         *command,
         "serve",
