@@ -177,6 +177,19 @@ def test_a_huffman_coded_name_is_not_read_as_a_raw_one() -> None:
     assert fields(ours, block, raw=True)[1] == (b"a", value)
 
 
+def test_a_huffman_coded_value_is_not_read_as_a_raw_one() -> None:
+    # "a": "1" with the value in Huffman's code (0x81 0x0f), then "c" and 130 bytes. Read
+    # as raw, 0x81 would be a value of 129 bytes, ending inside "c"'s value where a field
+    # of its own starts and ends with the block.
+    value = b"z" * 123 + b"\x00\x00\x04" + b"z" * 4
+    block = b"\x88\x10\x01a\x81\x0f\x10\x01c\x7f\x03" + value
+    ours, theirs = RepeatingDecoder(), Decoder()
+    ours.decode(b"\x88", raw=True)  # :status 200 kept
+
+    assert fields(ours, block, raw=True) == fields(theirs, block, raw=True)
+    assert fields(ours, block, raw=True)[1:] == [(b"a", b"1"), (b"c", value)]
+
+
 @pytest.mark.parametrize("raw", [True, False])
 @pytest.mark.parametrize(("case", "blocks"), failing_blocks(), ids=lambda v: str(v)[:30])
 def test_the_repeating_decoder_fails_as_hpack_fails(
