@@ -170,9 +170,10 @@ h2
       (its setter, which h2 calls on the server's SETTINGS); on the server,
       by our AnswerEncoder, extending ``encode``.
     - the client's ``H2Connection.incoming_buffer``: replaced by our
-      AnswerFrameBuffer, which extends ``FrameBuffer.__next__``, reads
-      ``FrameBuffer._data`` (the bytes not yet read) and
-      ``FrameBuffer._headers_buffer``, and checks a frame's size with
+      AnswerFrameBuffer, which overrides ``FrameBuffer.add_data`` and
+      ``FrameBuffer.__next__``, hands the frames it does not build to an h2
+      FrameBuffer of its own, reads that one's ``FrameBuffer._headers_buffer``
+      (a header block left open), and checks a frame's size with
       ``FrameBuffer._validate_frame_length``.
     - ``H2Connection.decoder``: the client's replaced by our RepeatingDecoder,
       an hpack ``Decoder`` extending ``decode``, made with h2's

@@ -10,7 +10,7 @@ that loop pass wrote.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from h2.config import DummyLogger, H2Configuration
 from h2.connection import H2Connection
@@ -60,39 +60,59 @@ class AnswerFrameBuffer(FrameBuffer):
     frame that is its whole header block with neither padding nor
     priority, are built here with what those passes would have set (a test
     compares every attribute). Every other frame, and any frame while a
-    header block is open, is h2's to read.
+    header block is open, is read by an h2 FrameBuffer of its own, given
+    that frame's bytes alone: h2's buffer keeps its bytes in an attribute
+    whose name and type changed between versions, and this never reads it.
     """
 
+    def __init__(self) -> None:
+        super().__init__(server=False)
+        self._received = bytearray()
+        self._h2 = FrameBuffer(server=False)
+
+    def add_data(self, data: Any) -> None:  # h2 types it as a buffer, in newer versions only
+        self._received += data
+
     def __next__(self) -> Frame:
-        data = self._data
-        if len(data) < 9 or self._headers_buffer:
-            return super().__next__()
-        high, low, kind, flags, stream_id = _HEADER.unpack_from(data)
-        length, stream_id = (high << 8) | low, stream_id & 0x7FFFFFFF
-        if len(data) < 9 + length:
-            raise StopIteration
-        frame: DataFrame | HeadersFrame
-        if kind == _DATA and stream_id and not flags & _PADDED:
-            frame = DataFrame.__new__(DataFrame)
-        elif (
-            kind == _HEADERS
-            and stream_id
-            and flags & (_END_HEADERS | _PADDED | _PRIORITY) == _END_HEADERS
-        ):
-            frame = HeadersFrame.__new__(HeadersFrame)
-            frame.depends_on, frame.stream_weight, frame.exclusive = 0, 0, False
-        else:
-            return super().__next__()
-        self._validate_frame_length(length)
-        frame.stream_id, frame.body_len, frame.pad_length = stream_id, length, 0
-        frame.flags = Flags(frame.defined_flags)
-        if flags & _END_STREAM:
-            frame.flags.add("END_STREAM")
-        if kind == _HEADERS:
-            frame.flags.add("END_HEADERS")
-        frame.data = bytes(data[9 : 9 + length])
-        del data[: 9 + length]
-        return frame
+        data = self._received
+        while len(data) >= 9:
+            high, low, kind, flags, stream_id = _HEADER.unpack_from(data)
+            length, stream_id = (high << 8) | low, stream_id & 0x7FFFFFFF
+            if len(data) < 9 + length:
+                break
+            frame: DataFrame | HeadersFrame | None
+            if self._h2._headers_buffer:  # a header block is open: h2 reads what follows
+                frame = None
+            elif kind == _DATA and stream_id and not flags & _PADDED:
+                frame = DataFrame.__new__(DataFrame)
+            elif (
+                kind == _HEADERS
+                and stream_id
+                and flags & (_END_HEADERS | _PADDED | _PRIORITY) == _END_HEADERS
+            ):
+                frame = HeadersFrame.__new__(HeadersFrame)
+                frame.depends_on, frame.stream_weight, frame.exclusive = 0, 0, False
+            else:
+                frame = None
+            if frame is None:
+                self._h2.max_frame_size = self.max_frame_size
+                self._h2.add_data(bytes(data[: 9 + length]))
+                del data[: 9 + length]
+                try:
+                    return next(self._h2)
+                except StopIteration:  # a frame of an unfinished header block
+                    continue
+            self._validate_frame_length(length)
+            frame.stream_id, frame.body_len, frame.pad_length = stream_id, length, 0
+            frame.flags = Flags(frame.defined_flags)
+            if flags & _END_STREAM:
+                frame.flags.add("END_STREAM")
+            if kind == _HEADERS:
+                frame.flags.add("END_HEADERS")
+            frame.data = bytes(data[9 : 9 + length])
+            del data[: 9 + length]
+            return frame
+        raise StopIteration
 
 
 class H2ClientConnection(H2Connection):
@@ -118,7 +138,7 @@ class H2ClientConnection(H2Connection):
         # Nothing coded yet: the same empty tables, h2's limit on a header list.
         self.encoder = RepeatingEncoder()
         self.decoder = RepeatingDecoder(self.decoder.max_header_list_size)
-        self.incoming_buffer = AnswerFrameBuffer(server=False)  # nothing received yet
+        self.incoming_buffer = AnswerFrameBuffer()  # nothing received yet
         #: Frames to send, before those in h2's own buffer.
         self._chunks: list[bytes] = []
         self._quiet = type(self.config.logger) is DummyLogger

@@ -190,11 +190,11 @@ CLIENT_STATIC = [
         of_type(FrameBuffer),
         "an h2 FrameBuffer",
     ),
-    Expect("FrameBuffer._data", FrameBuffer(), "_data", of_type(bytearray), "a bytearray"),
     Expect(
         "FrameBuffer._headers_buffer", FrameBuffer(), "_headers_buffer", of_type(list), "a list"
     ),
     method(FrameBuffer, "__next__", "FrameBuffer.__next__"),
+    method(FrameBuffer, "add_data", "FrameBuffer.add_data"),
     method(FrameBuffer, "_validate_frame_length", "FrameBuffer._validate_frame_length"),
     Expect(
         "H2Connection.decoder",
