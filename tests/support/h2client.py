@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from grpclib.metadata import USER_AGENT
 from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
@@ -25,6 +26,17 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
+
+#: A unary call's request headers as grpclib sends them, as bytes (what h2 is given).
+REQUEST_HEADERS = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/emotion.v1.Pipeline/RunPipeline"),
+    (b":authority", b"127.0.0.1:50051"),
+    (b"te", b"trailers"),
+    (b"content-type", b"application/grpc"),
+    (b"user-agent", USER_AGENT.encode()),
+]
 
 
 @dataclass

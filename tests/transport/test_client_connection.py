@@ -25,18 +25,9 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+from support.h2client import REQUEST_HEADERS as HEADERS
 
 from emotion.transport.client_connection import AnswerFrameBuffer, H2ClientConnection
-
-HEADERS = [
-    (b":method", b"POST"),
-    (b":scheme", b"http"),
-    (b":path", b"/emotion.v1.Pipeline/RunPipeline"),
-    (b":authority", b"127.0.0.1:50051"),
-    (b"te", b"trailers"),
-    (b"content-type", b"application/grpc"),
-    (b"user-agent", b"grpc-python-grpclib/0.4.9 (linux; cpython/3.11.7)"),
-]
 
 
 def handshaken(client: H2Connection, server: H2Connection | None = None) -> H2Connection:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from conftest import StartServer
-from grpclib.metadata import USER_AGENT
 from hpack import (
     Decoder,
     Encoder,
@@ -23,21 +22,12 @@ from hpack import (
     NeverIndexedHeaderTuple,
     OversizedHeaderListError,
 )
+from support.h2client import REQUEST_HEADERS
 
 from emotion import Request, Response
 from emotion.contract import RUN_PIPELINE_PATH
 from emotion.transport.client import ClientChannel, UnaryCall
 from emotion.transport.header_blocks import AnswerEncoder, RepeatingDecoder, RepeatingEncoder
-
-REQUEST = [
-    (b":method", b"POST"),
-    (b":scheme", b"https"),
-    (b":path", b"/emotion.v1.Pipeline/RunPipeline"),
-    (b":authority", b"emotion.example:443"),
-    (b"te", b"trailers"),
-    (b"content-type", b"application/grpc"),
-    (b"user-agent", USER_AGENT.encode()),
-]
 
 
 def fields(decoder: Decoder, block: bytes, *, raw: bool = False) -> list[Any]:
@@ -50,7 +40,7 @@ def block_sequence(seed: int) -> list[tuple[list[Any], int | None]]:
     rnd = random.Random(seed)
     blocks: list[tuple[list[Any], int | None]] = []
     for n in range(2000):
-        headers: list[Any] = list(REQUEST)
+        headers: list[Any] = list(REQUEST_HEADERS)
         if rnd.random() < 0.5:
             timeout = f"{rnd.randint(1, 99_999)}m".encode()
             headers.append(NeverIndexedHeaderTuple(b"grpc-timeout", timeout))
